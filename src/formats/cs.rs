@@ -1,0 +1,1 @@
+//! CryoSPARC .cs files. STUB.

@@ -1,0 +1,1 @@
+//! MRC stacks and volumes. STUB.

@@ -1,0 +1,1 @@
+//! RELION STAR files. STUB.
