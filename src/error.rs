@@ -33,6 +33,9 @@ pub enum Error {
     /// A command-line usage error (conflicting flags, missing required flag).
     #[error("{0}")]
     Usage(String),
+    /// Another rank failed; its own message says why (printed by that rank).
+    #[error("another rank failed; see its message above")]
+    Peer,
     /// A job that a later issue implements.
     #[error("`emclass {job}` is not implemented yet (see issue {issue}); nothing was written")]
     NotImplemented { job: &'static str, issue: u32 },

@@ -1,9 +1,17 @@
 //! emclass: classification and curation of cryo-EM particle images (library).
+//!
+//! Layers (see DESIGN.md): `cli` → `jobs` → engines; `comm` (ranks), `dataset` and
+//! `formats` (I/O), `numerics`, `report` (logs, progress, plots), `simulate`.
 
+pub mod cli;
+pub mod comm;
+pub mod config;
 pub mod dataset;
 pub mod error;
 pub mod formats;
+pub mod jobs;
 pub mod numerics;
+pub mod report;
 pub mod simulate;
 
 pub use error::{Error, Result};

@@ -1,0 +1,75 @@
+//! Communication between ranks. Algorithm code sees only the [`Comm`] trait: rank, size,
+//! all-reduce of a flat buffer, broadcast, gather, barrier and a collective "did everyone
+//! succeed?" vote. [`Single`] is the one-process implementation used by tests and by
+//! workstation runs; [`mpi_comm::MpiComm`] is the only place in the crate that names `mpi::`.
+
+pub mod mpi_comm;
+mod partition;
+
+pub use partition::partition;
+
+/// What ranks can ask of each other. Every method is collective: all ranks call it, in the
+/// same order, or the job deadlocks (the MPI semantics).
+pub trait Comm {
+    /// This process's rank, 0-based.
+    fn rank(&self) -> usize;
+    /// Number of ranks.
+    fn size(&self) -> usize;
+    /// Element-wise sum over ranks, result on every rank (statistics are accumulated in f64).
+    fn all_reduce_sum_f64(&self, buf: &mut [f64]);
+    /// Element-wise sum over ranks of u64 counters.
+    fn all_reduce_sum_u64(&self, buf: &mut [u64]);
+    /// Copies `root`'s bytes to every rank (`buf` is resized on the receivers).
+    fn broadcast_bytes(&self, root: usize, buf: &mut Vec<u8>);
+    /// Gathers every rank's bytes on `root` (in rank order); `None` on other ranks.
+    fn gather_bytes(&self, root: usize, mine: &[u8]) -> Option<Vec<Vec<u8>>>;
+    /// Waits until every rank arrives.
+    fn barrier(&self);
+    /// True on every rank when every rank passed `ok == true`: lets a job that failed on
+    /// one rank end on all ranks with a non-zero exit instead of a hang.
+    fn all_ok(&self, ok: bool) -> bool {
+        let mut v = [u64::from(!ok)];
+        self.all_reduce_sum_u64(&mut v);
+        v[0] == 0
+    }
+    /// Is this the rank that does serial work (import, export, final writes)?
+    fn is_root(&self) -> bool {
+        self.rank() == 0
+    }
+}
+
+/// The one-process communicator: every collective is the identity.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Single;
+
+impl Comm for Single {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        1
+    }
+    fn all_reduce_sum_f64(&self, _buf: &mut [f64]) {}
+    fn all_reduce_sum_u64(&self, _buf: &mut [u64]) {}
+    fn broadcast_bytes(&self, _root: usize, _buf: &mut Vec<u8>) {}
+    fn gather_bytes(&self, _root: usize, mine: &[u8]) -> Option<Vec<Vec<u8>>> {
+        Some(vec![mine.to_vec()])
+    }
+    fn barrier(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_is_identity() {
+        let c = Single;
+        let mut b = vec![1.0, 2.0];
+        c.all_reduce_sum_f64(&mut b);
+        assert_eq!(b, vec![1.0, 2.0]);
+        assert!(c.all_ok(true));
+        assert!(!c.all_ok(false));
+        assert_eq!(c.gather_bytes(0, b"ab").unwrap(), vec![b"ab".to_vec()]);
+    }
+}

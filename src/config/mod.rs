@@ -1,0 +1,181 @@
+//! Job configuration: YAML files deserialised into one serde struct per job
+//! (`deny_unknown_fields`), `--set key=value` overrides, and validation. Errors name the
+//! file, the key and, for keys read from the file, the line and column.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_norway::Value;
+
+use crate::error::{Error, Result};
+
+/// What every job config provides besides its own parameters.
+pub trait JobConfig: DeserializeOwned + Serialize {
+    /// Checks values and combinations; `path` is the config file, for error messages.
+    fn validate(&self, path: &Path) -> Result<()>;
+    /// The output folder the job writes.
+    fn output(&self) -> &Path;
+}
+
+/// Reads `path`, applies `overrides` (`key=value`, dotted keys for nested maps, values
+/// parsed as YAML scalars), deserialises and validates.
+pub fn load<T: JobConfig>(path: &Path, overrides: &[String]) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    load_str(&text, path, overrides)
+}
+
+/// As [`load`], from text already read (`path` names it in errors).
+pub fn load_str<T: JobConfig>(text: &str, path: &Path, overrides: &[String]) -> Result<T> {
+    // First pass straight from the text, so errors in the file carry line and column.
+    let from_file: std::result::Result<T, _> = serde_norway::from_str(text);
+    let cfg = match (from_file, overrides.is_empty()) {
+        (Ok(cfg), true) => cfg,
+        (Err(e), _) => return Err(yaml_error(path, &e.to_string())),
+        (Ok(_), false) => {
+            let mut value: Value =
+                serde_norway::from_str(text).map_err(|e| yaml_error(path, &e.to_string()))?;
+            for ov in overrides {
+                apply_override(&mut value, ov, path)?;
+            }
+            serde_norway::from_value(value).map_err(|e| {
+                let msg = e.to_string();
+                let key = backticked(&msg).unwrap_or_else(|| "--set".to_string());
+                Error::config(path, key, format!("{msg} (after --set {})", overrides.join(" --set ")))
+            })?
+        }
+    };
+    cfg.validate(path)?;
+    Ok(cfg)
+}
+
+/// The effective configuration as YAML, to save next to a job's outputs.
+pub fn to_yaml<T: Serialize>(cfg: &T) -> String {
+    serde_norway::to_string(cfg).unwrap_or_else(|e| format!("# could not serialise: {e}\n"))
+}
+
+fn yaml_error(path: &Path, msg: &str) -> Error {
+    let key = backticked(msg).unwrap_or_else(|| "yaml".to_string());
+    Error::config(path, key, msg.replace('\n', " "))
+}
+
+/// The first `quoted` name in a serde message ("unknown field `x`, expected ...").
+fn backticked(msg: &str) -> Option<String> {
+    let start = msg.find('`')? + 1;
+    let len = msg[start..].find('`')?;
+    Some(msg[start..start + len].to_string())
+}
+
+fn apply_override(root: &mut Value, ov: &str, path: &Path) -> Result<()> {
+    let (key, raw) = ov
+        .split_once('=')
+        .ok_or_else(|| Error::config(path, ov, "--set expects key=value"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(Error::config(path, ov, "--set expects key=value with a non-empty key"));
+    }
+    let value: Value = serde_norway::from_str(raw)
+        .map_err(|e| Error::config(path, key, format!("--set value {raw:?} is not valid YAML: {e}")))?;
+    let mut node = root;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if node.is_null() {
+            *node = Value::Mapping(Default::default());
+        }
+        let map = node
+            .as_mapping_mut()
+            .ok_or_else(|| Error::config(path, key, format!("--set: `{}` is not a map", parts[..i].join("."))))?;
+        let k = Value::String(part.to_string());
+        if i + 1 == parts.len() {
+            map.insert(k, value);
+            return Ok(());
+        }
+        node = map.entry(k).or_insert(Value::Null);
+    }
+    Ok(())
+}
+
+/// Checks that a floating-point parameter is finite and within `[lo, hi]`.
+pub fn check_range(path: &Path, key: &str, v: f64, lo: f64, hi: f64) -> Result<()> {
+    if !v.is_finite() || v < lo || v > hi {
+        return Err(Error::config(path, key, format!("{v} is outside [{lo}, {hi}]")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+    use std::path::PathBuf;
+
+    #[derive(Debug, Deserialize, Serialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Demo {
+        output: PathBuf,
+        #[serde(default = "ten")]
+        num_classes: u32,
+        #[serde(default)]
+        inner: Inner,
+    }
+    #[derive(Debug, Default, Deserialize, Serialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        #[serde(default)]
+        rate: f64,
+    }
+    fn ten() -> u32 {
+        10
+    }
+    impl JobConfig for Demo {
+        fn validate(&self, path: &Path) -> Result<()> {
+            check_range(path, "inner.rate", self.inner.rate, 0.0, 1.0)
+        }
+        fn output(&self) -> &Path {
+            &self.output
+        }
+    }
+
+    fn p() -> PathBuf {
+        PathBuf::from("job.yaml")
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let d: Demo = load_str("output: out\n", &p(), &[]).unwrap();
+        assert_eq!(d.num_classes, 10);
+        let d: Demo = load_str(
+            "output: out\n",
+            &p(),
+            &["num_classes=3".into(), "inner.rate=0.5".into()],
+        )
+        .unwrap();
+        assert_eq!(d.num_classes, 3);
+        assert_eq!(d.inner.rate, 0.5);
+    }
+
+    #[test]
+    fn unknown_key_names_key_line_and_column() {
+        let e = load_str::<Demo>("output: out\nnum_clases: 4\n", &p(), &[]).unwrap_err().to_string();
+        assert!(e.starts_with("job.yaml: num_clases: unknown field"), "{e}");
+        assert!(e.contains("line 2 column 1"), "{e}");
+    }
+
+    #[test]
+    fn mistyped_value_and_bad_override() {
+        let e = load_str::<Demo>("output: out\nnum_classes: many\n", &p(), &[]).unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
+        let e = load_str::<Demo>("output: out\n", &p(), &["bogus=1".into()]).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+        let e = load_str::<Demo>("output: out\n", &p(), &["nokey".into()]).unwrap_err().to_string();
+        assert!(e.contains("key=value"), "{e}");
+    }
+
+    #[test]
+    fn validation_runs_after_overrides() {
+        let e = load_str::<Demo>("output: out\n", &p(), &["inner.rate=2".into()]).unwrap_err().to_string();
+        assert_eq!(e, "job.yaml: inner.rate: 2 is outside [0, 1]");
+        let e = load_str::<Demo>("output: out\ninner: {rate: .nan}\n", &p(), &[]).unwrap_err().to_string();
+        assert!(e.contains("inner.rate: NaN"), "{e}");
+    }
+}

@@ -1,0 +1,39 @@
+//! The jobs behind the subcommands, and the rules every job follows under MPI: serial jobs
+//! (import, export, simulate) run on rank 0 while the other ranks wait, and every rank ends
+//! with the same success or failure.
+
+pub mod output;
+
+use crate::cli::Command;
+use crate::comm::Comm;
+use crate::error::{Error, Result};
+
+/// Runs the job named by `cmd` on every rank of `comm`.
+pub fn run(cmd: &Command, comm: &dyn Comm) -> Result<()> {
+    match cmd {
+        Command::Import(_) | Command::Export(_) | Command::Simulate(_) => {
+            Err(Error::NotImplemented { job: "import", issue: 2 })
+        }
+        Command::Classify2d(_) => Err(Error::NotImplemented { job: "classify2d", issue: 3 }),
+        Command::Classify3d(_) => Err(Error::NotImplemented { job: "classify3d", issue: 4 }),
+        Command::Subset(_) => Err(Error::NotImplemented { job: "subset", issue: 5 }),
+        Command::Select2d(_) => Err(Error::NotImplemented { job: "select2d", issue: 5 }),
+        Command::Rebalance2d(_) => Err(Error::NotImplemented { job: "rebalance2d", issue: 5 }),
+    }
+    .and_then(|()| {
+        let _ = comm;
+        Ok(())
+    })
+}
+
+/// Runs `job` on rank 0 only; the other ranks wait for it. Every rank returns `Ok` when the
+/// job succeeded, and an error otherwise (rank 0 its own, the others [`Error::Peer`]).
+pub fn on_root(comm: &dyn Comm, job: impl FnOnce() -> Result<()>) -> Result<()> {
+    let result = if comm.is_root() { job() } else { Ok(()) };
+    let ok = comm.all_ok(result.is_ok());
+    match result {
+        Err(e) => Err(e),
+        Ok(()) if ok => Ok(()),
+        Ok(()) => Err(Error::Peer),
+    }
+}

@@ -1,0 +1,120 @@
+//! Job output folders: written under a hidden temporary name next to the final one and
+//! renamed into place only when the job has finished, so a failed or killed job leaves no
+//! partial output. An existing output is refused unless `--overwrite` is given.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// An output folder being written.
+pub struct OutputDir {
+    final_path: PathBuf,
+    tmp_path: PathBuf,
+    overwrite: bool,
+    committed: bool,
+}
+
+/// The temporary sibling of `path` used while writing it.
+pub fn tmp_sibling(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "output".to_string());
+    path.with_file_name(format!(".{name}.emclass-tmp"))
+}
+
+/// Refuses an existing `path` unless `overwrite`.
+pub fn check_writable(path: &Path, overwrite: bool) -> Result<()> {
+    if path.exists() && !overwrite {
+        return Err(Error::file(
+            path,
+            "output already exists; choose another output or pass --overwrite to replace it",
+        ));
+    }
+    Ok(())
+}
+
+impl OutputDir {
+    /// Starts writing the folder `path` (its parent must exist).
+    pub fn create(path: &Path, overwrite: bool) -> Result<OutputDir> {
+        check_writable(path, overwrite)?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !parent.is_dir() {
+                return Err(Error::file(path, "the folder that should contain the output does not exist"));
+            }
+        }
+        let tmp_path = tmp_sibling(path);
+        if tmp_path.exists() {
+            // Left by a killed run of the same job: nothing in it is trustworthy.
+            std::fs::remove_dir_all(&tmp_path).map_err(|e| Error::io(&tmp_path, e))?;
+        }
+        std::fs::create_dir(&tmp_path).map_err(|e| Error::io(&tmp_path, e))?;
+        Ok(OutputDir {
+            final_path: path.to_path_buf(),
+            tmp_path,
+            overwrite,
+            committed: false,
+        })
+    }
+    /// Where to write now (the temporary folder).
+    pub fn path(&self) -> &Path {
+        &self.tmp_path
+    }
+    /// The name the folder will have once committed.
+    pub fn final_path(&self) -> &Path {
+        &self.final_path
+    }
+    /// Moves the finished folder into place (replacing an old one when overwriting).
+    pub fn commit(mut self) -> Result<PathBuf> {
+        if self.final_path.exists() {
+            if !self.overwrite {
+                return Err(Error::file(&self.final_path, "output appeared while the job ran; not replacing it"));
+            }
+            let meta = std::fs::symlink_metadata(&self.final_path).map_err(|e| Error::io(&self.final_path, e))?;
+            if meta.is_dir() {
+                std::fs::remove_dir_all(&self.final_path)
+            } else {
+                std::fs::remove_file(&self.final_path)
+            }
+            .map_err(|e| Error::io(&self.final_path, e))?;
+        }
+        std::fs::rename(&self.tmp_path, &self.final_path).map_err(|e| Error::io(&self.final_path, e))?;
+        self.committed = true;
+        Ok(self.final_path.clone())
+    }
+}
+
+impl Drop for OutputDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.tmp_path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_renames_and_drop_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("job");
+        {
+            let o = OutputDir::create(&out, false).unwrap();
+            std::fs::write(o.path().join("a.txt"), "x").unwrap();
+        }
+        assert!(!out.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let o = OutputDir::create(&out, false).unwrap();
+        std::fs::write(o.path().join("a.txt"), "x").unwrap();
+        o.commit().unwrap();
+        assert!(out.join("a.txt").exists());
+        let e = OutputDir::create(&out, false).err().unwrap().to_string();
+        assert!(e.contains("--overwrite"), "{e}");
+        let o = OutputDir::create(&out, true).unwrap();
+        std::fs::write(o.path().join("b.txt"), "y").unwrap();
+        o.commit().unwrap();
+        assert!(out.join("b.txt").exists() && !out.join("a.txt").exists());
+    }
+}
