@@ -49,6 +49,12 @@ pub enum Command {
     Select2d(JobArgs),
     /// Group 2D classes into superclasses and rebalance their populations.
     Rebalance2d(JobArgs),
+    /// Check the MPI setup: partition, all-reduce, broadcast and gather across all ranks.
+    CommCheck {
+        /// Number of pretend particles to partition.
+        #[arg(long, default_value_t = 1000)]
+        particles: usize,
+    },
 }
 
 /// Arguments shared by config-driven jobs.

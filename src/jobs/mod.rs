@@ -2,6 +2,7 @@
 //! (import, export, simulate) run on rank 0 while the other ranks wait, and every rank ends
 //! with the same success or failure.
 
+pub mod comm_check;
 pub mod output;
 
 use crate::cli::Command;
@@ -19,11 +20,8 @@ pub fn run(cmd: &Command, comm: &dyn Comm) -> Result<()> {
         Command::Subset(_) => Err(Error::NotImplemented { job: "subset", issue: 5 }),
         Command::Select2d(_) => Err(Error::NotImplemented { job: "select2d", issue: 5 }),
         Command::Rebalance2d(_) => Err(Error::NotImplemented { job: "rebalance2d", issue: 5 }),
+        Command::CommCheck { particles } => comm_check::run(comm, *particles),
     }
-    .and_then(|()| {
-        let _ = comm;
-        Ok(())
-    })
 }
 
 /// Runs `job` on rank 0 only; the other ranks wait for it. Every rank returns `Ok` when the
