@@ -3,6 +3,8 @@
 //! with the same success or failure.
 
 pub mod comm_check;
+pub mod paths;
+pub mod staged;
 pub mod output;
 
 use crate::cli::Command;

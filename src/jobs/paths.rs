@@ -1,0 +1,56 @@
+//! Path arithmetic for image references: absolute folders, and a path relative to another
+//! folder (so an exported STAR refers to the original stacks from wherever it is written).
+
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// The absolute, symlink-resolved folder that contains `file` (which may not exist yet).
+pub fn abs_parent(file: &Path) -> Result<PathBuf> {
+    let parent = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::canonicalize(&parent).map_err(|e| Error::io(&parent, e))
+}
+
+/// `target` (absolute) expressed relative to folder `base` (absolute); `target` itself when
+/// they share no root.
+pub fn relative_to(target: &Path, base: &Path) -> PathBuf {
+    let t: Vec<Component> = target.components().collect();
+    let b: Vec<Component> = base.components().collect();
+    let common = t.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    if common == 0 {
+        return target.to_path_buf();
+    }
+    let mut out = PathBuf::new();
+    for _ in common..b.len() {
+        out.push("..");
+    }
+    for c in &t[common..] {
+        out.push(c.as_os_str());
+    }
+    out
+}
+
+/// Joins `path` onto `root` unless it is absolute, and removes `.` components.
+pub fn resolve(root: &Path, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    let joined = if p.is_absolute() { p.to_path_buf() } else { root.join(p) };
+    joined.components().filter(|c| *c != Component::CurDir).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths() {
+        let r = relative_to(Path::new("/a/b/Particles/s.mrcs"), Path::new("/a/b"));
+        assert_eq!(r, PathBuf::from("Particles/s.mrcs"));
+        let r = relative_to(Path::new("/a/b/Particles/s.mrcs"), Path::new("/a/c/d"));
+        assert_eq!(r, PathBuf::from("../../b/Particles/s.mrcs"));
+        assert_eq!(resolve(Path::new("/x"), "./P/s.mrcs"), PathBuf::from("/x/P/s.mrcs"));
+        assert_eq!(resolve(Path::new("/x"), "/abs/s.mrcs"), PathBuf::from("/abs/s.mrcs"));
+    }
+}
