@@ -49,6 +49,11 @@ pub enum Command {
     Select2d(JobArgs),
     /// Group 2D classes into superclasses and rebalance their populations.
     Rebalance2d(JobArgs),
+    /// Print a summary of a particle dataset: size, images, and every field's range.
+    Info {
+        /// The particle dataset (.h5).
+        dataset: PathBuf,
+    },
     /// Check the MPI setup: partition, all-reduce, broadcast and gather across all ranks.
     CommCheck {
         /// Number of pretend particles to partition.

@@ -3,6 +3,9 @@
 //! with the same success or failure.
 
 pub mod comm_check;
+pub mod info;
+// pub mod export; (pending formats::relion)
+// pub mod import;
 pub mod paths;
 pub mod staged;
 pub mod output;
@@ -14,14 +17,14 @@ use crate::error::{Error, Result};
 /// Runs the job named by `cmd` on every rank of `comm`.
 pub fn run(cmd: &Command, comm: &dyn Comm) -> Result<()> {
     match cmd {
-        Command::Import(_) | Command::Export(_) | Command::Simulate(_) => {
-            Err(Error::NotImplemented { job: "import", issue: 2 })
-        }
+        Command::Import(_) | Command::Export(_) => Err(Error::NotImplemented { job: "import", issue: 2 }),
+        Command::Simulate(_) => Err(Error::NotImplemented { job: "simulate", issue: 2 }),
         Command::Classify2d(_) => Err(Error::NotImplemented { job: "classify2d", issue: 3 }),
         Command::Classify3d(_) => Err(Error::NotImplemented { job: "classify3d", issue: 4 }),
         Command::Subset(_) => Err(Error::NotImplemented { job: "subset", issue: 5 }),
         Command::Select2d(_) => Err(Error::NotImplemented { job: "select2d", issue: 5 }),
         Command::Rebalance2d(_) => Err(Error::NotImplemented { job: "rebalance2d", issue: 5 }),
+        Command::Info { dataset } => on_root(comm, || info::run(dataset)),
         Command::CommCheck { particles } => comm_check::run(comm, *particles),
     }
 }
