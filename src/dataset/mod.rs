@@ -2,6 +2,7 @@
 //! `table` is the in-memory metadata; `store` reads and writes the HDF5 file (hyperslab
 //! reads of a particle range, streamed image writes, atomic temp-then-rename).
 
+mod h5table;
 pub mod store;
 pub mod table;
 
