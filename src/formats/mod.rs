@@ -2,4 +2,5 @@
 
 pub mod cs;
 pub mod mrc;
+pub mod relion;
 pub mod star;

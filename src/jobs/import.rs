@@ -31,7 +31,7 @@ struct Source {
 /// Runs the import (on the calling rank).
 pub fn run(args: &ImportArgs) -> Result<()> {
     check_writable(&args.out, args.overwrite)?;
-    let (mut table, root, src) = if let Some(path) = &args.star {
+    let (table, root, src) = if let Some(path) = &args.star {
         let parsed = star::read_star(path)?;
         let table = relion::star_to_table(&parsed, path)?;
         (table, abs_parent(path)?, Source { file: path.clone(), image_field: "_rlnImageName" })

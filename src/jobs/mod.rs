@@ -4,8 +4,8 @@
 
 pub mod comm_check;
 pub mod info;
-// pub mod export; (pending formats::relion)
-// pub mod import;
+pub mod export;
+pub mod import;
 pub mod paths;
 pub mod staged;
 pub mod output;
@@ -17,7 +17,8 @@ use crate::error::{Error, Result};
 /// Runs the job named by `cmd` on every rank of `comm`.
 pub fn run(cmd: &Command, comm: &dyn Comm) -> Result<()> {
     match cmd {
-        Command::Import(_) | Command::Export(_) => Err(Error::NotImplemented { job: "import", issue: 2 }),
+        Command::Import(args) => on_root(comm, || import::run(args)),
+        Command::Export(args) => on_root(comm, || export::run(args)),
         Command::Simulate(_) => Err(Error::NotImplemented { job: "simulate", issue: 2 }),
         Command::Classify2d(_) => Err(Error::NotImplemented { job: "classify2d", issue: 3 }),
         Command::Classify3d(_) => Err(Error::NotImplemented { job: "classify3d", issue: 4 }),
