@@ -7,6 +7,7 @@ pub mod info;
 pub mod export;
 pub mod import;
 pub mod paths;
+pub mod simulate;
 pub mod staged;
 pub mod output;
 
@@ -19,7 +20,7 @@ pub fn run(cmd: &Command, comm: &dyn Comm) -> Result<()> {
     match cmd {
         Command::Import(args) => on_root(comm, || import::run(args)),
         Command::Export(args) => on_root(comm, || export::run(args)),
-        Command::Simulate(_) => Err(Error::NotImplemented { job: "simulate", issue: 2 }),
+        Command::Simulate(args) => on_root(comm, || simulate::run(args)),
         Command::Classify2d(_) => Err(Error::NotImplemented { job: "classify2d", issue: 3 }),
         Command::Classify3d(_) => Err(Error::NotImplemented { job: "classify3d", issue: 4 }),
         Command::Subset(_) => Err(Error::NotImplemented { job: "subset", issue: 5 }),

@@ -1,0 +1,47 @@
+//! `emclass simulate`: loads the config, writes the simulated dataset into a fresh output
+//! folder (renamed into place when complete) with `config.used.yaml` and `summary.json`.
+
+use std::path::Path;
+
+use crate::cli::JobArgs;
+use crate::config::{self, JobConfig};
+use crate::error::{Error, Result};
+use crate::jobs::output::OutputDir;
+use crate::simulate::{self, config::SimulateConfig};
+
+impl JobConfig for SimulateConfig {
+    fn validate(&self, path: &Path) -> Result<()> {
+        SimulateConfig::validate(self, path)
+    }
+    fn output(&self) -> &Path {
+        &self.output
+    }
+}
+
+/// Runs the simulation (on the calling rank).
+pub fn run(args: &JobArgs) -> Result<()> {
+    let cfg: SimulateConfig = config::load(&args.config, &args.set)?;
+    let out = OutputDir::create(cfg.output(), args.overwrite)?;
+    let write = |name: &str, text: String| {
+        let p = out.path().join(name);
+        std::fs::write(&p, text).map_err(|e| Error::io(&p, e))
+    };
+    write("config.used.yaml", config::to_yaml(&cfg))?;
+    let summary = simulate::run(&cfg, out.path())?;
+    let json = serde_json::to_string_pretty(&summary).map_err(|e| Error::Usage(format!("summary.json: {e}")))?;
+    // The summary names files in the temporary folder; name them where they will be.
+    let json = json.replace(
+        &out.path().to_string_lossy().into_owned(),
+        &out.final_path().to_string_lossy().into_owned(),
+    );
+    write("summary.json", json + "\n")?;
+    let done = out.commit()?;
+    log::info!(
+        "simulated {} particles ({} junk, {} duplicates) in {}",
+        summary.num_particles,
+        summary.num_junk,
+        summary.num_duplicates,
+        done.display()
+    );
+    Ok(())
+}
