@@ -59,6 +59,10 @@ pub enum Command {
         /// Number of pretend particles to partition.
         #[arg(long, default_value_t = 1000)]
         particles: usize,
+        /// Also check partitioned reads of this dataset: every rank reads only its block of
+        /// particles; the reduced totals must equal rank 0's read of the whole file.
+        #[arg(long)]
+        dataset: Option<PathBuf>,
     },
 }
 

@@ -2,11 +2,25 @@
 //! checks the results against what they must be, so users (and CI, under `mpirun -n 2/3`)
 //! can tell whether the MPI setup works before a long job.
 
+use std::path::Path;
+
 use crate::comm::{partition, Comm};
+use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 
 /// Runs the check; Ok on every rank when every collective gave the right answer.
-pub fn run(comm: &dyn Comm, particles: usize) -> Result<()> {
+pub fn run(comm: &dyn Comm, particles: usize, dataset: Option<&Path>) -> Result<()> {
+    collectives(comm, particles)?;
+    if let Some(path) = dataset {
+        partitioned_reads(comm, path)?;
+    }
+    if comm.is_root() {
+        println!("comm check passed on {} rank(s)", comm.size());
+    }
+    Ok(())
+}
+
+fn collectives(comm: &dyn Comm, particles: usize) -> Result<()> {
     let (rank, size) = (comm.rank(), comm.size());
     let mine = partition(particles, size, rank);
     // All-reduce: particle counts and the sum of owned indices must add up to the totals.
@@ -54,8 +68,64 @@ pub fn run(comm: &dyn Comm, particles: usize) -> Result<()> {
         return Err(Error::Peer);
     }
     log::info!("rank {rank}: particles {}..{} of {particles}", mine.start, mine.end);
-    if comm.is_root() {
-        println!("comm check passed on {size} rank(s)");
+    Ok(())
+}
+
+/// Per-rank totals of a block of particles: count, sum of pixels, sum of squared pixels,
+/// and the uids folded into two f64-exact halves.
+fn totals(ds: &Dataset, rows: std::ops::Range<usize>) -> Result<[f64; 5]> {
+    let mut t = [0.0; 5];
+    let mut start = rows.start;
+    while start < rows.end {
+        let end = (start + 256).min(rows.end);
+        let images = ds.read_images(start..end)?;
+        t[0] += (end - start) as f64;
+        t[1] += images.iter().map(|&v| f64::from(v)).sum::<f64>();
+        t[2] += images.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+        start = end;
     }
+    for &u in &ds.table().uid()[rows.start..rows.end] {
+        t[3] += (u >> 40) as f64;
+        t[4] += (u & ((1 << 40) - 1)) as f64;
+    }
+    Ok(t)
+}
+
+/// Every rank opens only its hyperslab of `path`; the sums over ranks must match a serial
+/// read of the whole file on rank 0.
+fn partitioned_reads(comm: &dyn Comm, path: &Path) -> Result<()> {
+    let n = Dataset::count(path)?;
+    let mine = partition(n, comm.size(), comm.rank());
+    let local = Dataset::open_range(path, mine.clone()).and_then(|ds| {
+        let len = ds.len();
+        totals(&ds, 0..len)
+    });
+    if !comm.all_ok(local.is_ok()) {
+        return local.map(|_| ()).and(Err(Error::Peer));
+    }
+    let mut sums = local?.to_vec();
+    comm.all_reduce_sum_f64(&mut sums);
+    let ok = if comm.is_root() {
+        let whole = Dataset::open(path)?;
+        let serial = totals(&whole, 0..n)?;
+        let close = sums
+            .iter()
+            .zip(&serial)
+            .all(|(a, b)| (a - b).abs() <= 1e-9 * b.abs().max(1.0));
+        if !close {
+            log::error!("partitioned totals {sums:?} differ from the serial read {serial:?}");
+        }
+        close
+    } else {
+        true
+    };
+    if !comm.all_ok(ok) {
+        return Err(if comm.is_root() {
+            Error::file(path, "reads partitioned over ranks differ from a serial read")
+        } else {
+            Error::Peer
+        });
+    }
+    log::info!("rank {}: read particles {}..{} of {n} from {}", comm.rank(), mine.start, mine.end, path.display());
     Ok(())
 }

@@ -27,7 +27,7 @@ pub fn run(cmd: &Command, comm: &dyn Comm) -> Result<()> {
         Command::Select2d(_) => Err(Error::NotImplemented { job: "select2d", issue: 5 }),
         Command::Rebalance2d(_) => Err(Error::NotImplemented { job: "rebalance2d", issue: 5 }),
         Command::Info { dataset } => on_root(comm, || info::run(dataset)),
-        Command::CommCheck { particles } => comm_check::run(comm, *particles),
+        Command::CommCheck { particles, dataset } => comm_check::run(comm, *particles, dataset.as_deref()),
     }
 }
 
