@@ -76,7 +76,7 @@ fn export_under_mpirun_writes_once() {
         let mrcs = format!("out{n}.mrcs");
         mpirun(dir.path(), n, &["export", "--in", "sim/particles.h5", "--star", &star, "--mrcs", &mrcs]).ok();
         let text = std::fs::read_to_string(dir.path().join(&star)).unwrap();
-        assert!(text.contains(&format!("50@{mrcs}")), "last image name missing");
+        assert!(text.contains(&format!("000050@{mrcs}")), "last image name missing");
     }
     let left: Vec<String> = ls(dir.path()).into_iter().filter(|f| f.contains("emclass")).collect();
     assert!(left.is_empty(), "{left:?}");

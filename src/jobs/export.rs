@@ -43,7 +43,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         let base = abs_parent(target)?;
         let names: Vec<String> = images
             .iter()
-            .map(|(p, i)| format!("{}@{}", i + 1, relative_to(p, &base).display()))
+            .map(|(p, i)| relion::format_image_name(*i, &relative_to(p, &base).to_string_lossy()))
             .collect();
         let file = relion::table_to_star(ds.table(), &names)?;
         star::write_star(part, &file)?;
