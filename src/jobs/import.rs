@@ -20,6 +20,8 @@ use crate::report::progress::Progress;
 
 /// Images copied per write.
 const BATCH: usize = 256;
+/// Largest finite float16 magnitude.
+const F16_MAX: f32 = 65504.0;
 
 /// Where the metadata came from, for error messages: the file and the name of the field
 /// that holds image references in it.
@@ -91,13 +93,14 @@ pub fn run(args: &ImportArgs) -> Result<()> {
     table.set_f32("blob/psize_A", vec![psize_a; n]);
     table.set("blob/shape", Column::new(ColumnData::U32([box_px as u32; 2].repeat(n)), 2));
 
+    let spec_dtype = match args.dtype {
+        DtypeArg::F32 => ImageDtype::F32,
+        DtypeArg::F16 => ImageDtype::F16,
+    };
     let spec = ImageSpec {
         box_px,
         psize_a,
-        dtype: match args.dtype {
-            DtypeArg::F32 => ImageDtype::F32,
-            DtypeArg::F16 => ImageDtype::F16,
-        },
+        dtype: spec_dtype,
         gzip: args.gzip,
         chunk_particles: 64,
     };
@@ -107,7 +110,11 @@ pub fn run(args: &ImportArgs) -> Result<()> {
         args.out.display()
     );
     let mut writer = DatasetWriter::create(&args.out, spec)?;
-    copy_images(&paths, &idx, &src, first, box_px, &mut writer)?;
+    let limit = match spec_dtype {
+        ImageDtype::F16 => F16_MAX,
+        ImageDtype::F32 => f32::MAX,
+    };
+    copy_images(&paths, &idx, &src, first, box_px, limit, &mut writer)?;
     let attrs = DatasetAttrs {
         blob_root: Some(root.to_string_lossy().into_owned()),
         source: format!("emclass import {}", src.file.display()),
@@ -122,7 +129,7 @@ fn open_stack(path: &Path, src: &Source, row: usize) -> Result<MrcStack> {
         Error::field(
             &src.file,
             src.image_field,
-            format!("particle row {} refers to stack {} that cannot be read ({e})", row + 1, path.display()),
+            format!("particle row {}: cannot read its image stack: {e}", row + 1),
         )
     })
 }
@@ -203,6 +210,7 @@ fn copy_images(
     src: &Source,
     first: MrcStack,
     box_px: usize,
+    limit: f32,
     writer: &mut DatasetWriter,
 ) -> Result<()> {
     let n = paths.len();
@@ -246,6 +254,17 @@ fn copy_images(
                 stack.path(),
                 "pixels",
                 format!("image {} (particle row {}) has NaN or infinite pixels", start_idx + k + 1, row + k + 1),
+            ));
+        }
+        if let Some(k) = images.outer_iter().position(|im| im.iter().any(|v| v.abs() > limit)) {
+            return Err(Error::field(
+                stack.path(),
+                "pixels",
+                format!(
+                    "image {} (particle row {}) has pixels beyond the float16 range (±{F16_MAX}); import with --dtype f32",
+                    start_idx + k + 1,
+                    row + k + 1
+                ),
             ));
         }
         batch.slice_mut(s![filled..filled + count, .., ..]).assign(&images);

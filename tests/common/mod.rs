@@ -27,18 +27,43 @@ impl Run {
     }
     /// Panics with the output unless the run succeeded.
     pub fn ok(self) -> Run {
-        assert_eq!(self.code, Some(0), "run failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code,
+            Some(0),
+            "run failed:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
         self
     }
     /// Panics unless the run failed with exit code 1 and printed one `error:` line
     /// containing every string in `needles`; returns that line.
     pub fn fails_with(self, needles: &[&str]) -> String {
-        assert_eq!(self.code, Some(1), "expected failure:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
-        let errors: Vec<&str> = self.stderr.lines().filter(|l| l.starts_with("error:")).collect();
-        assert_eq!(errors.len(), 1, "expected one error line, stderr:\n{}", self.stderr);
+        assert_eq!(
+            self.code,
+            Some(1),
+            "expected failure:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        let errors: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .collect();
+        assert_eq!(
+            errors.len(),
+            1,
+            "expected one error line, stderr:\n{}",
+            self.stderr
+        );
         assert!(!self.stderr.contains("panicked"), "panic:\n{}", self.stderr);
         for n in needles {
-            assert!(errors[0].contains(n), "error line lacks {n:?}: {}", errors[0]);
+            assert!(
+                errors[0].contains(n),
+                "error line lacks {n:?}: {}",
+                errors[0]
+            );
         }
         errors[0].to_string()
     }
@@ -58,7 +83,12 @@ pub fn emclass(dir: &Path, args: &[&str]) -> Run {
 /// Runs `mpirun -n ranks emclass args...` in `dir`.
 pub fn mpirun(dir: &Path, ranks: usize, args: &[&str]) -> Run {
     let out = Command::new("mpirun")
-        .args(["--oversubscribe", "--allow-run-as-root", "-n", &ranks.to_string()])
+        .args([
+            "--oversubscribe",
+            "--allow-run-as-root",
+            "-n",
+            &ranks.to_string(),
+        ])
         .arg(bin())
         .args(args)
         .current_dir(dir)
@@ -78,4 +108,264 @@ pub fn ls(dir: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+// ---- Small inputs written directly (no Python needed): MRC stacks and RELION STAR files,
+// ---- and a snapshot of a folder to prove that a failed run changed nothing.
+
+/// Writes `images` (each `nx`·`ny` values, row-major) as a float32 MRC2014 image stack with
+/// pixel size `psize_a`. The 1024-byte header is written by hand here, as mrcfile writes an
+/// image stack (ispg 0, mx = nx, my = ny, mz = 1, cell = (nx·apix, ny·apix, apix)), so these
+/// tests do not rely on the library's own MRC writer.
+pub fn write_mrc_stack(path: &Path, nx: usize, ny: usize, psize_a: f32, images: &[Vec<f32>]) {
+    let nz = images.len();
+    let mut h = vec![0u8; 1024];
+    let put_i32 =
+        |h: &mut Vec<u8>, at: usize, v: i32| h[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    let put_f32 =
+        |h: &mut Vec<u8>, at: usize, v: f32| h[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    put_i32(&mut h, 0, nx as i32);
+    put_i32(&mut h, 4, ny as i32);
+    put_i32(&mut h, 8, nz as i32);
+    put_i32(&mut h, 12, 2); // mode 2: float32
+    put_i32(&mut h, 28, nx as i32);
+    put_i32(&mut h, 32, ny as i32);
+    put_i32(&mut h, 36, 1);
+    put_f32(&mut h, 40, nx as f32 * psize_a);
+    put_f32(&mut h, 44, ny as f32 * psize_a);
+    put_f32(&mut h, 48, psize_a);
+    for at in [52, 56, 60] {
+        put_f32(&mut h, at, 90.0);
+    }
+    put_i32(&mut h, 64, 1);
+    put_i32(&mut h, 68, 2);
+    put_i32(&mut h, 72, 3);
+    let all: Vec<f32> = images.iter().flatten().copied().collect();
+    let finite: Vec<f64> = all
+        .iter()
+        .filter(|v| v.is_finite())
+        .map(|&v| f64::from(v))
+        .collect();
+    let (lo, hi) = finite
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
+    let mean = if finite.is_empty() {
+        0.0
+    } else {
+        finite.iter().sum::<f64>() / finite.len() as f64
+    };
+    let rms = if finite.is_empty() {
+        0.0
+    } else {
+        (finite.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / finite.len() as f64).sqrt()
+    };
+    put_f32(&mut h, 76, if finite.is_empty() { 0.0 } else { lo as f32 });
+    put_f32(&mut h, 80, if finite.is_empty() { 0.0 } else { hi as f32 });
+    put_f32(&mut h, 84, mean as f32);
+    put_i32(&mut h, 88, 0); // ispg 0: image stack
+    put_i32(&mut h, 92, 0); // no extended header
+    h[104..108].copy_from_slice(b"MRCO");
+    put_i32(&mut h, 108, 20140);
+    h[208..212].copy_from_slice(b"MAP ");
+    h[212..216].copy_from_slice(&[0x44, 0x44, 0, 0]);
+    put_f32(&mut h, 216, rms as f32);
+    let mut bytes = h;
+    for image in images {
+        assert_eq!(
+            image.len(),
+            nx * ny,
+            "write_mrc_stack: image of the wrong size"
+        );
+        for v in image {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// `n` deterministic, distinct `box_px`×`box_px` test images (a smooth pattern per image plus
+/// a hash-like ripple), the first numbered from `first`.
+pub fn test_images(first: usize, n: usize, box_px: usize) -> Vec<Vec<f32>> {
+    (first..first + n)
+        .map(|k| {
+            (0..box_px * box_px)
+                .map(|p| {
+                    let (y, x) = ((p / box_px) as f32, (p % box_px) as f32);
+                    let r = (x * 0.37 + y * 0.11 + k as f32 * 1.3).sin();
+                    let s = ((p * 7919 + k * 104_729) % 1000) as f32 / 1000.0 - 0.5;
+                    r + 0.25 * s + 0.01 * k as f32
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A small RELION 3.1 particle set written by [`write_relion_set`].
+pub struct RelionSet {
+    /// `dir/particles.star`.
+    pub star: PathBuf,
+    /// `dir/Particles/stack_KK.mrcs`.
+    pub stacks: Vec<PathBuf>,
+    /// The `_rlnImageName` of each particle (`000001@Particles/stack_00.mrcs`, ...).
+    pub names: Vec<String>,
+}
+
+/// Pixel size (Å) and image size of [`write_relion_set`].
+pub const SET_PSIZE_A: f32 = 1.25;
+
+/// Writes `dir/Particles/stack_KK.mrcs` (one stack per entry of `stack_sizes`, images from
+/// [`test_images`], `box_px` square, pixel size [`SET_PSIZE_A`]) and `dir/particles.star`
+/// (RELION 3.1, see [`relion_star`]) referencing every image in order.
+pub fn write_relion_set(dir: &Path, stack_sizes: &[usize], box_px: usize) -> RelionSet {
+    let mut stacks = Vec::new();
+    let mut names = Vec::new();
+    let mut first = 0;
+    for (k, &n) in stack_sizes.iter().enumerate() {
+        let rel = format!("Particles/stack_{k:02}.mrcs");
+        let path = dir.join(&rel);
+        write_mrc_stack(
+            &path,
+            box_px,
+            box_px,
+            SET_PSIZE_A,
+            &test_images(first, n, box_px),
+        );
+        first += n;
+        names.extend((0..n).map(|i| format!("{:06}@{rel}", i + 1)));
+        stacks.push(path);
+    }
+    let star = dir.join("particles.star");
+    std::fs::write(&star, relion_star(&names, box_px, &[])).unwrap();
+    RelionSet {
+        star,
+        stacks,
+        names,
+    }
+}
+
+/// The text of a RELION 3.1 particle STAR file (data_optics + data_particles) for the given
+/// image names, with every label of `drop` left out. Particle `i` gets defocus
+/// 10000 + 100·i Å, angles, origins in Å and class `i % 3 + 1`.
+pub fn relion_star(names: &[String], box_px: usize, drop: &[&str]) -> String {
+    let optics = [
+        ("_rlnOpticsGroup", "1".to_string()),
+        ("_rlnOpticsGroupName", "opticsGroup1".to_string()),
+        ("_rlnAmplitudeContrast", "0.1".to_string()),
+        ("_rlnSphericalAberration", "2.7".to_string()),
+        ("_rlnVoltage", "300".to_string()),
+        ("_rlnImagePixelSize", SET_PSIZE_A.to_string()),
+        ("_rlnImageSize", box_px.to_string()),
+        ("_rlnImageDimensionality", "2".to_string()),
+    ];
+    let labels = [
+        "_rlnImageName",
+        "_rlnMicrographName",
+        "_rlnCoordinateX",
+        "_rlnCoordinateY",
+        "_rlnDefocusU",
+        "_rlnDefocusV",
+        "_rlnDefocusAngle",
+        "_rlnOpticsGroup",
+        "_rlnAngleRot",
+        "_rlnAngleTilt",
+        "_rlnAnglePsi",
+        "_rlnOriginXAngst",
+        "_rlnOriginYAngst",
+        "_rlnClassNumber",
+    ];
+    let mut s = String::from("\n# version 30001\n\ndata_optics\n\nloop_\n");
+    let kept: Vec<&(&str, String)> = optics.iter().filter(|(l, _)| !drop.contains(l)).collect();
+    for (k, (l, _)) in kept.iter().enumerate() {
+        s += &format!("{l} #{}\n", k + 1);
+    }
+    s += &kept
+        .iter()
+        .map(|(_, v)| v.as_str())
+        .collect::<Vec<_>>()
+        .join("\t");
+    s += "\n\n\n# version 30001\n\ndata_particles\n\nloop_\n";
+    let kept: Vec<(usize, &str)> = labels
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, l)| !drop.contains(l))
+        .collect();
+    for (k, (_, l)) in kept.iter().enumerate() {
+        s += &format!("{l} #{}\n", k + 1);
+    }
+    for (i, name) in names.iter().enumerate() {
+        let f = i as f64;
+        let values = [
+            name.clone(),
+            format!("MotionCorr/job002/mic_{:03}.mrc", i / 4),
+            format!("{}", 100.0 + 10.5 * f),
+            format!("{}", 200.0 + 3.25 * f),
+            format!("{}", 10000.0 + 100.0 * f),
+            format!("{}", 9800.0 + 100.0 * f),
+            format!("{}", -170.0 + 25.0 * f),
+            "1".to_string(),
+            format!("{}", -150.0 + 31.0 * f),
+            format!("{}", 10.0 + 17.0 * f),
+            format!("{}", 170.0 - 23.0 * f),
+            format!("{}", 1.25 * (f - 3.0)),
+            format!("{}", -0.5 * f),
+            format!("{}", i % 3 + 1),
+        ];
+        let row: Vec<&str> = kept.iter().map(|(j, _)| values[*j].as_str()).collect();
+        s += &row.join("\t");
+        s += "\n";
+    }
+    s += "\n";
+    s
+}
+
+/// Every file under `dir` (hidden ones included, recursively): relative path → (contents,
+/// modification time). Two equal snapshots mean nothing was added, removed or touched.
+pub fn tree_snapshot(
+    dir: &Path,
+) -> std::collections::BTreeMap<String, (Vec<u8>, std::time::SystemTime)> {
+    fn walk(
+        root: &Path,
+        dir: &Path,
+        out: &mut std::collections::BTreeMap<String, (Vec<u8>, std::time::SystemTime)>,
+    ) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            if meta.is_dir() {
+                out.insert(format!("{rel}/"), (Vec::new(), meta.modified().unwrap()));
+                walk(root, &p, out);
+            } else {
+                out.insert(rel, (std::fs::read(&p).unwrap(), meta.modified().unwrap()));
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Panics, naming the paths, unless two [`tree_snapshot`]s are equal.
+pub fn assert_same_tree(
+    before: &std::collections::BTreeMap<String, (Vec<u8>, std::time::SystemTime)>,
+    after: &std::collections::BTreeMap<String, (Vec<u8>, std::time::SystemTime)>,
+) {
+    let added: Vec<&String> = after.keys().filter(|k| !before.contains_key(*k)).collect();
+    let removed: Vec<&String> = before.keys().filter(|k| !after.contains_key(*k)).collect();
+    assert!(
+        added.is_empty() && removed.is_empty(),
+        "files added: {added:?}, removed: {removed:?}"
+    );
+    for (k, (bytes, mtime)) in before {
+        let (b2, m2) = &after[k];
+        assert!(bytes == b2, "{k}: contents changed");
+        assert_eq!(mtime, m2, "{k}: modification time changed");
+    }
 }
