@@ -19,8 +19,12 @@
 //!   little-endian.
 //! - Pixel size = cell length x / mx (as mrcfile's `voxel_size`); 0 when the header has no
 //!   cell. Stacks are written as mrcfile's image stacks (ispg 0, mx = nx, my = ny, mz = 1,
-//!   cell = (nx·apix, ny·apix, apix)) and volumes with ispg 1, m = n, cell = n·apix. The cell
-//!   lengths are chosen so that f32(cell / m) is exactly the pixel size asked for.
+//!   cell = (nx·apix, ny·apix, apix)) and volumes with ispg 1, m = n, cell = n·apix.
+//!   f32 rounding of the cell can make f32(cell / m) one ulp off (mrcfile reads 1.2300001
+//!   for 1.23 Å over 7 px, whatever the writer): the cell written is the f32 that makes
+//!   f32(cell / m) exact whenever one exists (always for powers of two, most of the time
+//!   otherwise), and the reader returns the shortest decimal consistent with the cell, so a
+//!   pixel size written here or by mrcfile/RELION reads back as the value that was given.
 //! - Header statistics are mrcfile's: dmin, dmax, dmean, rms = population standard deviation.
 
 use std::fs::File;
@@ -232,6 +236,7 @@ pub struct MrcStack {
     file: File,
     header: MrcHeader,
     data_offset: u64,
+    psize_a: f32,
 }
 
 impl MrcStack {
@@ -281,11 +286,13 @@ impl MrcStack {
                 ),
             ));
         }
+        let psize_a = header.psize_a();
         Ok(MrcStack {
             path: path.to_path_buf(),
             file,
             header,
             data_offset,
+            psize_a,
         })
     }
     /// Image width (MRC nx, columns).
@@ -305,7 +312,7 @@ impl MrcStack {
     }
     /// Pixel size in Å from the header (cell x / mx), 0 when the header has none.
     pub fn psize_a(&self) -> f32 {
-        self.header.psize_a()
+        self.psize_a
     }
     pub fn header(&self) -> &MrcHeader {
         &self.header
@@ -718,7 +725,12 @@ fn psize_from_cell(cell: f32, m: usize) -> f32 {
         up = up.next_up();
         down = down.next_down();
         for p in [up, down] {
-            let consistent = cell_length(m, p) == cell || (p as f64 * m as f64) as f32 == cell;
+            // Our writer's cell, f32(p·m), or mrcfile's f32(decimal(p)·m) (it multiplies the
+            // Python float the user gave, not its f32).
+            let decimal: f64 = format!("{p}").parse().unwrap_or(p as f64);
+            let consistent = cell_length(m, p) == cell
+                || (p as f64 * m as f64) as f32 == cell
+                || (decimal * m as f64) as f32 == cell;
             if consistent && digits(p) < best_len {
                 best = p;
                 best_len = digits(p);
@@ -849,7 +861,14 @@ mod tests {
                 exact_in_f32 += (naive == apix) as usize;
                 total += 1;
                 assert_eq!(psize_from_cell(c, n), apix, "n={n} apix={apix}");
-                // mrcfile's own cell (f32(apix·n)) reads back too.
+                // Cells other writers compute (f32(apix·n) from the f32, or from the decimal
+                // as mrcfile does) read back too.
+                let dec: f64 = format!("{apix}").parse().unwrap();
+                assert_eq!(
+                    psize_from_cell((dec * n as f64) as f32, n),
+                    apix,
+                    "n={n} apix={apix}"
+                );
                 assert_eq!(
                     psize_from_cell((apix as f64 * n as f64) as f32, n),
                     apix,

@@ -6,9 +6,10 @@
 //! separated by any run of spaces and tabs, values may be quoted with `'` or `"` (a quote
 //! closes only when followed by whitespace or the end of the line). Each column is stored
 //! column-wise and typed once: [`StarColumn::Num`] when every value in it is an unquoted
-//! number, else [`StarColumn::Str`] (values as written). A loop is read in two passes over
-//! the text (types, then values), so a million-row file costs its text plus its columns,
-//! never a string per cell for numeric columns. Errors name the file and the line; no row
+//! number, else [`StarColumn::Str`] (values as written). A loop is read in one pass that
+//! types each column as it goes (a column that turns out to hold text after k numbers has
+//! its first k values re-read as text), so a million-row file costs its text plus its
+//! columns, never a string per cell of a numeric column. Errors name the file and the line; no row
 //! is ever dropped (a row with the wrong number of fields is an error, and a blank line
 //! inside a loop does not end it). A block holds one table: a second `loop_`, or key-value
 //! pairs mixed with a loop, are errors (RELION writes neither).
@@ -25,6 +26,8 @@
 use std::fmt::Write as _;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 
@@ -307,6 +310,8 @@ struct Pending {
 
 /// Parses STAR text; `path` is used in error messages only.
 pub fn parse_star(text: &str, path: &Path) -> Result<StarFile> {
+    // A UTF-8 byte order mark (some editors add one) is not part of the first line.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let err = |line: usize, msg: String| Error::file(path, format!("line {line}: {msg}"));
     let mut blocks = Vec::new();
     let mut cur: Option<Pending> = None;
@@ -460,9 +465,16 @@ pub fn parse_star(text: &str, path: &Path) -> Result<StarFile> {
     Ok(StarFile { blocks })
 }
 
-/// Reads the rows of a loop starting at byte `start` (line `no`): pass 1 checks field counts
-/// and finds each column's type, pass 2 fills the columns. Returns the table and the byte
-/// offset / line count where the loop ended.
+/// A column being read: numbers while every value so far is one, else text. A column that
+/// turns to text at row k keeps `missing = k` and gets its first k texts in a second look
+/// at those rows (rare: only mixed columns pay for it).
+enum Building {
+    Num(Vec<f64>),
+    Str { vals: Vec<String>, missing: usize },
+}
+
+/// Reads the rows of a loop starting at byte `start` (line `no`) in one pass, typing each
+/// column as it goes. Returns the table and the byte offset / line count where it ended.
 fn read_loop(
     text: &str,
     path: &Path,
@@ -472,12 +484,11 @@ fn read_loop(
     labels: &[(String, usize)],
 ) -> Result<(StarBlock, usize, usize)> {
     let ncol = labels.len();
-    let mut numeric = vec![true; ncol];
+    let mut cols: Vec<Building> = (0..ncol).map(|_| Building::Num(Vec::new())).collect();
     let mut row_lines = Vec::new();
     let mut toks: Vec<Tok> = Vec::new();
     let (mut pos, mut line_no) = (start, no - 1);
     let mut end = None;
-    // Pass 1.
     while pos < text.len() {
         let line = line_at(text, pos);
         let trimmed = line.text.trim_start();
@@ -506,55 +517,82 @@ fn read_loop(
                 ),
             ));
         }
-        for (flag, &(t, quoted)) in numeric.iter_mut().zip(toks.iter()) {
-            if *flag && (quoted || parse_num(t).is_none()) {
-                *flag = false;
+        let row = row_lines.len();
+        for (col, &(t, quoted)) in cols.iter_mut().zip(toks.iter()) {
+            match col {
+                Building::Num(v) => match parse_num(t).filter(|_| !quoted) {
+                    Some(x) => v.push(x),
+                    None => {
+                        *col = Building::Str {
+                            vals: vec![t.to_string()],
+                            missing: row,
+                        };
+                    }
+                },
+                Building::Str { vals, .. } => vals.push(t.to_string()),
             }
         }
         row_lines.push(line_no);
     }
     let end = end.unwrap_or((text.len(), line_no));
     let nrows = row_lines.len();
-    let mut cols: Vec<StarColumn> = numeric
+    // Texts of the rows read before a column turned out to hold text.
+    let rescan = cols
         .iter()
-        .map(|&n| {
-            if n {
-                StarColumn::Num(Vec::with_capacity(nrows))
-            } else {
-                StarColumn::Str(Vec::with_capacity(nrows))
-            }
+        .map(|c| match c {
+            Building::Str { missing, .. } => *missing,
+            Building::Num(_) => 0,
         })
-        .collect();
-    // Pass 2: the same lines, now known to be well formed.
-    let mut pos2 = start;
-    let mut done = 0;
-    while done < nrows {
-        let line = line_at(text, pos2);
-        pos2 = line.next;
-        let trimmed = line.text.trim_start();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
+        .max()
+        .unwrap_or(0);
+    if rescan > 0 {
+        let mut prefix: Vec<Vec<String>> = cols
+            .iter()
+            .map(|c| match c {
+                Building::Str { missing, .. } => Vec::with_capacity(*missing),
+                Building::Num(_) => Vec::new(),
+            })
+            .collect();
+        let (mut p, mut done) = (start, 0);
+        while done < rescan {
+            let line = line_at(text, p);
+            p = line.next;
+            let trimmed = line.text.trim_start();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            tokenize(line.text, &mut toks)
+                .map_err(|m| Error::file(path, format!("line {}: {m}", row_lines[done])))?;
+            if toks.is_empty() {
+                continue;
+            }
+            for ((c, pre), &(t, _)) in cols.iter().zip(prefix.iter_mut()).zip(toks.iter()) {
+                if let Building::Str { missing, .. } = c {
+                    if done < *missing {
+                        pre.push(t.to_string());
+                    }
+                }
+            }
+            done += 1;
         }
-        tokenize(line.text, &mut toks)
-            .map_err(|m| Error::file(path, format!("line {}: {m}", row_lines[done])))?;
-        if toks.is_empty() {
-            continue;
-        }
-        for (col, &(t, _)) in cols.iter_mut().zip(toks.iter()) {
-            match col {
-                StarColumn::Num(v) => v.push(parse_num(t).ok_or_else(|| {
-                    Error::file(
-                        path,
-                        format!("line {}: {t:?} is not a number", row_lines[done]),
-                    )
-                })?),
-                StarColumn::Str(v) => v.push(t.to_string()),
+        for (c, pre) in cols.iter_mut().zip(prefix) {
+            if let Building::Str { vals, missing } = c {
+                if *missing > 0 {
+                    let mut all = pre;
+                    all.append(vals);
+                    *vals = all;
+                    *missing = 0;
+                }
             }
         }
-        done += 1;
     }
     let mut block = StarBlock::new_loop(block_name);
     for ((label, _), col) in labels.iter().zip(cols) {
+        let col = match col {
+            Building::Num(v) => StarColumn::Num(v),
+            Building::Str { vals, .. } => StarColumn::Str(vals),
+        };
+        debug_assert_eq!(col.len(), nrows);
         block.set(label, col).map_err(|m| Error::file(path, m))?;
     }
     block.row_lines = row_lines;
@@ -601,10 +639,31 @@ fn push_str_value(s: &str, out: &mut String) {
     }
 }
 
+/// Rows formatted per parallel task, and tasks per batch held in memory before writing.
+const ROWS_PER_CHUNK: usize = 4096;
+const CHUNKS_PER_BATCH: usize = 64;
+
+/// Rows `r0..r1` of a table as text, values right-aligned in 12 characters.
+fn format_rows(b: &StarBlock, r0: usize, r1: usize) -> String {
+    let mut out = String::with_capacity((r1 - r0) * b.columns.len() * 13);
+    let mut val = String::new();
+    for r in r0..r1 {
+        for c in &b.columns {
+            val.clear();
+            match c {
+                StarColumn::Num(v) => format_num(v[r], &mut val),
+                StarColumn::Str(v) => push_str_value(&v[r], &mut val),
+            }
+            let _ = write!(out, "{val:>12} ");
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Writes `star` in RELION 3.1 layout to any writer.
 pub fn write_star_to<W: Write>(w: &mut W, star: &StarFile) -> std::io::Result<()> {
     let mut val = String::new();
-    let mut line = String::new();
     for b in &star.blocks {
         write!(w, "\n# version 30001\n\ndata_{}\n\n", b.name)?;
         if b.is_loop {
@@ -612,18 +671,23 @@ pub fn write_star_to<W: Write>(w: &mut W, star: &StarFile) -> std::io::Result<()
             for (i, l) in b.labels.iter().enumerate() {
                 writeln!(w, "_{l} #{} ", i + 1)?;
             }
-            for r in 0..b.nrows {
-                line.clear();
-                for c in &b.columns {
-                    val.clear();
-                    match c {
-                        StarColumn::Num(v) => format_num(v[r], &mut val),
-                        StarColumn::Str(v) => push_str_value(&v[r], &mut val),
-                    }
-                    let _ = write!(line, "{val:>12} ");
+            // Rows are formatted in parallel, a batch of chunks at a time, and written in order.
+            let nchunks = b.nrows.div_ceil(ROWS_PER_CHUNK);
+            for first in (0..nchunks).step_by(CHUNKS_PER_BATCH) {
+                let last = (first + CHUNKS_PER_BATCH).min(nchunks);
+                let texts: Vec<String> = (first..last)
+                    .into_par_iter()
+                    .map(|c| {
+                        format_rows(
+                            b,
+                            c * ROWS_PER_CHUNK,
+                            ((c + 1) * ROWS_PER_CHUNK).min(b.nrows),
+                        )
+                    })
+                    .collect();
+                for t in texts {
+                    w.write_all(t.as_bytes())?;
                 }
-                line.push('\n');
-                w.write_all(line.as_bytes())?;
             }
             writeln!(w, " ")?;
         } else {
@@ -837,11 +901,26 @@ _rlnClassNumber #3
 
     #[test]
     fn mixed_column_keeps_original_text() {
-        let s = parse("data_\nloop_\n_rlnMicrographName\n0001\n1.50\nmic.mrc\n").unwrap();
+        // The column turns to text at its third value, after a blank and a comment line.
+        let s = parse(
+            "data_\nloop_\n_rlnMicrographName\n_rlnX\n0001 1\n\n# c\n1.50 2\nmic.mrc 3\n'7' 4\n",
+        )
+        .unwrap();
         let b = s.block("").unwrap();
         assert_eq!(
             b.column("rlnMicrographName").unwrap().as_str().unwrap(),
-            &["0001", "1.50", "mic.mrc"]
+            &["0001", "1.50", "mic.mrc", "7"]
+        );
+        assert_eq!(
+            b.column("rlnX").unwrap().as_num().unwrap(),
+            &[1.0, 2.0, 3.0, 4.0]
+        );
+        assert_eq!(b.row_line(3), Some(10));
+        // A quoted number makes its column text (and CRLF line ends and a BOM are fine).
+        let s = parse("\u{feff}data_\r\nloop_\r\n_rlnA\r\n1\r\n\"2\"\r\n").unwrap();
+        assert_eq!(
+            s.blocks[0].column("rlnA").unwrap().as_str().unwrap(),
+            &["1", "2"]
         );
     }
 
