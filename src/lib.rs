@@ -11,6 +11,7 @@ pub mod error;
 pub mod formats;
 pub mod jobs;
 pub mod numerics;
+pub mod paths;
 pub mod report;
 pub mod simulate;
 

@@ -11,7 +11,7 @@
 //!   image rows as single hyperslabs.
 
 use std::ops::Range;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use half::{f16, slice::HalfFloatSliceExt};
 use hdf5::types::{FloatSize, TypeDescriptor};
@@ -20,6 +20,7 @@ use ndarray::{s, Array3, ArrayView3};
 use super::h5table::{self, H5Ctx, TmpGuard, IMAGES};
 use super::{Column, ColumnData, ParticleTable, IMAGE_ROW};
 use crate::error::{Error, Result};
+use crate::paths::{folder_of, relative_to};
 
 /// Value of the root attribute `emclass_format` that marks an emclass particle dataset.
 pub const FORMAT_NAME: &str = "emclass-particles";
@@ -187,28 +188,6 @@ fn write_header(
     Ok(())
 }
 
-/// The folder of `path` ("." for a bare file name).
-fn folder_of(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
-/// `target` relative to the folder `base` (both absolute and canonical).
-fn relative_path(target: &Path, base: &Path) -> PathBuf {
-    let t: Vec<Component> = target.components().collect();
-    let b: Vec<Component> = base.components().collect();
-    let common = t.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    let mut out = PathBuf::new();
-    for _ in common..b.len() {
-        out.push("..");
-    }
-    for c in &t[common..] {
-        out.push(c.as_os_str());
-    }
-    out
-}
 
 /// Checks that `table` has a u64 `blob/image_row` column of width 1 whose values are rows
 /// of an images dataset of `image_count` images (errors name `path`).
@@ -707,7 +686,7 @@ pub fn write_referencing(
             return Err(Error::file(path, "would overwrite the file that holds the images it references; write to another path"));
         }
     }
-    let rel = relative_path(&images_abs, &folder_abs);
+    let rel = relative_to(&images_abs, &folder_abs);
     let rel = rel
         .to_str()
         .ok_or_else(|| {
@@ -1361,17 +1340,5 @@ mod tests {
         send_sync::<Dataset>();
         fn send<T: Send>() {}
         send::<DatasetWriter>();
-    }
-
-    #[test]
-    fn relative_path_walks_up_and_down() {
-        assert_eq!(
-            relative_path(Path::new("/a/b/c.h5"), Path::new("/a/d/e")),
-            PathBuf::from("../../b/c.h5")
-        );
-        assert_eq!(
-            relative_path(Path::new("/a/c.h5"), Path::new("/a")),
-            PathBuf::from("c.h5")
-        );
     }
 }

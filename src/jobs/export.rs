@@ -10,7 +10,7 @@ use crate::dataset::{Column, ColumnData, Dataset, ParticleTable};
 use crate::error::{Error, Result};
 use crate::formats::mrc::MrcStackWriter;
 use crate::formats::{cs, relion, star};
-use crate::jobs::paths::{abs_parent, relative_to, resolve};
+use crate::paths::{abs_parent, relative_to, resolve};
 use crate::jobs::staged::Staged;
 use crate::report::progress::Progress;
 

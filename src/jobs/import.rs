@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::formats::mrc::MrcStack;
 use crate::formats::{cs, relion, star};
 use crate::jobs::output::check_writable;
-use crate::jobs::paths::{abs_parent, resolve};
+use crate::paths::{abs_parent, resolve};
 use crate::report::progress::Progress;
 
 /// Images copied per write.

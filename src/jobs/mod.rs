@@ -6,7 +6,6 @@ pub mod comm_check;
 pub mod info;
 pub mod export;
 pub mod import;
-pub mod paths;
 pub mod simulate;
 pub mod staged;
 pub mod output;

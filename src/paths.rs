@@ -5,12 +5,17 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// The absolute, symlink-resolved folder that contains `file` (which may not exist yet).
-pub fn abs_parent(file: &Path) -> Result<PathBuf> {
-    let parent = match file.parent() {
+/// The folder of `path` ("." for a bare file name).
+pub fn folder_of(path: &Path) -> PathBuf {
+    match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
-    };
+    }
+}
+
+/// The absolute, symlink-resolved folder that contains `file` (which may not exist yet).
+pub fn abs_parent(file: &Path) -> Result<PathBuf> {
+    let parent = folder_of(file);
     std::fs::canonicalize(&parent).map_err(|e| Error::io(&parent, e))
 }
 
