@@ -112,21 +112,37 @@ impl Ctf {
 
     /// The CTF at spatial frequency `(kx, ky)` in Å⁻¹.
     pub fn eval(&self, kx: f64, ky: f64) -> f64 {
+        let (chi, k2) = self.chi(kx, ky);
+        self.scale * chi.sin() * self.envelope(k2)
+    }
+
+    /// The CTF at `(kx, ky)` as stored in grids: χ in f64, its sine in f32. Rounding χ to
+    /// f32 costs at most |χ|·6e-8 rad (1e-5 at Nyquist of 2 Å pixels and 3 µm defocus); the
+    /// f32 sine is about twice as fast, which matters in per-particle CTF grids.
+    pub fn eval_f32(&self, kx: f64, ky: f64) -> f32 {
+        let (chi, k2) = self.chi(kx, ky);
+        (chi as f32).sin() * (self.scale * self.envelope(k2)) as f32
+    }
+
+    /// χ(k) and k².
+    #[inline]
+    fn chi(&self, kx: f64, ky: f64) -> (f64, f64) {
         let k2 = kx * kx + ky * ky;
         // cos(2(θ − θa)) = cos2θ cos2θa + sin2θ sin2θa, with cos2θ = (kx² − ky²)/k² and
-        // sin2θ = 2 kx ky / k²: no atan2 needed. At k = 0 the term is multiplied by k² = 0.
-        let df_k2 = if k2 > 0.0 {
-            self.df_mean * k2
-                + self.df_dev * ((kx * kx - ky * ky) * self.cos2a + 2.0 * kx * ky * self.sin2a)
-        } else {
-            0.0
-        };
-        let chi = self.k1 * df_k2 - self.k2 * k2 * k2 + self.phase;
-        let mut v = self.scale * chi.sin();
+        // sin2θ = 2 kx ky / k²: no atan2 needed, and the k² cancels against χ's k².
+        let df_k2 = self.df_mean * k2
+            + self.df_dev * ((kx * kx - ky * ky) * self.cos2a + 2.0 * kx * ky * self.sin2a);
+        (self.k1 * df_k2 - self.k2 * k2 * k2 + self.phase, k2)
+    }
+
+    /// The B-factor envelope `exp(−B k²/4)`.
+    #[inline]
+    fn envelope(&self, k2: f64) -> f64 {
         if self.k4 != 0.0 {
-            v *= (self.k4 * k2).exp();
+            (self.k4 * k2).exp()
+        } else {
+            1.0
         }
-        v
     }
 
     /// Writes the CTF of a `(ny, nx)` image with pixel size `psize_a` on its half-plane grid
@@ -138,7 +154,7 @@ impl Ctf {
         for i in 0..ny {
             let ky = fftfreq(i, ny) as f64 * sy;
             for j in 0..nh {
-                out[i * nh + j] = self.eval(j as f64 * sx, ky) as f32;
+                out[i * nh + j] = self.eval_f32(j as f64 * sx, ky);
             }
         }
     }
@@ -163,7 +179,7 @@ pub fn ctf_2d_full(box_px: usize, psize_a: f64, params: &CtfParams) -> Array2<f3
     let ctf = Ctf::new(params);
     let s = 1.0 / (box_px as f64 * psize_a);
     Array2::from_shape_fn((box_px, box_px), |(i, j)| {
-        ctf.eval(fftfreq(j, box_px) as f64 * s, fftfreq(i, box_px) as f64 * s) as f32
+        ctf.eval_f32(fftfreq(j, box_px) as f64 * s, fftfreq(i, box_px) as f64 * s)
     })
 }
 

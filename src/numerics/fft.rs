@@ -45,7 +45,7 @@ pub fn half_len(nx: usize) -> usize {
 /// 1 for `kx = 0` and, when `nx` is even, `kx = nx/2`; 2 for every other column (it stands
 /// for itself and its Hermitian mirror).
 pub fn half_plane_weight(j: usize, nx: usize) -> f32 {
-    if j == 0 || (nx % 2 == 0 && j == nx / 2) {
+    if j == 0 || (nx.is_multiple_of(2) && j == nx / 2) {
         1.0
     } else {
         2.0
@@ -150,7 +150,7 @@ impl Fft2 {
             }
             // Hermitian symmetry makes these real for a real image; drop rounding residue.
             row[0].im = 0.0;
-            if nx % 2 == 0 {
+            if nx.is_multiple_of(2) {
                 row[nh - 1].im = 0.0;
             }
             self.c2r
@@ -335,7 +335,7 @@ impl Fft3 {
                 for y in 0..ny {
                     row.copy_from_slice(&s[y * nh..(y + 1) * nh]);
                     row[0].im = 0.0;
-                    if nx % 2 == 0 {
+                    if nx.is_multiple_of(2) {
                         row[nh - 1].im = 0.0;
                     }
                     self.c2r

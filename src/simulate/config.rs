@@ -327,7 +327,7 @@ impl SimulateConfig {
                 format!("{} is not in 1..=4294967295", self.num_particles),
             );
         }
-        if self.box_px < 16 || self.box_px > 1024 || self.box_px % 2 != 0 {
+        if self.box_px < 16 || self.box_px > 1024 || !self.box_px.is_multiple_of(2) {
             return bad(
                 "box_px",
                 format!("{} must be an even number in 16..=1024", self.box_px),

@@ -11,12 +11,34 @@
 //! - In both: junk (`gt/is_junk`; random aggregates, contamination, carbon edges, with the
 //!   same signal power as particles), duplicates (`gt/duplicate_of`), a CTF per particle
 //!   from its micrograph's defocus, and unit white Gaussian noise at the requested SNR
-//!   (defined in [`render`]'s doc: masked signal variance after CTF / noise variance).
+//!   (masked signal variance after CTF / noise variance; see [`SimulateConfig::snr`] and
+//!   the `render` module).
 //!
 //! Files written into the output folder: `particles.h5` (images + table, via
 //! [`crate::dataset::DatasetWriter`]), `ground_truth.csv`, and `volumes/` (hetero3d:
 //! `state_00.mrc`, …; views2d: `phantom.mrc` and `views.mrcs`, the CTF-free projection of
 //! each view at psi = 0), all at the scale of the particle signal.
+//!
+//! Fields of `particles.h5` (one row per particle; `uid` unique, deterministic from the seed):
+//! - `blob/shape` (box, box), `blob/psize_A`, `blob/sign` = 1; `blob/image_row` is set by
+//!   the dataset writer.
+//! - `ctf/*` (with `ctf: true`): `accel_kv`, `cs_mm`, `amp_contrast`, `df1_A`, `df2_A`,
+//!   `df_angle_rad`, `phase_shift_rad` = 0, `bfactor`, `scale` = 1, `exp_group_id` = 1.
+//! - `location/micrograph_uid`, `micrograph_path` (virtual `micrographs/mic_NNNNNN.mrc`; no
+//!   such file exists), `micrograph_shape` (ny, nx), `micrograph_psize_A`, `center_x_frac`,
+//!   `center_y_frac` (pick position / micrograph size).
+//! - Ground truth: `gt/view` (views2d) or `gt/state` (hetero3d), I32, −1 for junk;
+//!   `gt/is_junk` (U32 0/1); `gt/is_duplicate` (U32 0/1); `gt/duplicate_of` (U64: the uid
+//!   of the original pick for a duplicate, the row's own uid otherwise); `gt/psi_rad`
+//!   (F32); `gt/shift_px` (F32 ×2, RELION origin x, y); `gt/pose` (F32 ×3, pose of the
+//!   projection matrix).
+//! - hetero3d also: `alignments3D/pose`, `alignments3D/shift` (= `gt/pose`, `gt/shift_px`)
+//!   and `alignments3D/psize_A`, the known poses a 3D classification without alignment uses.
+//!
+//! `ground_truth.csv` has the same ground truth, one line per row in row order, with
+//! columns `uid, view|state, is_junk, is_duplicate, duplicate_of, psi_rad, shift_x_px,
+//! shift_y_px, df1_A, df2_A, df_angle_rad` (empty without CTF), `micrograph_uid,
+//! center_x_px, center_y_px, pose_x, pose_y, pose_z`.
 //!
 //! Conventions: images have RELION's contrast (protein white; the CTF is RELION's, +A at
 //! k = 0; `blob/sign` = 1). A particle's centre is at pixel (box/2 − origin_x,
@@ -464,19 +486,29 @@ pub fn run(cfg: &SimulateConfig, out_dir: &Path) -> Result<SimSummary> {
         chunk_particles: ((1 << 20) / nn4).clamp(1, cfg.batch_size),
     };
     let mut writer = DatasetWriter::create(&particles_file, spec)?;
+    // Batch k is written while batch k + 1 is drawn (two batches of images in memory).
     let t_img = Instant::now();
-    let mut start = 0;
-    while start < n {
-        let end = (start + cfg.batch_size).min(n);
-        let images = sim.images(start..end);
-        writer.append_images(images.view())?;
-        let secs = t_img.elapsed().as_secs_f64();
-        let eta = secs / end as f64 * (n - end) as f64;
-        log::info!(
-            "simulate: {end}/{n} particles ({:.0}%), {secs:.1} s, ETA {eta:.0} s",
-            100.0 * end as f64 / n as f64
+    let batch = |start: usize| start..(start + cfg.batch_size).min(n);
+    let mut current = sim.images(batch(0));
+    let mut written = 0;
+    while written < n {
+        let next_start = written + current.dim().0;
+        let (next, res) = rayon::join(
+            || (next_start < n).then(|| sim.images(batch(next_start))),
+            || writer.append_images(current.view()),
         );
-        start = end;
+        res?;
+        written = next_start;
+        let secs = t_img.elapsed().as_secs_f64();
+        let eta = secs / written as f64 * (n - written) as f64;
+        log::info!(
+            "simulate: {written}/{n} particles ({:.0}%), {secs:.1} s, ETA {eta:.0} s",
+            100.0 * written as f64 / n as f64
+        );
+        match next {
+            Some(imgs) => current = imgs,
+            None => break,
+        }
     }
     let attrs = DatasetAttrs {
         blob_root: None,
@@ -485,7 +517,13 @@ pub fn run(cfg: &SimulateConfig, out_dir: &Path) -> Result<SimSummary> {
             cfg.mode, cfg.seed, n
         ),
     };
+    let images_s = t_img.elapsed().as_secs_f64();
+    let t = Instant::now();
     writer.finish(sim.table(), &attrs)?;
+    log::info!(
+        "simulate: images drawn and written in {images_s:.1} s, table in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
 
     let ground_truth_file = out_dir.join("ground_truth.csv");
     sim.write_ground_truth_csv(&ground_truth_file)?;

@@ -37,10 +37,10 @@ struct Shape {
 impl Default for Shape {
     fn default() -> Self {
         Shape {
-            lobes: (3, 5),
+            lobes: (4, 6),
             step: (0.45, 0.65),
-            spread: 0.2,
-            sigma: (0.08, 0.17),
+            spread: 0.18,
+            sigma: (0.04, 0.08),
         }
     }
 }
@@ -88,28 +88,7 @@ impl Phantom {
         n_domains: usize,
         domain_fraction: f64,
     ) -> Phantom {
-        Self::generate_with(
-            seed,
-            candidate,
-            n_blobs,
-            radius_a,
-            min_sigma_a,
-            n_domains,
-            domain_fraction,
-            &Shape::default(),
-        )
-    }
-
-    fn generate_with(
-        seed: u64,
-        candidate: u64,
-        n_blobs: usize,
-        radius_a: f64,
-        min_sigma_a: f64,
-        n_domains: usize,
-        domain_fraction: f64,
-        sh: &Shape,
-    ) -> Phantom {
+        let sh = Shape::default();
         let r = radius_a;
         let mut rng = stream(seed, Purpose::Phantom, candidate);
         // Lobes along a non-reversing random walk: an elongated, bent, asymmetric body.
@@ -163,8 +142,8 @@ impl Phantom {
             .map(|k| core.iter().map(|b| b.mass * b.pos_a[k]).sum::<f64>() / m)
             .collect::<Vec<_>>();
         for b in &mut core {
-            for k in 0..3 {
-                b.pos_a[k] -= com[k];
+            for (p, c) in b.pos_a.iter_mut().zip(&com) {
+                *p -= c;
             }
         }
         let f = core
@@ -301,10 +280,7 @@ pub fn project_into(
 /// (psi in 4° steps). Computed on a coarse 64-pixel grid spanning 1.6 object diameters, which
 /// is enough to rank objects.
 pub fn max_cross_view_correlation(blobs: &[Blob], views: &[[f64; 2]], radius_a: f64) -> f64 {
-    max_cross_view_correlation_n(blobs, views, radius_a, 64)
-}
-
-pub(crate) fn max_cross_view_correlation_n(blobs: &[Blob], views: &[[f64; 2]], radius_a: f64, N: usize) -> f64 {
+    const N: usize = 64;
     let psize = 2.0 * radius_a * 1.6 / N as f64;
     let c = [(N / 2) as f64; 2];
     let project = |v: &[f64; 2], psi_deg: f64| -> Vec<f64> {

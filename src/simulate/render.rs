@@ -189,6 +189,11 @@ impl Renderer {
 
     /// Multiplies the image by the pick's CTF in Fourier space (no-op without CTF).
     fn apply_ctf(&self, p: &Pick, img: &mut [f32]) {
+        self.apply_ctf_sized(p, img, self.n);
+    }
+
+    /// [`Renderer::apply_ctf`] on an `n × n` canvas of the same pixel size.
+    fn apply_ctf_sized(&self, p: &Pick, img: &mut [f32], n: usize) {
         let Some(base) = self.ctf else { return };
         let params = CtfParams {
             df1_a: p.ctf[0] as f64,
@@ -196,7 +201,6 @@ impl Renderer {
             df_angle_rad: p.ctf[2] as f64,
             ..base
         };
-        let n = self.n;
         let plan = Fft2::get(n, n);
         let mut spec = vec![Complex32::new(0.0, 0.0); n * half_len(n)];
         let mut ctf = vec![0.0f32; n * half_len(n)];
@@ -212,8 +216,19 @@ impl Renderer {
     pub fn signal_into(&self, p: &Pick, out: &mut [f32]) {
         out.iter_mut().for_each(|v| *v = 0.0);
         if p.is_junk() {
-            self.draw_junk(p, out);
-            self.apply_ctf(p, out);
+            // Junk extends to (or past) the box edge: draw it and apply the CTF on a canvas
+            // 1.5 times the size, faded out between the box edge and the canvas edge, then
+            // crop, so that nothing wraps around and the fade stays outside the box.
+            let n = self.n;
+            let m = junk_canvas(n);
+            let mut canvas = vec![0.0f32; m * m];
+            self.draw_junk(p, &mut canvas, m);
+            self.apply_ctf_sized(p, &mut canvas, m);
+            let off = (m - n) / 2;
+            for y in 0..n {
+                let src = (y + off) * m + off;
+                out[y * n..(y + 1) * n].copy_from_slice(&canvas[src..src + n]);
+            }
             let v = self.masked_variance(out);
             let target = self.junk_targets[(p.junk_seed % self.junk_targets.len() as u64) as usize];
             let s = if v > 0.0 {
@@ -235,21 +250,19 @@ impl Renderer {
     pub fn image_into(&self, row: usize, p: &Pick, out: &mut [f32]) {
         self.signal_into(p, out);
         let mut rng = stream(self.seed, Purpose::Noise, row as u64);
-        for v in out.iter_mut() {
-            let e: f32 = StandardNormal.sample(&mut rng);
-            *v += e;
-        }
+        add_unit_noise(&mut rng, out);
     }
 
-    /// Draws the junk object of `p` (before CTF and scaling): a random aggregate of blobs
-    /// (60%), a large contamination blob or two (20%), or a soft carbon/ice edge (20%), all
-    /// faded out near the box edge so that the periodic FFT does not wrap them.
-    fn draw_junk(&self, p: &Pick, out: &mut [f32]) {
-        let n = self.n;
+    /// Draws the junk object of `p` (before CTF and scaling) on an `m × m` canvas
+    /// ([`junk_canvas`]) centred like the box: a random aggregate of blobs (60%), a large
+    /// contamination blob or two (20%), or a soft carbon/ice edge (20%), faded out between
+    /// the box edge and the canvas edge so that the periodic FFT does not wrap it.
+    fn draw_junk(&self, p: &Pick, out: &mut [f32], m: usize) {
         let r = self.radius_a;
         let mut rng = stream(self.seed, Purpose::Junk, p.junk_seed);
         let kind: f64 = rng.gen();
-        let centre = self.centre(p);
+        let c = (m / 2) as f64;
+        let centre = [c - p.shift_px[0] as f64, c - p.shift_px[1] as f64];
         if kind < 0.6 {
             let count = rng.gen_range(6..=50usize);
             let spread = r * rng.gen_range(0.3..0.9);
@@ -270,10 +283,10 @@ impl Renderer {
                     }
                 })
                 .collect();
-            project_into(&blobs, &pick_matrix(p), centre, self.psize_a, n, out);
+            project_into(&blobs, &pick_matrix(p), centre, self.psize_a, m, out);
         } else if kind < 0.8 {
             let count = rng.gen_range(1..=2usize);
-            let half_a = 0.3 * n as f64 * self.psize_a;
+            let half_a = 0.3 * self.n as f64 * self.psize_a;
             let blobs: Vec<Blob> = (0..count)
                 .map(|_| Blob {
                     pos_a: [
@@ -286,41 +299,96 @@ impl Renderer {
                 })
                 .collect();
             let identity = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
-            project_into(&blobs, &identity, centre, self.psize_a, n, out);
+            project_into(&blobs, &identity, centre, self.psize_a, m, out);
         } else {
             // Soft step across a random line: s(d) = 1 / (1 + exp(−d / w)).
             let th = rng.gen_range(0.0..std::f64::consts::TAU);
             let (nx_, ny_) = (th.cos(), th.sin());
-            let d0 = rng.gen_range(-0.3..0.3) * n as f64;
+            let d0 = rng.gen_range(-0.3..0.3) * self.n as f64;
             let w = rng.gen_range(0.5..3.0);
-            let c = (n / 2) as f64;
-            for y in 0..n {
-                for x in 0..n {
-                    let d = (x as f64 - c) * nx_ + (y as f64 - c) * ny_ - d0;
-                    out[y * n + x] = (1.0 / (1.0 + (-d / w).exp())) as f32;
-                }
-            }
-        }
-        // Raised-cosine fade from 0.4·n to 0.5·n from the centre.
-        let c = (n / 2) as f64;
-        let (r0, r1) = (0.4 * n as f64, 0.5 * n as f64);
-        for y in 0..n {
-            for x in 0..n {
-                let rr = ((x as f64 - c).powi(2) + (y as f64 - c).powi(2)).sqrt();
-                if rr > r0 {
-                    let f = if rr >= r1 {
+            for y in 0..m {
+                for x in 0..m {
+                    let t = ((x as f64 - centre[0]) * nx_ + (y as f64 - centre[1]) * ny_ - d0) / w;
+                    // 1 / (1 + e^−t), saturated where it is 0 or 1 to f32 precision.
+                    out[y * m + x] = if t > 20.0 {
+                        1.0
+                    } else if t < -20.0 {
                         0.0
                     } else {
-                        0.5 * (1.0 + (std::f64::consts::PI * (rr - r0) / (r1 - r0)).cos())
+                        (1.0 / (1.0 + (-t).exp())) as f32
                     };
-                    out[y * n + x] *= f as f32;
                 }
             }
         }
+        // Separable raised-cosine fade: 1 inside the box, 0 at the canvas edge.
+        let fade = edge_fade(self.n, m);
+        for (y, row) in out.chunks_exact_mut(m).enumerate() {
+            for (v, fx) in row.iter_mut().zip(&fade) {
+                *v *= fx * fade[y];
+            }
+        }
+    }
+}
+
+/// Side of the canvas junk is drawn on for a box of `n` pixels: 1.5 n, even.
+fn junk_canvas(n: usize) -> usize {
+    (3 * n / 2 + 1) & !1
+}
+
+/// Fade profile along one axis of an `m`-pixel canvas holding an `n`-pixel box in its
+/// centre: 1 over the box, a raised cosine down to 0 at the canvas edge.
+fn edge_fade(n: usize, m: usize) -> Vec<f32> {
+    let c = (m / 2) as f64;
+    let (r0, r1) = (n as f64 / 2.0 + 1.0, c);
+    (0..m)
+        .map(|i| {
+            let r = (i as f64 - c).abs();
+            if r <= r0 {
+                1.0
+            } else if r >= r1 {
+                0.0
+            } else {
+                (0.5 * (1.0 + (std::f64::consts::PI * (r - r0) / (r1 - r0)).cos())) as f32
+            }
+        })
+        .collect()
+}
+
+/// Adds independent N(0, 1) samples (rand_distr's ziggurat) to `out`.
+fn add_unit_noise(rng: &mut impl Rng, out: &mut [f32]) {
+    for v in out.iter_mut() {
+        let e: f32 = StandardNormal.sample(rng);
+        *v += e;
     }
 }
 
 /// Smallest blob width drawn (Å): 1.2 pixels, so that every blob is well sampled.
 pub fn min_sigma_a(psize_a: f64) -> f64 {
     1.2 * psize_a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn noise_is_standard_normal() {
+        let mut rng = stream(0, Purpose::Noise, 0);
+        let mut v = vec![0.0f32; 1_000_001];
+        add_unit_noise(&mut rng, &mut v);
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+        let kurt = v.iter().map(|&x| (x as f64 - mean).powi(4)).sum::<f64>() / n / (var * var);
+        assert!(
+            mean.abs() < 0.005 && (var - 1.0).abs() < 0.005 && (kurt - 3.0).abs() < 0.03,
+            "{mean} {var} {kurt}"
+        );
+        // Tail mass beyond 3σ: 0.27%.
+        let tail = v.iter().filter(|x| x.abs() > 3.0).count() as f64 / n;
+        assert!((tail - 0.0027).abs() < 0.0003, "{tail}");
+        // Pairs are independent: correlation of neighbours ~ 0.
+        let c = v.windows(2).map(|w| w[0] as f64 * w[1] as f64).sum::<f64>() / n;
+        assert!(c.abs() < 0.005, "{c}");
+    }
 }

@@ -127,13 +127,13 @@ fn measured_snr_matches_the_request() {
     let classes = sim.classes();
     let (mut sig, mut noise, mut junk_sig) = (0.0, 0.0, 0.0);
     let (mut n_part, mut n_junk) = (0usize, 0usize);
-    for r in 0..600 {
+    for (r, &class) in classes.iter().enumerate() {
         let s = signals.index_axis(ndarray::Axis(0), r);
         let i = images.index_axis(ndarray::Axis(0), r);
         let s = s.as_slice().unwrap();
         let e: Vec<f32> = i.iter().zip(s).map(|(a, b)| a - b).collect();
         let vn = sim.renderer.masked_variance(&e);
-        if classes[r] >= 0 {
+        if class >= 0 {
             sig += sim.renderer.masked_variance(s);
             noise += vn;
             n_part += 1;
@@ -351,12 +351,60 @@ fn run_writes_particles_ground_truth_and_volumes() {
     assert!(!dir.path().join("ground_truth.csv.tmp").exists());
 }
 
+#[test]
+fn run_views2d_f16_gzip_and_no_ctf() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = small(SimMode::Views2d);
+    c.num_particles = 90;
+    c.dtype = SimDtype::F16;
+    c.gzip = Some(4);
+    c.ctf = false;
+    let summary = run(&c, dir.path()).unwrap();
+    assert_eq!(
+        summary.class_counts.iter().sum::<usize>() + summary.num_junk,
+        90
+    );
+    let ds = crate::dataset::Dataset::open(&dir.path().join("particles.h5")).unwrap();
+    let sim = Simulation::new(&c).unwrap();
+    let (stored, exact) = (ds.read_images(0..90).unwrap(), sim.images(0..90));
+    let err = stored
+        .iter()
+        .zip(&exact)
+        .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+        .fold(0.0f32, f32::max);
+    assert!(err < 1e-3, "f16 relative error {err}");
+    assert!(!ds.table().has("ctf/df1_A"), "no CTF fields without a CTF");
+    assert!(ds.table().has("gt/view") && !ds.table().has("alignments3D/pose"));
+    let views = crate::formats::mrc::MrcStack::open(dir.path().join("volumes/views.mrcs")).unwrap();
+    assert_eq!(views.len(), c.num_views);
+    assert!(dir.path().join("volumes/phantom.mrc").exists());
+    let csv = std::fs::read_to_string(dir.path().join("ground_truth.csv")).unwrap();
+    assert!(
+        csv.lines().nth(1).unwrap().contains(",,,"),
+        "empty CTF columns"
+    );
+}
+
 /// `cargo test --release --lib simulate::tests::timing_20k -- --ignored --nocapture`
 #[test]
 #[ignore]
 fn timing_20k() {
     let dir = tempfile::tempdir().unwrap();
     let c = SimulateConfig::with_output(dir.path());
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, r: &log::Record) {
+            if r.target().starts_with("emclass") {
+                eprintln!("{}", r.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    let _ = log::set_logger(&Stderr);
+    log::set_max_level(log::LevelFilter::Info);
     let t = std::time::Instant::now();
     let s = run(&c, dir.path()).unwrap();
     eprintln!(
@@ -366,19 +414,4 @@ fn timing_20k() {
         s.class_counts,
         rayon::current_num_threads()
     );
-}
-
-#[test]
-#[ignore]
-fn explore_view_correlations() {
-    for seed in 0..8u64 {
-        let mut c = SimulateConfig::with_output("unused");
-        c.num_particles = 10;
-        c.seed = seed;
-        let sim = Simulation::new(&c).unwrap();
-        let score = phantom::max_cross_view_correlation(sim.phantom.core(), &sim.plan.views, 76.8);
-        let s128 = phantom::max_cross_view_correlation_n(sim.phantom.core(), &sim.plan.views, 76.8, 128);
-        let s96 = phantom::max_cross_view_correlation_n(sim.phantom.core(), &sim.plan.views, 76.8, 96);
-        eprintln!("seed {seed}: chosen object scores {score:.3} {s96:.3} {s128:.3}");
-    }
 }
