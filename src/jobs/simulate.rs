@@ -1,22 +1,11 @@
 //! `emclass simulate`: loads the config, writes the simulated dataset into a fresh output
 //! folder (renamed into place when complete) with `config.used.yaml` and `summary.json`.
 
-use std::path::Path;
-
 use crate::cli::JobArgs;
 use crate::config::{self, JobConfig};
 use crate::error::{Error, Result};
 use crate::jobs::output::OutputDir;
 use crate::simulate::{self, config::SimulateConfig};
-
-impl JobConfig for SimulateConfig {
-    fn validate(&self, path: &Path) -> Result<()> {
-        SimulateConfig::validate(self, path)
-    }
-    fn output(&self) -> &Path {
-        &self.output
-    }
-}
 
 /// Runs the simulation (on the calling rank).
 pub fn run(args: &JobArgs) -> Result<()> {

@@ -273,15 +273,7 @@ impl SimulateConfig {
 
     /// Parses YAML text read from `path` (used in error messages) and validates it.
     pub fn from_yaml(text: &str, path: &Path) -> Result<SimulateConfig> {
-        let cfg: SimulateConfig = serde_norway::from_str(text).map_err(|e| {
-            let key = e
-                .location()
-                .map(|l| format!("line {}", l.line()))
-                .unwrap_or_else(|| "yaml".into());
-            Error::config(path, key, e.to_string().replace('\n', " "))
-        })?;
-        cfg.validate(path)?;
-        Ok(cfg)
+        crate::config::load_str(text, path, &[])
     }
 
     /// Particle diameter in Å (the configured one or 0.6 · box · psize).
@@ -567,7 +559,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("job.yaml: line 2") && err.contains("num_view"),
+            err.starts_with("job.yaml: num_view: unknown field") && err.contains("line 2 column 1"),
             "{err}"
         );
         let err = SimulateConfig::from_yaml("num_views: 3\n", p)
@@ -619,5 +611,14 @@ mod tests {
             SimulateConfig::from_yaml(&text, Path::new("x.yaml")).unwrap(),
             cfg
         );
+    }
+}
+
+impl crate::config::JobConfig for SimulateConfig {
+    fn validate(&self, path: &Path) -> Result<()> {
+        SimulateConfig::validate(self, path)
+    }
+    fn output(&self) -> &Path {
+        &self.output
     }
 }
