@@ -60,16 +60,18 @@ pub fn summary(ds: &Dataset) -> String {
         };
         let _ = writeln!(s, "{name:<34} {:>6} {:>5}  {desc}", col.data.type_name(), col.width);
     }
-    if let Some(ColumnData::I32(views)) = t.get("gt/view").map(|c| &c.data) {
-        let mut counts: BTreeMap<i32, usize> = BTreeMap::new();
-        for &v in views {
-            *counts.entry(v).or_default() += 1;
+    for (field, what) in [("gt/view", "view"), ("gt/state", "state")] {
+        if let Some(ColumnData::I32(labels)) = t.get(field).map(|c| &c.data) {
+            let mut counts: BTreeMap<i32, usize> = BTreeMap::new();
+            for &v in labels {
+                *counts.entry(v).or_default() += 1;
+            }
+            let parts: Vec<String> = counts
+                .iter()
+                .map(|(v, c)| if *v < 0 { format!("junk {c}") } else { format!("{what} {v}: {c}") })
+                .collect();
+            let _ = writeln!(s, "ground truth: {}", parts.join(", "));
         }
-        let parts: Vec<String> = counts
-            .iter()
-            .map(|(v, c)| if *v < 0 { format!("junk {c}") } else { format!("view {v}: {c}") })
-            .collect();
-        let _ = writeln!(s, "ground truth: {}", parts.join(", "));
     }
     s
 }
