@@ -30,3 +30,23 @@ fn comm_check_passes_without_a_launcher() {
     let r = emclass(dir.path(), &["comm-check"]).ok();
     assert!(r.stdout.contains("comm check passed on 1 rank(s)"), "{}", r.stdout);
 }
+
+#[test]
+fn existing_output_folder_is_refused_unless_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("sim.yaml"), "output: sim\nnum_particles: 20\nbox_px: 32\n").unwrap();
+    emclass(dir.path(), &["-q", "simulate", "sim.yaml"]).ok();
+    let first = std::fs::read(dir.path().join("sim/ground_truth.csv")).unwrap();
+    assert!(dir.path().join("sim/config.used.yaml").exists());
+    assert!(dir.path().join("sim/summary.json").exists());
+    emclass(dir.path(), &["simulate", "sim.yaml", "--set", "seed=1"]).fails_with(&["sim", "--overwrite"]);
+    assert_eq!(std::fs::read(dir.path().join("sim/ground_truth.csv")).unwrap(), first, "refused run changed the output");
+    // A run that fails validation with --overwrite leaves the old output alone.
+    emclass(dir.path(), &["simulate", "sim.yaml", "--overwrite", "--set", "snr=-1"]).fails_with(&["sim.yaml", "snr"]);
+    assert_eq!(std::fs::read(dir.path().join("sim/ground_truth.csv")).unwrap(), first);
+    emclass(dir.path(), &["-q", "simulate", "sim.yaml", "--overwrite", "--set", "seed=1"]).ok();
+    assert_ne!(std::fs::read(dir.path().join("sim/ground_truth.csv")).unwrap(), first);
+    let used = std::fs::read_to_string(dir.path().join("sim/config.used.yaml")).unwrap();
+    assert!(used.contains("seed: 1"), "{used}");
+    assert_eq!(ls(dir.path()), vec!["sim", "sim.yaml"], "no temporary folders left");
+}
