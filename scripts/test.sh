@@ -10,4 +10,4 @@ export PATH="$HOME/.cargo/bin:$PATH"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # The interop tests must run here, not be skipped.
 export EMCLASS_REQUIRE_INTEROP=1
-cargo test --locked "$@"
+cargo test --locked --no-fail-fast "$@"

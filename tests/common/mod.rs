@@ -80,8 +80,11 @@ pub fn emclass(dir: &Path, args: &[&str]) -> Run {
     Run::from(out)
 }
 
-/// Runs `mpirun -n ranks emclass args...` in `dir`.
+/// Runs `mpirun -n ranks emclass args...` in `dir`. Each launch gets its own OpenMPI
+/// session folder: launches racing to create the shared default one (`/tmp/ompi.HOST.UID`)
+/// fail with "orte_session_dir failed" when tests run in parallel.
 pub fn mpirun(dir: &Path, ranks: usize, args: &[&str]) -> Run {
+    let session = tempfile::tempdir().expect("session folder");
     let out = Command::new("mpirun")
         .args([
             "--oversubscribe",
@@ -95,6 +98,7 @@ pub fn mpirun(dir: &Path, ranks: usize, args: &[&str]) -> Run {
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+        .env("OMPI_MCA_orte_tmpdir_base", session.path())
         .output()
         .expect("start mpirun (install openmpi-bin)");
     Run::from(out)
