@@ -12,7 +12,11 @@ use emclass::{jobs, report, Error};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mpi = if launched_by_mpi() { MpiComm::init() } else { None };
+    let mpi = if launched_by_mpi() {
+        MpiComm::init()
+    } else {
+        None
+    };
     let comm: &dyn Comm = match &mpi {
         Some(c) => c,
         None => &Single,

@@ -41,8 +41,15 @@ pub fn relative_to(target: &Path, base: &Path) -> PathBuf {
 /// Joins `path` onto `root` unless it is absolute, and removes `.` components.
 pub fn resolve(root: &Path, path: &str) -> PathBuf {
     let p = Path::new(path);
-    let joined = if p.is_absolute() { p.to_path_buf() } else { root.join(p) };
-    joined.components().filter(|c| *c != Component::CurDir).collect()
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        root.join(p)
+    };
+    joined
+        .components()
+        .filter(|c| *c != Component::CurDir)
+        .collect()
 }
 
 #[cfg(test)]
@@ -55,7 +62,13 @@ mod tests {
         assert_eq!(r, PathBuf::from("Particles/s.mrcs"));
         let r = relative_to(Path::new("/a/b/Particles/s.mrcs"), Path::new("/a/c/d"));
         assert_eq!(r, PathBuf::from("../../b/Particles/s.mrcs"));
-        assert_eq!(resolve(Path::new("/x"), "./P/s.mrcs"), PathBuf::from("/x/P/s.mrcs"));
-        assert_eq!(resolve(Path::new("/x"), "/abs/s.mrcs"), PathBuf::from("/abs/s.mrcs"));
+        assert_eq!(
+            resolve(Path::new("/x"), "./P/s.mrcs"),
+            PathBuf::from("/x/P/s.mrcs")
+        );
+        assert_eq!(
+            resolve(Path::new("/x"), "/abs/s.mrcs"),
+            PathBuf::from("/abs/s.mrcs")
+        );
     }
 }

@@ -8,9 +8,19 @@ fn collectives_work_on_two_and_three_ranks() {
     let dir = tempfile::tempdir().unwrap();
     for n in [2, 3] {
         let r = mpirun(dir.path(), n, &["comm-check", "--particles", "1001"]).ok();
-        assert!(r.stdout.contains(&format!("comm check passed on {n} rank(s)")), "{}", r.stdout);
+        assert!(
+            r.stdout
+                .contains(&format!("comm check passed on {n} rank(s)")),
+            "{}",
+            r.stdout
+        );
         // Only rank 0 prints the result.
-        assert_eq!(r.stdout.matches("comm check passed").count(), 1, "{}", r.stdout);
+        assert_eq!(
+            r.stdout.matches("comm check passed").count(),
+            1,
+            "{}",
+            r.stdout
+        );
     }
 }
 
@@ -28,7 +38,17 @@ fn simulate(dir: &std::path::Path, name: &str, n: usize) {
     std::fs::write(dir.join("sim.yaml"), "output: unused\nmode: views2d\n").unwrap();
     emclass(
         dir,
-        &["-q", "simulate", "sim.yaml", "--set", &format!("output={name}"), "--set", &format!("num_particles={n}"), "--set", "box_px=32"],
+        &[
+            "-q",
+            "simulate",
+            "sim.yaml",
+            "--set",
+            &format!("output={name}"),
+            "--set",
+            &format!("num_particles={n}"),
+            "--set",
+            "box_px=32",
+        ],
     )
     .ok();
 }
@@ -38,11 +58,26 @@ fn each_rank_reads_only_its_block_and_the_totals_match() {
     let dir = tempfile::tempdir().unwrap();
     simulate(dir.path(), "sim", 301);
     for n in [2, 3] {
-        let r = mpirun(dir.path(), n, &["comm-check", "--dataset", "sim/particles.h5"]).ok();
-        assert!(r.stdout.contains(&format!("comm check passed on {n} rank(s)")), "{}", r.stdout);
+        let r = mpirun(
+            dir.path(),
+            n,
+            &["comm-check", "--dataset", "sim/particles.h5"],
+        )
+        .ok();
+        assert!(
+            r.stdout
+                .contains(&format!("comm check passed on {n} rank(s)")),
+            "{}",
+            r.stdout
+        );
         // Rank 0 reports its own block: the first ceil(301/n) particles.
         let first = 301usize.div_ceil(n);
-        assert!(r.stderr.contains(&format!("read particles 0..{first} of 301")), "{}", r.stderr);
+        assert!(
+            r.stderr
+                .contains(&format!("read particles 0..{first} of 301")),
+            "{}",
+            r.stderr
+        );
     }
 }
 
@@ -53,16 +88,33 @@ fn simulate_under_mpirun_matches_a_single_process() {
     let r = mpirun(
         dir.path(),
         2,
-        &["-q", "simulate", "sim.yaml", "--set", "output=multi", "--set", "num_particles=200", "--set", "box_px=32"],
+        &[
+            "-q",
+            "simulate",
+            "sim.yaml",
+            "--set",
+            "output=multi",
+            "--set",
+            "num_particles=200",
+            "--set",
+            "box_px=32",
+        ],
     )
     .ok();
-    assert!(r.stderr.is_empty() || !r.stderr.contains("error"), "{}", r.stderr);
+    assert!(
+        r.stderr.is_empty() || !r.stderr.contains("error"),
+        "{}",
+        r.stderr
+    );
     let a = std::fs::read(dir.path().join("single/ground_truth.csv")).unwrap();
     let b = std::fs::read(dir.path().join("multi/ground_truth.csv")).unwrap();
     assert_eq!(a, b);
     let info = |p: &str| {
         let out = emclass(dir.path(), &["info", p]).ok().stdout;
-        out.lines().filter(|l| !l.starts_with("dataset") && !l.starts_with("images")).collect::<Vec<_>>().join("\n")
+        out.lines()
+            .filter(|l| !l.starts_with("dataset") && !l.starts_with("images"))
+            .collect::<Vec<_>>()
+            .join("\n")
     };
     assert_eq!(info("single/particles.h5"), info("multi/particles.h5"));
 }
@@ -74,10 +126,29 @@ fn export_under_mpirun_writes_once() {
     for n in [2, 3] {
         let star = format!("out{n}.star");
         let mrcs = format!("out{n}.mrcs");
-        mpirun(dir.path(), n, &["export", "--in", "sim/particles.h5", "--star", &star, "--mrcs", &mrcs]).ok();
+        mpirun(
+            dir.path(),
+            n,
+            &[
+                "export",
+                "--in",
+                "sim/particles.h5",
+                "--star",
+                &star,
+                "--mrcs",
+                &mrcs,
+            ],
+        )
+        .ok();
         let text = std::fs::read_to_string(dir.path().join(&star)).unwrap();
-        assert!(text.contains(&format!("000050@{mrcs}")), "last image name missing");
+        assert!(
+            text.contains(&format!("000050@{mrcs}")),
+            "last image name missing"
+        );
     }
-    let left: Vec<String> = ls(dir.path()).into_iter().filter(|f| f.contains("emclass")).collect();
+    let left: Vec<String> = ls(dir.path())
+        .into_iter()
+        .filter(|f| f.contains("emclass"))
+        .collect();
     assert!(left.is_empty(), "{left:?}");
 }

@@ -21,12 +21,19 @@ fn templates() -> Vec<PathBuf> {
 #[test]
 fn templates_are_valid_bash_with_sbatch_headers() {
     let t = templates();
-    assert!(t.len() >= 2, "expected single-node and multi-node templates, found {t:?}");
+    assert!(
+        t.len() >= 2,
+        "expected single-node and multi-node templates, found {t:?}"
+    );
     for p in t {
         let st = Command::new("bash").arg("-n").arg(&p).status().unwrap();
         assert!(st.success(), "{} is not valid bash", p.display());
         let text = std::fs::read_to_string(&p).unwrap();
-        assert!(text.contains("#SBATCH --ntasks-per-node"), "{}", p.display());
+        assert!(
+            text.contains("#SBATCH --ntasks-per-node"),
+            "{}",
+            p.display()
+        );
         assert!(text.contains("srun"), "{}", p.display());
     }
 }
@@ -37,9 +44,17 @@ fn templates_run_emclass_through_srun() {
     let fake = dir.path().join("bin");
     std::fs::create_dir(&fake).unwrap();
     let srun = fake.join("srun");
-    std::fs::write(&srun, "#!/bin/bash\nwhile [[ \"$1\" == --* ]]; do shift; done\nexec \"$@\"\n").unwrap();
+    std::fs::write(
+        &srun,
+        "#!/bin/bash\nwhile [[ \"$1\" == --* ]]; do shift; done\nexec \"$@\"\n",
+    )
+    .unwrap();
     std::fs::set_permissions(&srun, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = format!("{}:{}", fake.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        fake.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     for p in templates() {
         let out = Command::new("bash")
             .arg(&p)
@@ -52,10 +67,23 @@ fn templates_run_emclass_through_srun() {
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{}: {}", p.display(), String::from_utf8_lossy(&out.stderr));
-        assert!(stdout.contains("comm check passed on 1 rank(s)"), "{}: {stdout}", p.display());
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            p.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("comm check passed on 1 rank(s)"),
+            "{}: {stdout}",
+            p.display()
+        );
         // Without arguments the template explains its usage and fails.
-        let st = Command::new("bash").arg(&p).env("PATH", &path).output().unwrap();
+        let st = Command::new("bash")
+            .arg(&p)
+            .env("PATH", &path)
+            .output()
+            .unwrap();
         assert_eq!(st.status.code(), Some(2));
         assert!(String::from_utf8_lossy(&st.stderr).contains("usage"));
     }

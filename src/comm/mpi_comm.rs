@@ -22,9 +22,15 @@ pub fn launched_by_mpi() -> bool {
     if let Ok(v) = std::env::var("EMCLASS_MPI") {
         return v == "1";
     }
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK", "MPI_LOCALNRANKS"]
-        .iter()
-        .any(|k| std::env::var_os(k).is_some())
+    [
+        "OMPI_COMM_WORLD_SIZE",
+        "PMI_SIZE",
+        "PMIX_RANK",
+        "PMI_RANK",
+        "MPI_LOCALNRANKS",
+    ]
+    .iter()
+    .any(|k| std::env::var_os(k).is_some())
 }
 
 impl MpiComm {

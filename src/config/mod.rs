@@ -41,7 +41,11 @@ pub fn load_str<T: JobConfig>(text: &str, path: &Path, overrides: &[String]) -> 
             serde_norway::from_value(value).map_err(|e| {
                 let msg = e.to_string();
                 let key = backticked(&msg).unwrap_or_else(|| "--set".to_string());
-                Error::config(path, key, format!("{msg} (after --set {})", overrides.join(" --set ")))
+                Error::config(
+                    path,
+                    key,
+                    format!("{msg} (after --set {})", overrides.join(" --set ")),
+                )
             })?
         }
     };
@@ -72,19 +76,32 @@ fn apply_override(root: &mut Value, ov: &str, path: &Path) -> Result<()> {
         .ok_or_else(|| Error::config(path, ov, "--set expects key=value"))?;
     let key = key.trim();
     if key.is_empty() {
-        return Err(Error::config(path, ov, "--set expects key=value with a non-empty key"));
+        return Err(Error::config(
+            path,
+            ov,
+            "--set expects key=value with a non-empty key",
+        ));
     }
-    let value: Value = serde_norway::from_str(raw)
-        .map_err(|e| Error::config(path, key, format!("--set value {raw:?} is not valid YAML: {e}")))?;
+    let value: Value = serde_norway::from_str(raw).map_err(|e| {
+        Error::config(
+            path,
+            key,
+            format!("--set value {raw:?} is not valid YAML: {e}"),
+        )
+    })?;
     let mut node = root;
     let parts: Vec<&str> = key.split('.').collect();
     for (i, part) in parts.iter().enumerate() {
         if node.is_null() {
             *node = Value::Mapping(Default::default());
         }
-        let map = node
-            .as_mapping_mut()
-            .ok_or_else(|| Error::config(path, key, format!("--set: `{}` is not a map", parts[..i].join("."))))?;
+        let map = node.as_mapping_mut().ok_or_else(|| {
+            Error::config(
+                path,
+                key,
+                format!("--set: `{}` is not a map", parts[..i].join(".")),
+            )
+        })?;
         let k = Value::String(part.to_string());
         if i + 1 == parts.len() {
             map.insert(k, value);
@@ -98,7 +115,11 @@ fn apply_override(root: &mut Value, ov: &str, path: &Path) -> Result<()> {
 /// Checks that a floating-point parameter is finite and within `[lo, hi]`.
 pub fn check_range(path: &Path, key: &str, v: f64, lo: f64, hi: f64) -> Result<()> {
     if !v.is_finite() || v < lo || v > hi {
-        return Err(Error::config(path, key, format!("{v} is outside [{lo}, {hi}]")));
+        return Err(Error::config(
+            path,
+            key,
+            format!("{v} is outside [{lo}, {hi}]"),
+        ));
     }
     Ok(())
 }
@@ -156,26 +177,38 @@ mod tests {
 
     #[test]
     fn unknown_key_names_key_line_and_column() {
-        let e = load_str::<Demo>("output: out\nnum_clases: 4\n", &p(), &[]).unwrap_err().to_string();
+        let e = load_str::<Demo>("output: out\nnum_clases: 4\n", &p(), &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("job.yaml: num_clases: unknown field"), "{e}");
         assert!(e.contains("line 2 column 1"), "{e}");
     }
 
     #[test]
     fn mistyped_value_and_bad_override() {
-        let e = load_str::<Demo>("output: out\nnum_classes: many\n", &p(), &[]).unwrap_err().to_string();
+        let e = load_str::<Demo>("output: out\nnum_classes: many\n", &p(), &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 2"), "{e}");
-        let e = load_str::<Demo>("output: out\n", &p(), &["bogus=1".into()]).unwrap_err().to_string();
+        let e = load_str::<Demo>("output: out\n", &p(), &["bogus=1".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bogus"), "{e}");
-        let e = load_str::<Demo>("output: out\n", &p(), &["nokey".into()]).unwrap_err().to_string();
+        let e = load_str::<Demo>("output: out\n", &p(), &["nokey".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("key=value"), "{e}");
     }
 
     #[test]
     fn validation_runs_after_overrides() {
-        let e = load_str::<Demo>("output: out\n", &p(), &["inner.rate=2".into()]).unwrap_err().to_string();
+        let e = load_str::<Demo>("output: out\n", &p(), &["inner.rate=2".into()])
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "job.yaml: inner.rate: 2 is outside [0, 1]");
-        let e = load_str::<Demo>("output: out\ninner: {rate: .nan}\n", &p(), &[]).unwrap_err().to_string();
+        let e = load_str::<Demo>("output: out\ninner: {rate: .nan}\n", &p(), &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("inner.rate: NaN"), "{e}");
     }
 }

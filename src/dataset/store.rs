@@ -188,7 +188,6 @@ fn write_header(
     Ok(())
 }
 
-
 /// Checks that `table` has a u64 `blob/image_row` column of width 1 whose values are rows
 /// of an images dataset of `image_count` images (errors name `path`).
 fn check_image_rows(

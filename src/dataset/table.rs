@@ -247,7 +247,11 @@ impl ParticleTable {
         for (k, c) in &other.columns {
             let mine = self.columns.get_mut(k).expect("checked above");
             if !mine.data.append(&c.data) {
-                return Err(format!("column {k}: type {} vs {}", mine.data.type_name(), c.data.type_name()));
+                return Err(format!(
+                    "column {k}: type {} vs {}",
+                    mine.data.type_name(),
+                    c.data.type_name()
+                ));
             }
         }
         self.uid.extend_from_slice(&other.uid);
@@ -262,7 +266,10 @@ mod tests {
     fn sample() -> ParticleTable {
         let mut t = ParticleTable::new(vec![10, 11, 12]);
         t.set_f32("ctf/df1_A", vec![1.0, 2.0, 3.0]);
-        t.set("alignments2D/shift", Column::new(ColumnData::F32(vec![0., 1., 2., 3., 4., 5.]), 2));
+        t.set(
+            "alignments2D/shift",
+            Column::new(ColumnData::F32(vec![0., 1., 2., 3., 4., 5.]), 2),
+        );
         t.set_str("blob/path", vec!["a".into(), "b".into(), "c".into()]);
         t
     }
@@ -273,7 +280,10 @@ mod tests {
         assert_eq!(s.uid(), &[12, 10]);
         assert_eq!(s.f32("ctf/df1_A").unwrap(), &[3.0, 1.0]);
         assert_eq!(s.f32("alignments2D/shift").unwrap(), &[4., 5., 0., 1.]);
-        assert_eq!(s.str("blob/path").unwrap(), &["c".to_string(), "a".to_string()]);
+        assert_eq!(
+            s.str("blob/path").unwrap(),
+            &["c".to_string(), "a".to_string()]
+        );
     }
 
     #[test]
@@ -287,7 +297,9 @@ mod tests {
     #[test]
     fn try_set_rejects_wrong_row_count() {
         let mut t = sample();
-        let err = t.try_set("x", Column::scalar(ColumnData::F32(vec![1.0]))).unwrap_err();
+        let err = t
+            .try_set("x", Column::scalar(ColumnData::F32(vec![1.0])))
+            .unwrap_err();
         assert!(err.contains("do not make 3 rows"), "{err}");
     }
 }

@@ -24,7 +24,10 @@ fn collectives(comm: &dyn Comm, particles: usize) -> Result<()> {
     let (rank, size) = (comm.rank(), comm.size());
     let mine = partition(particles, size, rank);
     // All-reduce: particle counts and the sum of owned indices must add up to the totals.
-    let mut sums = [mine.len() as f64, mine.clone().map(|i| i as f64).sum::<f64>()];
+    let mut sums = [
+        mine.len() as f64,
+        mine.clone().map(|i| i as f64).sum::<f64>(),
+    ];
     comm.all_reduce_sum_f64(&mut sums);
     let want_sum = (particles as f64) * (particles as f64 - 1.0) / 2.0;
     let mut counts = [mine.len() as u64, 1];
@@ -62,12 +65,19 @@ fn collectives(comm: &dyn Comm, particles: usize) -> Result<()> {
     comm.barrier();
     let ok = comm.all_ok(problems.is_empty());
     if !problems.is_empty() {
-        return Err(Error::Usage(format!("comm check failed on rank {rank}: {}", problems.join("; "))));
+        return Err(Error::Usage(format!(
+            "comm check failed on rank {rank}: {}",
+            problems.join("; ")
+        )));
     }
     if !ok {
         return Err(Error::Peer);
     }
-    log::info!("rank {rank}: particles {}..{} of {particles}", mine.start, mine.end);
+    log::info!(
+        "rank {rank}: particles {}..{} of {particles}",
+        mine.start,
+        mine.end
+    );
     Ok(())
 }
 
@@ -81,7 +91,10 @@ fn totals(ds: &Dataset, rows: std::ops::Range<usize>) -> Result<[f64; 5]> {
         let images = ds.read_images(start..end)?;
         t[0] += (end - start) as f64;
         t[1] += images.iter().map(|&v| f64::from(v)).sum::<f64>();
-        t[2] += images.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+        t[2] += images
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>();
         start = end;
     }
     for &u in &ds.table().uid()[rows.start..rows.end] {
@@ -121,11 +134,20 @@ fn partitioned_reads(comm: &dyn Comm, path: &Path) -> Result<()> {
     };
     if !comm.all_ok(ok) {
         return Err(if comm.is_root() {
-            Error::file(path, "reads partitioned over ranks differ from a serial read")
+            Error::file(
+                path,
+                "reads partitioned over ranks differ from a serial read",
+            )
         } else {
             Error::Peer
         });
     }
-    log::info!("rank {}: read particles {}..{} of {n} from {}", comm.rank(), mine.start, mine.end, path.display());
+    log::info!(
+        "rank {}: read particles {}..{} of {n} from {}",
+        comm.rank(),
+        mine.start,
+        mine.end,
+        path.display()
+    );
     Ok(())
 }

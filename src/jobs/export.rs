@@ -10,8 +10,8 @@ use crate::dataset::{Column, ColumnData, Dataset, ParticleTable};
 use crate::error::{Error, Result};
 use crate::formats::mrc::MrcStackWriter;
 use crate::formats::{cs, relion, star};
-use crate::paths::{abs_parent, relative_to, resolve};
 use crate::jobs::staged::Staged;
+use crate::paths::{abs_parent, relative_to, resolve};
 use crate::report::progress::Progress;
 
 /// Images streamed per read.
@@ -20,12 +20,26 @@ const BATCH: usize = 256;
 /// Runs the export (on the calling rank).
 pub fn run(args: &ExportArgs) -> Result<()> {
     if args.star.is_none() && args.cs.is_none() && args.mrcs.is_none() {
-        return Err(Error::Usage("export needs at least one of --star, --cs, --mrcs".into()));
+        return Err(Error::Usage(
+            "export needs at least one of --star, --cs, --mrcs".into(),
+        ));
     }
     let mut staged = Staged::default();
-    let star_part = args.star.as_ref().map(|p| staged.stage(p, args.overwrite)).transpose()?;
-    let cs_part = args.cs.as_ref().map(|p| staged.stage(p, args.overwrite)).transpose()?;
-    let mrcs_part = args.mrcs.as_ref().map(|p| staged.stage(p, args.overwrite)).transpose()?;
+    let star_part = args
+        .star
+        .as_ref()
+        .map(|p| staged.stage(p, args.overwrite))
+        .transpose()?;
+    let cs_part = args
+        .cs
+        .as_ref()
+        .map(|p| staged.stage(p, args.overwrite))
+        .transpose()?;
+    let mrcs_part = args
+        .mrcs
+        .as_ref()
+        .map(|p| staged.stage(p, args.overwrite))
+        .transpose()?;
     let ds = Dataset::open(&args.input)?;
     let n = ds.len();
     log::info!("exporting {n} particles from {}", args.input.display());
@@ -63,7 +77,10 @@ pub fn run(args: &ExportArgs) -> Result<()> {
 /// The original image references (`blob/path` relative to the dataset's `blob_root`).
 fn original_images(ds: &Dataset, input: &Path) -> Result<Vec<(PathBuf, u64)>> {
     let t = ds.table();
-    let (Some(paths), Some(idx)) = (t.str("blob/path"), t.get("blob/idx").and_then(|c| c.data.to_f64())) else {
+    let (Some(paths), Some(idx)) = (
+        t.str("blob/path"),
+        t.get("blob/idx").and_then(|c| c.data.to_f64()),
+    ) else {
         return Err(Error::field(
             input,
             "blob/path",
@@ -86,9 +103,17 @@ fn with_image_refs(table: &ParticleTable, images: &[(PathBuf, u64)], base: &Path
     let mut t = table.clone();
     t.set_str(
         "blob/path",
-        images.iter().map(|(p, _)| relative_to(p, base).to_string_lossy().into_owned()).collect(),
+        images
+            .iter()
+            .map(|(p, _)| relative_to(p, base).to_string_lossy().into_owned())
+            .collect(),
     );
-    t.set("blob/idx", Column::scalar(ColumnData::U32(images.iter().map(|(_, i)| *i as u32).collect())));
+    t.set(
+        "blob/idx",
+        Column::scalar(ColumnData::U32(
+            images.iter().map(|(_, i)| *i as u32).collect(),
+        )),
+    );
     t
 }
 

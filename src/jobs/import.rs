@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use ndarray::{s, Array3};
 
 use crate::cli::{DtypeArg, ImportArgs};
-use crate::dataset::{Column, ColumnData, DatasetAttrs, DatasetWriter, ImageDtype, ImageSpec, ParticleTable};
+use crate::dataset::{
+    Column, ColumnData, DatasetAttrs, DatasetWriter, ImageDtype, ImageSpec, ParticleTable,
+};
 use crate::error::{Error, Result};
 use crate::formats::mrc::MrcStack;
 use crate::formats::{cs, relion, star};
@@ -36,14 +38,28 @@ pub fn run(args: &ImportArgs) -> Result<()> {
     let (table, root, src) = if let Some(path) = &args.star {
         let parsed = star::read_star(path)?;
         let table = relion::star_to_table(&parsed, path)?;
-        (table, abs_parent(path)?, Source { file: path.clone(), image_field: "_rlnImageName" })
+        (
+            table,
+            abs_parent(path)?,
+            Source {
+                file: path.clone(),
+                image_field: "_rlnImageName",
+            },
+        )
     } else if let Some(path) = &args.cs {
         let table = cs::read_cs(path)?;
         let root = match &args.project_dir {
             Some(d) => std::fs::canonicalize(d).map_err(|e| Error::io(d, e))?,
             None => abs_parent(path)?,
         };
-        (table, root, Source { file: path.clone(), image_field: "blob/path" })
+        (
+            table,
+            root,
+            Source {
+                file: path.clone(),
+                image_field: "blob/path",
+            },
+        )
     } else if let Some(path) = &args.mrcs {
         let stack = MrcStack::open(path)?;
         let name = path
@@ -55,13 +71,26 @@ pub fn run(args: &ImportArgs) -> Result<()> {
         let mut t = ParticleTable::new(vec![0; n]);
         t.set_str("blob/path", vec![name; n]);
         t.set_u32("blob/idx", (0..n as u32).collect());
-        (t, abs_parent(path)?, Source { file: path.clone(), image_field: "blob/idx" })
+        (
+            t,
+            abs_parent(path)?,
+            Source {
+                file: path.clone(),
+                image_field: "blob/idx",
+            },
+        )
     } else {
-        return Err(Error::Usage("import needs one of --star, --cs or --mrcs".into()));
+        return Err(Error::Usage(
+            "import needs one of --star, --cs or --mrcs".into(),
+        ));
     };
     for f in ["blob/path", "blob/idx"] {
         if !table.has(f) {
-            return Err(Error::field(&src.file, f, "missing: particles must reference their images"));
+            return Err(Error::field(
+                &src.file,
+                f,
+                "missing: particles must reference their images",
+            ));
         }
     }
     let n = table.len();
@@ -91,7 +120,10 @@ pub fn run(args: &ImportArgs) -> Result<()> {
         rebuild_with_uids(table, uids)
     };
     table.set_f32("blob/psize_A", vec![psize_a; n]);
-    table.set("blob/shape", Column::new(ColumnData::U32([box_px as u32; 2].repeat(n)), 2));
+    table.set(
+        "blob/shape",
+        Column::new(ColumnData::U32([box_px as u32; 2].repeat(n)), 2),
+    );
 
     let spec_dtype = match args.dtype {
         DtypeArg::F32 => ImageDtype::F32,
@@ -136,10 +168,17 @@ fn open_stack(path: &Path, src: &Source, row: usize) -> Result<MrcStack> {
 
 /// Pixel size: `--pixel-size`, else the metadata's (which must be uniform), else the first
 /// stack's header.
-fn pixel_size(table: &ParticleTable, first: &MrcStack, args: &ImportArgs, src: &Source) -> Result<f32> {
+fn pixel_size(
+    table: &ParticleTable,
+    first: &MrcStack,
+    args: &ImportArgs,
+    src: &Source,
+) -> Result<f32> {
     if let Some(p) = args.pixel_size {
         if !(p.is_finite() && p > 0.0) {
-            return Err(Error::Usage(format!("--pixel-size {p}: must be a positive number of Å")));
+            return Err(Error::Usage(format!(
+                "--pixel-size {p}: must be a positive number of Å"
+            )));
         }
         return Ok(p);
     }
@@ -153,13 +192,21 @@ fn pixel_size(table: &ParticleTable, first: &MrcStack, args: &ImportArgs, src: &
             ));
         }
         if !(p.is_finite() && p > 0.0) {
-            return Err(Error::field(&src.file, "pixel size", format!("{p} is not a positive number of Å")));
+            return Err(Error::field(
+                &src.file,
+                "pixel size",
+                format!("{p} is not a positive number of Å"),
+            ));
         }
         return Ok(p);
     }
     let p = first.psize_a();
     if !(p.is_finite() && p > 0.0) {
-        return Err(Error::field(first.path(), "voxel size", "the header has no pixel size; pass --pixel-size"));
+        return Err(Error::field(
+            first.path(),
+            "voxel size",
+            "the header has no pixel size; pass --pixel-size",
+        ));
     }
     Ok(p)
 }
@@ -179,7 +226,12 @@ fn stable_uids(paths: &[PathBuf], idx: &[f64], src: &Source) -> Result<Vec<u64>>
             return Err(Error::field(
                 &src.file,
                 src.image_field,
-                format!("particle row {} repeats the image {}@{} of an earlier row", row + 1, i as u64 + 1, p.display()),
+                format!(
+                    "particle row {} repeats the image {}@{} of an earlier row",
+                    row + 1,
+                    i as u64 + 1,
+                    p.display()
+                ),
             ));
         }
         out.push(uid);
@@ -249,14 +301,24 @@ fn copy_images(
         let count = end - row;
         checked_index(idx[end - 1], &stack, end - 1, src)?;
         let images = stack.read(start_idx..start_idx + count)?;
-        if let Some(k) = images.outer_iter().position(|im| im.iter().any(|v| !v.is_finite())) {
+        if let Some(k) = images
+            .outer_iter()
+            .position(|im| im.iter().any(|v| !v.is_finite()))
+        {
             return Err(Error::field(
                 stack.path(),
                 "pixels",
-                format!("image {} (particle row {}) has NaN or infinite pixels", start_idx + k + 1, row + k + 1),
+                format!(
+                    "image {} (particle row {}) has NaN or infinite pixels",
+                    start_idx + k + 1,
+                    row + k + 1
+                ),
             ));
         }
-        if let Some(k) = images.outer_iter().position(|im| im.iter().any(|v| v.abs() > limit)) {
+        if let Some(k) = images
+            .outer_iter()
+            .position(|im| im.iter().any(|v| v.abs() > limit))
+        {
             return Err(Error::field(
                 stack.path(),
                 "pixels",
@@ -267,7 +329,9 @@ fn copy_images(
                 ),
             ));
         }
-        batch.slice_mut(s![filled..filled + count, .., ..]).assign(&images);
+        batch
+            .slice_mut(s![filled..filled + count, .., ..])
+            .assign(&images);
         filled += count;
         if filled == BATCH {
             writer.append_images(batch.view())?;

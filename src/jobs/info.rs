@@ -52,13 +52,22 @@ pub fn summary(ds: &Dataset) -> String {
                 if v.is_empty() {
                     "empty".to_string()
                 } else {
-                    let (lo, hi) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+                    let (lo, hi) = v
+                        .iter()
+                        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                            (a.min(x), b.max(x))
+                        });
                     let mean = v.iter().sum::<f64>() / v.len() as f64;
                     format!("min {lo:.6} max {hi:.6} mean {mean:.6}")
                 }
             }
         };
-        let _ = writeln!(s, "{name:<34} {:>6} {:>5}  {desc}", col.data.type_name(), col.width);
+        let _ = writeln!(
+            s,
+            "{name:<34} {:>6} {:>5}  {desc}",
+            col.data.type_name(),
+            col.width
+        );
     }
     for (field, what) in [("gt/view", "view"), ("gt/state", "state")] {
         if let Some(ColumnData::I32(labels)) = t.get(field).map(|c| &c.data) {
@@ -68,7 +77,13 @@ pub fn summary(ds: &Dataset) -> String {
             }
             let parts: Vec<String> = counts
                 .iter()
-                .map(|(v, c)| if *v < 0 { format!("junk {c}") } else { format!("{what} {v}: {c}") })
+                .map(|(v, c)| {
+                    if *v < 0 {
+                        format!("junk {c}")
+                    } else {
+                        format!("{what} {v}: {c}")
+                    }
+                })
                 .collect();
             let _ = writeln!(s, "ground truth: {}", parts.join(", "));
         }

@@ -3,12 +3,12 @@
 //! with the same success or failure.
 
 pub mod comm_check;
-pub mod info;
 pub mod export;
 pub mod import;
+pub mod info;
+pub mod output;
 pub mod simulate;
 pub mod staged;
-pub mod output;
 
 use crate::cli::Command;
 use crate::comm::Comm;
@@ -20,13 +20,30 @@ pub fn run(cmd: &Command, comm: &dyn Comm) -> Result<()> {
         Command::Import(args) => on_root(comm, || import::run(args)),
         Command::Export(args) => on_root(comm, || export::run(args)),
         Command::Simulate(args) => on_root(comm, || simulate::run(args)),
-        Command::Classify2d(_) => Err(Error::NotImplemented { job: "classify2d", issue: 3 }),
-        Command::Classify3d(_) => Err(Error::NotImplemented { job: "classify3d", issue: 4 }),
-        Command::Subset(_) => Err(Error::NotImplemented { job: "subset", issue: 5 }),
-        Command::Select2d(_) => Err(Error::NotImplemented { job: "select2d", issue: 5 }),
-        Command::Rebalance2d(_) => Err(Error::NotImplemented { job: "rebalance2d", issue: 5 }),
+        Command::Classify2d(_) => Err(Error::NotImplemented {
+            job: "classify2d",
+            issue: 3,
+        }),
+        Command::Classify3d(_) => Err(Error::NotImplemented {
+            job: "classify3d",
+            issue: 4,
+        }),
+        Command::Subset(_) => Err(Error::NotImplemented {
+            job: "subset",
+            issue: 5,
+        }),
+        Command::Select2d(_) => Err(Error::NotImplemented {
+            job: "select2d",
+            issue: 5,
+        }),
+        Command::Rebalance2d(_) => Err(Error::NotImplemented {
+            job: "rebalance2d",
+            issue: 5,
+        }),
         Command::Info { dataset } => on_root(comm, || info::run(dataset)),
-        Command::CommCheck { particles, dataset } => comm_check::run(comm, *particles, dataset.as_deref()),
+        Command::CommCheck { particles, dataset } => {
+            comm_check::run(comm, *particles, dataset.as_deref())
+        }
     }
 }
 

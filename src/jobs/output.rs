@@ -40,7 +40,10 @@ impl OutputDir {
         check_writable(path, overwrite)?;
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             if !parent.is_dir() {
-                return Err(Error::file(path, "the folder that should contain the output does not exist"));
+                return Err(Error::file(
+                    path,
+                    "the folder that should contain the output does not exist",
+                ));
             }
         }
         let tmp_path = tmp_sibling(path);
@@ -68,9 +71,13 @@ impl OutputDir {
     pub fn commit(mut self) -> Result<PathBuf> {
         if self.final_path.exists() {
             if !self.overwrite {
-                return Err(Error::file(&self.final_path, "output appeared while the job ran; not replacing it"));
+                return Err(Error::file(
+                    &self.final_path,
+                    "output appeared while the job ran; not replacing it",
+                ));
             }
-            let meta = std::fs::symlink_metadata(&self.final_path).map_err(|e| Error::io(&self.final_path, e))?;
+            let meta = std::fs::symlink_metadata(&self.final_path)
+                .map_err(|e| Error::io(&self.final_path, e))?;
             if meta.is_dir() {
                 std::fs::remove_dir_all(&self.final_path)
             } else {
@@ -78,7 +85,8 @@ impl OutputDir {
             }
             .map_err(|e| Error::io(&self.final_path, e))?;
         }
-        std::fs::rename(&self.tmp_path, &self.final_path).map_err(|e| Error::io(&self.final_path, e))?;
+        std::fs::rename(&self.tmp_path, &self.final_path)
+            .map_err(|e| Error::io(&self.final_path, e))?;
         self.committed = true;
         Ok(self.final_path.clone())
     }

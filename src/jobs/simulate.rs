@@ -17,7 +17,8 @@ pub fn run(args: &JobArgs) -> Result<()> {
     };
     write("config.used.yaml", config::to_yaml(&cfg))?;
     let summary = simulate::run(&cfg, out.path())?;
-    let json = serde_json::to_string_pretty(&summary).map_err(|e| Error::Usage(format!("summary.json: {e}")))?;
+    let json = serde_json::to_string_pretty(&summary)
+        .map_err(|e| Error::Usage(format!("summary.json: {e}")))?;
     // The summary names files in the temporary folder; name them where they will be.
     let json = json.replace(
         &out.path().to_string_lossy().into_owned(),

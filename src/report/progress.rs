@@ -44,7 +44,11 @@ impl Progress {
             100.0 * self.done as f64 / self.total as f64
         };
         let left = self.total.saturating_sub(self.done) as f64;
-        let eta = if rate > 0.0 { left / rate } else { f64::INFINITY };
+        let eta = if rate > 0.0 {
+            left / rate
+        } else {
+            f64::INFINITY
+        };
         format!(
             "{}: {}/{} ({pct:.0}%) {rate:.0}/s, ETA {}",
             self.label,
