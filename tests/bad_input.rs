@@ -396,7 +396,7 @@ fn garbage_cs_file_names_it() {
     // An NPY header promising more rows than the file holds.
     let header = "{'descr': [('uid', '<u8'), ('blob/idx', '<u4')], 'fortran_order': False, 'shape': (100,), }";
     let mut h = header.to_string();
-    while (10 + h.len() + 1) % 64 != 0 {
+    while !(10 + h.len() + 1).is_multiple_of(64) {
         h.push(' ');
     }
     h.push('\n');

@@ -21,8 +21,8 @@ pub fn run(args: &JobArgs) -> Result<()> {
         .map_err(|e| Error::Usage(format!("summary.json: {e}")))?;
     // The summary names files in the temporary folder; name them where they will be.
     let json = json.replace(
-        &out.path().to_string_lossy().into_owned(),
-        &out.final_path().to_string_lossy().into_owned(),
+        &*out.path().to_string_lossy(),
+        &out.final_path().to_string_lossy(),
     );
     write("summary.json", json + "\n")?;
     let done = out.commit()?;

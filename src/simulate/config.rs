@@ -530,6 +530,15 @@ fn check_weights(path: &Path, key: &str, w: &Option<Vec<f32>>, n: usize) -> Resu
     Ok(())
 }
 
+impl crate::config::JobConfig for SimulateConfig {
+    fn validate(&self, path: &Path) -> Result<()> {
+        SimulateConfig::validate(self, path)
+    }
+    fn output(&self) -> &Path {
+        &self.output
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -611,14 +620,5 @@ mod tests {
             SimulateConfig::from_yaml(&text, Path::new("x.yaml")).unwrap(),
             cfg
         );
-    }
-}
-
-impl crate::config::JobConfig for SimulateConfig {
-    fn validate(&self, path: &Path) -> Result<()> {
-        SimulateConfig::validate(self, path)
-    }
-    fn output(&self) -> &Path {
-        &self.output
     }
 }
