@@ -686,29 +686,31 @@ fn pose_euler_deg(p: [f32; 3]) -> [f64; 3] {
 
 /// Numeric values of table column `name` (width `width`), f32 ones as shortest decimals.
 fn table_num(t: &ParticleTable, name: &str, width: usize) -> Result<Option<Vec<f64>>> {
-    let Some(c) = t.get(name) else {
-        return Ok(None);
-    };
-    if c.width != width {
-        return Err(Error::field(
-            TABLE,
-            name,
-            format!("has {} values per particle, expected {width}", c.width),
-        ));
-    }
-    match &c.data {
-        ColumnData::F32(v) => Ok(Some(v.par_iter().map(|&x| f32_decimal(x)).collect())),
-        ColumnData::Str(_) => Err(Error::field(
-            TABLE,
-            name,
-            "is a string column, expected numbers",
-        )),
-        d => Ok(d.to_f64()),
-    }
+    Ok(numeric_column(t, name, width)?.map(|d| match d {
+        ColumnData::F32(v) => v.par_iter().map(|&x| f32_decimal(x)).collect(),
+        d => d.to_f64().unwrap_or_default(),
+    }))
 }
 
 /// The raw f32 values of a column (any numeric type, converted), for exact conversions.
 fn table_f32(t: &ParticleTable, name: &str, width: usize) -> Result<Option<Vec<f32>>> {
+    Ok(numeric_column(t, name, width)?.map(|d| match d {
+        ColumnData::F32(v) => v.clone(),
+        d => d
+            .to_f64()
+            .unwrap_or_default()
+            .iter()
+            .map(|&x| x as f32)
+            .collect(),
+    }))
+}
+
+/// The data of numeric column `name` if present; an error if it is text or not `width` wide.
+fn numeric_column<'a>(
+    t: &'a ParticleTable,
+    name: &str,
+    width: usize,
+) -> Result<Option<&'a ColumnData>> {
     let Some(c) = t.get(name) else {
         return Ok(None);
     };
@@ -719,15 +721,14 @@ fn table_f32(t: &ParticleTable, name: &str, width: usize) -> Result<Option<Vec<f
             format!("has {} values per particle, expected {width}", c.width),
         ));
     }
-    match &c.data {
-        ColumnData::F32(v) => Ok(Some(v.clone())),
-        ColumnData::Str(_) => Err(Error::field(
+    if let ColumnData::Str(_) = c.data {
+        return Err(Error::field(
             TABLE,
             name,
             "is a string column, expected numbers",
-        )),
-        d => Ok(d.to_f64().map(|v| v.iter().map(|&x| x as f32).collect())),
+        ));
     }
+    Ok(Some(&c.data))
 }
 
 /// Adds a particle column and records its label as written.

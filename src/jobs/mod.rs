@@ -20,31 +20,21 @@ pub fn run(cmd: &Command, comm: &dyn Comm) -> Result<()> {
         Command::Import(args) => on_root(comm, || import::run(args)),
         Command::Export(args) => on_root(comm, || export::run(args)),
         Command::Simulate(args) => on_root(comm, || simulate::run(args)),
-        Command::Classify2d(_) => Err(Error::NotImplemented {
-            job: "classify2d",
-            issue: 3,
-        }),
-        Command::Classify3d(_) => Err(Error::NotImplemented {
-            job: "classify3d",
-            issue: 4,
-        }),
-        Command::Subset(_) => Err(Error::NotImplemented {
-            job: "subset",
-            issue: 5,
-        }),
-        Command::Select2d(_) => Err(Error::NotImplemented {
-            job: "select2d",
-            issue: 5,
-        }),
-        Command::Rebalance2d(_) => Err(Error::NotImplemented {
-            job: "rebalance2d",
-            issue: 5,
-        }),
+        Command::Classify2d(_) => later("classify2d", 3),
+        Command::Classify3d(_) => later("classify3d", 4),
+        Command::Subset(_) => later("subset", 5),
+        Command::Select2d(_) => later("select2d", 5),
+        Command::Rebalance2d(_) => later("rebalance2d", 5),
         Command::Info { dataset } => on_root(comm, || info::run(dataset)),
         Command::CommCheck { particles, dataset } => {
             comm_check::run(comm, *particles, dataset.as_deref())
         }
     }
+}
+
+/// A job that a later issue implements: refuse plainly, write nothing.
+fn later(job: &'static str, issue: u32) -> Result<()> {
+    Err(Error::NotImplemented { job, issue })
 }
 
 /// Runs `job` on rank 0 only; the other ranks wait for it. Every rank returns `Ok` when the
