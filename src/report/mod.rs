@@ -1,4 +1,6 @@
-//! What the user sees: log lines (rank-prefixed), progress with ETA.
+//! What the user sees: log lines (rank-prefixed), progress with ETA, plots and montages (PNG).
 
 pub mod logger;
+pub mod montage;
+pub mod plot;
 pub mod progress;
