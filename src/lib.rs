@@ -7,6 +7,7 @@ pub mod cli;
 pub mod comm;
 pub mod config;
 pub mod dataset;
+pub mod em;
 pub mod error;
 pub mod formats;
 pub mod jobs;
