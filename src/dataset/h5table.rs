@@ -99,12 +99,12 @@ fn has_attr(loc: &hdf5::Location, name: &str) -> hdf5::Result<bool> {
     Ok(loc.attr_names()?.iter().any(|n| n == name))
 }
 
-/// Reads a scalar string attribute (UTF-8 or ASCII, variable length); `None` when absent.
-pub(super) fn read_str_attr(
+/// The attribute `name` of `loc` and its element type; `None` when absent.
+fn attr_with_type(
     loc: &hdf5::Location,
     path: &Path,
     name: &str,
-) -> Result<Option<String>> {
+) -> Result<Option<(hdf5::Attribute, TypeDescriptor)>> {
     if !has_attr(loc, name).ctx(path, name)? {
         return Ok(None);
     }
@@ -113,6 +113,18 @@ pub(super) fn read_str_attr(
         .dtype()
         .and_then(|t| t.to_descriptor())
         .ctx(path, name)?;
+    Ok(Some((attr, desc)))
+}
+
+/// Reads a scalar string attribute (UTF-8 or ASCII, variable length); `None` when absent.
+pub(super) fn read_str_attr(
+    loc: &hdf5::Location,
+    path: &Path,
+    name: &str,
+) -> Result<Option<String>> {
+    let Some((attr, desc)) = attr_with_type(loc, path, name)? else {
+        return Ok(None);
+    };
     let s = match desc {
         TypeDescriptor::VarLenUnicode => attr
             .as_reader()
@@ -143,14 +155,9 @@ pub(super) fn read_num_attr<T: H5Type>(
     path: &Path,
     name: &str,
 ) -> Result<Option<T>> {
-    if !has_attr(loc, name).ctx(path, name)? {
+    let Some((attr, desc)) = attr_with_type(loc, path, name)? else {
         return Ok(None);
-    }
-    let attr = loc.attr(name).ctx(path, name)?;
-    let desc = attr
-        .dtype()
-        .and_then(|t| t.to_descriptor())
-        .ctx(path, name)?;
+    };
     if !matches!(
         desc,
         TypeDescriptor::Integer(_) | TypeDescriptor::Unsigned(_) | TypeDescriptor::Float(_)
