@@ -133,6 +133,14 @@ impl ParticleTable {
     pub fn uid(&self) -> &[u64] {
         &self.uid
     }
+    /// Replaces the uids (same number of rows), e.g. with ones derived from image references.
+    pub fn set_uids(&mut self, uid: Vec<u64>) -> std::result::Result<(), String> {
+        if uid.len() != self.uid.len() {
+            return Err(format!("{} uids for {} rows", uid.len(), self.uid.len()));
+        }
+        self.uid = uid;
+        Ok(())
+    }
     /// Adds or replaces a column. Panics only on a programming error (row count mismatch),
     /// which callers avoid by construction; use [`ParticleTable::try_set`] for user data.
     pub fn set(&mut self, name: &str, col: Column) {

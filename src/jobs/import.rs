@@ -35,7 +35,7 @@ struct Source {
 /// Runs the import (on the calling rank).
 pub fn run(args: &ImportArgs) -> Result<()> {
     check_writable(&args.out, args.overwrite)?;
-    let (table, root, src) = if let Some(path) = &args.star {
+    let (mut table, root, src) = if let Some(path) = &args.star {
         let parsed = star::read_star(path)?;
         let table = relion::star_to_table(&parsed, path)?;
         (
@@ -113,12 +113,12 @@ pub fn run(args: &ImportArgs) -> Result<()> {
     let box_px = first.nx();
     let psize_a = pixel_size(&table, &first, args, &src)?;
     // CryoSPARC particles keep their uids; the others get uids from their image references.
-    let mut table = if args.cs.is_some() {
-        table
-    } else {
+    if args.cs.is_none() {
         let uids = stable_uids(&paths, &idx, &src)?;
-        rebuild_with_uids(table, uids)
-    };
+        table
+            .set_uids(uids)
+            .map_err(|m| Error::file(&src.file, m))?;
+    }
     table.set_f32("blob/psize_A", vec![psize_a; n]);
     table.set(
         "blob/shape",
@@ -244,14 +244,6 @@ fn splitmix64(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
-}
-
-fn rebuild_with_uids(table: ParticleTable, uids: Vec<u64>) -> ParticleTable {
-    let mut t = ParticleTable::new(uids);
-    for (name, col) in table.columns() {
-        t.set(name, col.clone());
-    }
-    t
 }
 
 /// Streams the images in table order: consecutive rows of the same stack with consecutive

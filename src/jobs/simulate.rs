@@ -19,11 +19,6 @@ pub fn run(args: &JobArgs) -> Result<()> {
     let summary = simulate::run(&cfg, out.path())?;
     let json = serde_json::to_string_pretty(&summary)
         .map_err(|e| Error::Usage(format!("summary.json: {e}")))?;
-    // The summary names files in the temporary folder; name them where they will be.
-    let json = json.replace(
-        &*out.path().to_string_lossy(),
-        &out.final_path().to_string_lossy(),
-    );
     write("summary.json", json + "\n")?;
     let done = out.commit()?;
     log::info!(

@@ -93,6 +93,7 @@ pub struct SimSummary {
     pub snr: f64,
     /// Factor applied to the projections (mass per pixel) to reach `snr`.
     pub signal_amplitude: f64,
+    /// Files written, relative to the output folder (which a job renames when complete).
     pub particles_file: PathBuf,
     pub ground_truth_file: PathBuf,
     pub volume_files: Vec<PathBuf>,
@@ -542,9 +543,10 @@ pub fn run(cfg: &SimulateConfig, out_dir: &Path) -> Result<SimSummary> {
         volume_files.push(path);
     }
     let mut summary = sim.summary();
-    summary.particles_file = particles_file;
-    summary.ground_truth_file = ground_truth_file;
-    summary.volume_files = volume_files;
+    let relative = |p: &Path| p.strip_prefix(out_dir).unwrap_or(p).to_path_buf();
+    summary.particles_file = relative(&particles_file);
+    summary.ground_truth_file = relative(&ground_truth_file);
+    summary.volume_files = volume_files.iter().map(|p| relative(p)).collect();
     summary.seconds = t0.elapsed().as_secs_f64();
     log::info!(
         "simulate: wrote {} particles ({} junk, {} duplicates) in {:.1} s",
