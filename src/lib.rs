@@ -3,6 +3,7 @@
 //! Layers (see DESIGN.md): `cli` → `jobs` → engines; `comm` (ranks), `dataset` and
 //! `formats` (I/O), `numerics`, `report` (logs, progress, plots), `simulate`.
 
+pub mod classify2d;
 pub mod cli;
 pub mod comm;
 pub mod config;

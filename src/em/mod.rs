@@ -31,6 +31,7 @@
 //! [`crate::comm::Comm`] only.
 
 pub mod batches;
+pub mod metrics;
 pub mod responsibilities;
 pub mod schedule;
 pub mod stats;

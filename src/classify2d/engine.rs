@@ -1,0 +1,583 @@
+//! The 2D classification driver: initial classes and noise, online-EM iterations on random
+//! batches, then full iterations, each one E-step over the rank's share of the particles,
+//! one all-reduce of the packed statistics and the same deterministic M-step on every rank.
+//!
+//! Rank independence: batches come from one seeded global permutation, the random initial
+//! assignment and the 100 noise particles are functions of the global row, and statistics
+//! are summed in f64, so 1, 2 or 64 ranks give the same classes up to summation order.
+
+use std::time::Instant;
+
+use ndarray::Array2;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::comm::Comm;
+use crate::em::batches::{permutation, OnlineBatches};
+use crate::em::responsibilities::{
+    marginalize_poses, pose_weights, responsibilities, EStepParams, Quartiles,
+};
+use crate::em::schedule::{IcufSchedule, LearningRate};
+use crate::em::stats::{Stats, StatsLayout};
+use crate::error::Result;
+use crate::numerics::fft::Complex32;
+use crate::numerics::frc::frc_resolution_a;
+
+use super::config::Classify2dConfig;
+use super::estep::{rotated_spectrum, Scorer, Templates};
+use super::grid::{Band, PoseGrid, WorkGrid};
+use super::model::{self, ClassUpdate, PostProcess};
+use super::particles::Particles;
+
+/// Coarsest alignment limit of the first iteration, Å (raised as the classes improve).
+pub const START_ALIGN_RES_A: f64 = 25.0;
+/// Particles scored per GEMM batch.
+const CHUNK: usize = 16;
+/// Class probabilities below this are not back-projected.
+const MIN_WEIGHT: f64 = 1e-3;
+/// Number of random particles of the initial noise estimate (the seed's "100 random images").
+const NOISE_PARTICLES: usize = 100;
+
+/// Per-particle results of the last iteration that saw the particle (local rows).
+#[derive(Clone, Debug)]
+pub struct Results {
+    pub k: usize,
+    /// `len × K` class probabilities.
+    pub probs: Vec<f32>,
+    pub class: Vec<u32>,
+    pub class_posterior: Vec<f32>,
+    pub class_ess: Vec<f32>,
+    pub psi_rad: Vec<f32>,
+    /// Shift that centres the particle, input pixels, (x, y).
+    pub shift_px: Vec<[f32; 2]>,
+}
+
+impl Results {
+    fn new(n: usize, k: usize) -> Results {
+        Results {
+            k,
+            probs: vec![0.0; n * k],
+            class: vec![0; n],
+            class_posterior: vec![0.0; n],
+            class_ess: vec![0.0; n],
+            psi_rad: vec![0.0; n],
+            shift_px: vec![[0.0; 2]; n],
+        }
+    }
+}
+
+/// One row of the per-iteration record (summary.json, log).
+#[derive(Clone, Debug, Serialize)]
+pub struct IterationRecord {
+    pub iteration: usize,
+    pub phase: &'static str,
+    pub particles: usize,
+    #[serde(rename = "align_res_A")]
+    pub align_res_a: f64,
+    pub n_rotations: usize,
+    pub n_shifts: usize,
+    pub band_coefficients: usize,
+    pub learning_rate: f64,
+    pub ess_quartiles: [f64; 5],
+    pub best_prob_quartiles: [f64; 5],
+    pub class_counts: Vec<f64>,
+    #[serde(rename = "class_frc05_res_A")]
+    pub class_frc05_res_a: Vec<f64>,
+    pub seconds: f64,
+}
+
+/// What the run produced.
+pub struct Outcome {
+    pub classes: ClassUpdate,
+    pub results: Results,
+    pub history: Vec<IterationRecord>,
+    pub sigma2_init: Vec<f64>,
+    pub sigma2_current: Vec<f64>,
+    pub sigma2_used: Vec<f64>,
+    /// ESS and best-class probability of every particle (root only, global order).
+    pub all_ess: Vec<f64>,
+    pub all_best_prob: Vec<f64>,
+}
+
+/// Everything fixed for a run.
+pub struct Engine<'a> {
+    pub cfg: &'a Classify2dConfig,
+    pub grid: &'a WorkGrid,
+    pub particles: &'a Particles,
+    pub comm: &'a dyn Comm,
+    /// Particles in the whole dataset.
+    pub n_total: usize,
+    pub post: PostProcess,
+}
+
+/// Per-iteration view of the engine's state passed to the caller (plots).
+pub struct IterationView<'a> {
+    pub record: &'a IterationRecord,
+    pub classes: &'a ClassUpdate,
+    pub sigma2_used: &'a [f64],
+    pub sigma2_current: &'a [f64],
+    pub sigma2_init: &'a [f64],
+    /// Root only: ESS and best probability of the particles of this iteration.
+    pub ess: &'a [f64],
+    pub best_prob: &'a [f64],
+}
+
+impl<'a> Engine<'a> {
+    fn local(&self) -> Local<'a> {
+        Local {
+            cfg: self.cfg,
+            grid: self.grid,
+            particles: self.particles,
+        }
+    }
+
+    fn layout(&self) -> Result<StatsLayout> {
+        model::layout(self.cfg.num_classes, self.grid)
+    }
+
+    /// Random initial classes: the particles of the first online batch, each given to a
+    /// random class at a random in-plane angle (functions of the global row and the seed).
+    fn initial_classes(&self, batch: &[usize], poses: &PoseGrid) -> Result<ClassUpdate> {
+        let mut st = Stats::zeros(&self.layout()?);
+        let k = self.cfg.num_classes;
+        for i in self.particles.local(batch) {
+            let g = self.particles.first_row + i;
+            let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed ^ 0x5eed_c1a5);
+            rng.set_stream(g as u64);
+            let c = rng.gen_range(0..k);
+            let psi = poses.psi_rad[rng.gen_range(0..poses.n_rot())];
+            let y = self.local().ctf_times_x(i, None);
+            model::add_contribution(
+                &mut st,
+                self.grid,
+                c,
+                self.particles.half[i],
+                &y,
+                self.local().ctf(i),
+                psi,
+                1.0,
+            );
+        }
+        st.all_reduce(self.comm);
+        Ok(model::update_classes(&st, self.grid, k, &self.post, None))
+    }
+
+    /// σ²_init: mean power per shell of 100 random particles (signal + noise).
+    fn initial_noise(&self) -> Result<Vec<f64>> {
+        let lay = StatsLayout::new(&[
+            (model::NOISE, self.grid.n_shells()),
+            (model::NOISE_N, self.grid.n_shells()),
+        ])?;
+        let mut st = Stats::zeros(&lay);
+        let pick: Vec<usize> = permutation(self.n_total, self.cfg.seed, u64::MAX)
+            .into_iter()
+            .take(NOISE_PARTICLES)
+            .collect();
+        for i in self.particles.local(&pick) {
+            model::add_noise(&mut st, self.grid, self.particles.spectrum(i));
+        }
+        st.all_reduce(self.comm);
+        let noise = model::noise_per_shell(&st);
+        Ok(noise.iter().map(|v| v.unwrap_or(1.0).max(1e-12)).collect())
+    }
+
+    /// Phase ramps ρ_t on the whole working half plane, `T × len`.
+    fn full_ramps(&self, poses: &PoseGrid) -> Vec<Complex32> {
+        let g = self.grid;
+        let nb = g.box_in as f64;
+        let mut out = Vec::with_capacity(poses.n_shift() * g.len());
+        for s in &poses.shifts_px {
+            for c in 0..g.len() {
+                let ph = -std::f64::consts::TAU * (g.kx[c] as f64 * s[0] + g.ky[c] as f64 * s[1]) / nb;
+                out.push(Complex32::new(ph.cos() as f32, ph.sin() as f32));
+            }
+        }
+        out
+    }
+
+    /// Runs the whole classification. `on_iteration` is called on every rank after each
+    /// iteration's M-step.
+    pub fn run(&self, mut on_iteration: impl FnMut(&IterationView) -> Result<()>) -> Result<Outcome> {
+        let cfg = self.cfg;
+        let k = cfg.num_classes;
+        let n_local = self.particles.len();
+        let total = cfg.total_iterations();
+        let batch_size = (cfg.batch_size_per_class * k).min(self.n_total);
+        let mut batches = OnlineBatches::new(self.n_total, batch_size, cfg.seed)?;
+        let icuf = IcufSchedule::new(cfg.icuf, cfg.online_em_iterations)?;
+        let eta = LearningRate::new(1.0, 2.0)?;
+        let k_align = self.grid.shell_at(cfg.align_res_a());
+        let k_lo = cfg
+            .min_align_res_a
+            .map(|r| self.grid.shell_at(r).max(1))
+            .unwrap_or(1);
+        let k_start = self.grid.shell_at(START_ALIGN_RES_A).clamp((k_lo + 2).min(k_align), k_align);
+        let mut k_hi = k_start;
+
+        let sigma2_init = self.initial_noise()?;
+        let mut sigma2_cur = sigma2_init.clone();
+        let mut sigma2_used = sigma2_init.clone();
+        let first = batches.batch(0);
+        let mut classes = self.initial_classes(&first, &PoseGrid::new(k_hi, cfg.max_shift_px))?;
+        let mut running: Option<Stats> = None;
+        let mut results = Results::new(n_local, k);
+        let mut history = Vec::with_capacity(total);
+        let (mut all_ess, mut all_best) = (Vec::new(), Vec::new());
+        // With no full iteration, a last E-step-only pass over all particles gives every
+        // particle its assignment.
+        let passes = if cfg.full_iterations == 0 { total + 1 } else { total };
+        for t in 0..passes {
+            let start = Instant::now();
+            let online = t < cfg.online_em_iterations;
+            let estep_only = t >= total;
+            let locals: Vec<usize> = if online {
+                let b = batches.batch(t + 1);
+                self.particles.local(&b)
+            } else {
+                (0..n_local).collect()
+            };
+            let band = Band::new(self.grid, k_lo, k_hi);
+            let poses = PoseGrid::new(k_hi, cfg.max_shift_px);
+            let templates = Templates::build(&classes.images, &poses, &band);
+            icuf.sigma2(t, &sigma2_init, &sigma2_cur, &mut sigma2_used)?;
+            let scorer = Scorer::new(self.grid, &band, &poses, &templates, &sigma2_used);
+            let hard = cfg.final_hard_classification && t + 1 >= total;
+            let params = EStepParams::new(1.0, 0.0, hard)?;
+            let ramps = self.full_ramps(&poses);
+            let (mut batch_stats, rows) =
+                self.e_and_m(&scorer, &locals, &classes.images, &params, &ramps)?;
+            for (i, row) in rows {
+                results.class[i] = row.class;
+                results.class_posterior[i] = row.prob;
+                results.class_ess[i] = row.ess;
+                results.psi_rad[i] = row.psi;
+                results.shift_px[i] = row.shift;
+                results.probs[i * k..(i + 1) * k].copy_from_slice(&row.probs);
+            }
+            let (ess_g, best_g) = self.gather_diagnostics(&results, &locals);
+            let eta_t = if online { eta.at(t) } else { 1.0 };
+            if !estep_only {
+                batch_stats.all_reduce(self.comm);
+                match running.as_mut() {
+                    Some(r) => r.blend(&batch_stats, eta_t)?,
+                    None => running = Some(batch_stats),
+                }
+                let run_st = running.as_ref().expect("set above");
+                classes = model::update_classes(run_st, self.grid, k, &self.post, Some(&classes.images));
+                for (s, v) in sigma2_cur.iter_mut().zip(model::noise_per_shell(run_st)) {
+                    if let Some(v) = v {
+                        *s = v.max(1e-12);
+                    }
+                }
+            }
+            let psize_w = self.grid.psize_a();
+            let frc05: Vec<f64> = classes
+                .frc
+                .iter()
+                .map(|f| frc_resolution_a(f, 0.5, self.grid.n, psize_w))
+                .collect();
+            let quart = |v: &[f64]| -> [f64; 5] {
+                Quartiles::of(v)
+                    .map(|q| [q.min, q.q25, q.median, q.q75, q.max])
+                    .unwrap_or([f64::NAN; 5])
+            };
+            let record = IterationRecord {
+                iteration: t,
+                phase: if estep_only {
+                    "assign"
+                } else if online {
+                    "online"
+                } else {
+                    "full"
+                },
+                particles: if online { batch_size } else { self.n_total },
+                align_res_a: self.grid.shell_res_a(k_hi),
+                n_rotations: poses.n_rot(),
+                n_shifts: poses.n_shift(),
+                band_coefficients: band.len(),
+                learning_rate: eta_t,
+                ess_quartiles: if self.comm.is_root() { quart(&ess_g) } else { [f64::NAN; 5] },
+                best_prob_quartiles: if self.comm.is_root() { quart(&best_g) } else { [f64::NAN; 5] },
+                class_counts: classes.counts.clone(),
+                class_frc05_res_a: frc05,
+                seconds: start.elapsed().as_secs_f64(),
+            };
+            if self.comm.is_root() {
+                log::info!(
+                    "iteration {}/{} ({}, {} particles, align {:.1} Å, {} angles × {} shifts): {:.1} s",
+                    t + 1,
+                    passes,
+                    record.phase,
+                    record.particles,
+                    record.align_res_a,
+                    record.n_rotations,
+                    record.n_shifts,
+                    record.seconds
+                );
+                if let (Ok(e), Ok(b)) = (Quartiles::of(&ess_g), Quartiles::of(&best_g)) {
+                    log::info!("  effective number of classes per particle: {e}");
+                    log::info!("  probability of best class:                {b}");
+                }
+            }
+            on_iteration(&IterationView {
+                record: &record,
+                classes: &classes,
+                sigma2_used: &sigma2_used,
+                sigma2_current: &sigma2_cur,
+                sigma2_init: &sigma2_init,
+                ess: &ess_g,
+                best_prob: &best_g,
+            })?;
+            history.push(record);
+            all_ess = ess_g;
+            all_best = best_g;
+            // Raise the alignment limit to where the class averages have signal.
+            let k_est = signal_shell(&classes, 0.143);
+            k_hi = k_hi.max(k_est.min(k_align)).max(k_start);
+        }
+        Ok(Outcome {
+            classes,
+            results,
+            history,
+            sigma2_init,
+            sigma2_current: sigma2_cur,
+            sigma2_used,
+            all_ess,
+            all_best_prob: all_best,
+        })
+    }
+
+    /// ESS and best-class probability of `locals`, gathered on the root (rank order).
+    fn gather_diagnostics(&self, r: &Results, locals: &[usize]) -> (Vec<f64>, Vec<f64>) {
+        let mut mine = Vec::with_capacity(locals.len() * 16);
+        for &i in locals {
+            mine.extend_from_slice(&(r.class_ess[i] as f64).to_le_bytes());
+            mine.extend_from_slice(&(r.class_posterior[i] as f64).to_le_bytes());
+        }
+        let (mut ess, mut best) = (Vec::new(), Vec::new());
+        if let Some(all) = self.comm.gather_bytes(0, &mine) {
+            for part in all {
+                for c in part.chunks_exact(16) {
+                    ess.push(f64::from_le_bytes(c[..8].try_into().expect("8 bytes")));
+                    best.push(f64::from_le_bytes(c[8..].try_into().expect("8 bytes")));
+                }
+            }
+        }
+        (ess, best)
+    }
+
+    /// E-step over `locals` and the M-step contributions of those particles.
+    fn e_and_m(
+        &self,
+        scorer: &Scorer,
+        locals: &[usize],
+        images: &[Array2<f32>],
+        params: &EStepParams,
+        ramps: &[Complex32],
+    ) -> Result<(Stats, Vec<(usize, Row)>)> {
+        let layout = self.layout()?;
+        let k = self.cfg.num_classes;
+        let log_prior = vec![0.0; k];
+        let local = self.local();
+        let folded: Vec<Result<(Stats, Vec<(usize, Row)>)>> = locals
+            .par_chunks(CHUNK)
+            .fold(
+                || Ok((Stats::zeros(&layout), Vec::new())),
+                |acc: Result<(Stats, Vec<(usize, Row)>)>, chunk| {
+                    let (mut st, mut rows) = acc?;
+                    local.chunk(scorer, chunk, images, params, &log_prior, ramps, &mut st, &mut rows)?;
+                    Ok((st, rows))
+                },
+            )
+            .collect();
+        let mut st = Stats::zeros(&layout);
+        let mut rows = Vec::with_capacity(locals.len());
+        for part in folded {
+            let (s, r) = part?;
+            st.add(&s)?;
+            rows.extend(r);
+        }
+        Ok((st, rows))
+    }
+}
+
+/// The comm-free part of the engine that rayon workers share.
+#[derive(Clone, Copy)]
+struct Local<'a> {
+    cfg: &'a Classify2dConfig,
+    grid: &'a WorkGrid,
+    particles: &'a Particles,
+}
+
+impl<'a> Local<'a> {
+    fn ctf(&self, i: usize) -> Option<&crate::numerics::ctf::Ctf> {
+        self.particles.ctf.as_ref().map(|v| &v[i])
+    }
+
+    /// CTF of particle i on the whole working half plane.
+    fn full_ctf(&self, i: usize) -> Option<Vec<f32>> {
+        self.ctf(i).map(|c| {
+            let mut out = vec![0.0f32; self.grid.len()];
+            c.half_plane_into(self.grid.n, self.grid.n, self.grid.psize_a(), &mut out);
+            out
+        })
+    }
+
+    /// `C·X·ramp` on the working half plane (`ramp` = None: no shift).
+    fn ctf_times_x(&self, i: usize, ramp: Option<&[Complex32]>) -> Vec<Complex32> {
+        let x = self.particles.spectrum(i);
+        let ctf = self.full_ctf(i);
+        (0..x.len())
+            .map(|c| {
+                let mut v = x[c];
+                if let Some(r) = ramp {
+                    v *= r[c];
+                }
+                if let Some(ctf) = &ctf {
+                    v *= ctf[c];
+                }
+                v
+            })
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn chunk(
+        &self,
+        scorer: &Scorer,
+        chunk: &[usize],
+        images: &[Array2<f32>],
+        params: &EStepParams,
+        log_prior: &[f64],
+        ramps: &[Complex32],
+        st: &mut Stats,
+        rows: &mut Vec<(usize, Row)>,
+    ) -> Result<()> {
+        let k = self.cfg.num_classes;
+        let poses = scorer.poses;
+        let np = poses.len();
+        let nt = poses.n_shift();
+        let len = self.grid.len();
+        let ll = scorer.score(self.particles, chunk);
+        let marg = marginalize_poses(&ll, chunk.len(), k, np, 1.0)?;
+        let resp = responsibilities(marg.log_marginal().view(), log_prior, params)?;
+        let mut wbuf = vec![0.0f64; np];
+        for (bi, &i) in chunk.iter().enumerate() {
+            let probs = resp.probs().row(bi);
+            let best_k = resp.best_class()[bi];
+            let best_j = marg.best_pose()[[bi, best_k]];
+            let (br, bt) = poses.split(best_j);
+            let half = self.particles.half[i];
+            let ctf = self.ctf(i);
+            let full_ctf = self.full_ctf(i);
+            let x = self.particles.spectrum(i);
+            for kk in 0..k {
+                let p = probs[kk];
+                if p < MIN_WEIGHT {
+                    continue;
+                }
+                if self.cfg.force_max || params.hard() {
+                    let (r, t) = poses.split(marg.best_pose()[[bi, kk]]);
+                    let y = combine(x, full_ctf.as_deref(), &[(&ramps[t * len..(t + 1) * len], 1.0)]);
+                    model::add_contribution(st, self.grid, kk, half, &y, ctf, poses.psi_rad[r], p);
+                } else {
+                    let base = (bi * k + kk) * np;
+                    pose_weights(&ll[base..base + np], 1.0, &mut wbuf);
+                    for r in 0..poses.n_rot() {
+                        let w = &wbuf[r * nt..(r + 1) * nt];
+                        let wr: f64 = w.iter().sum();
+                        if wr * p < MIN_WEIGHT * 1e-2 {
+                            continue;
+                        }
+                        let terms: Vec<(&[Complex32], f64)> = (0..nt)
+                            .filter(|&t| w[t] > 1e-4 * wr)
+                            .map(|t| (&ramps[t * len..(t + 1) * len], w[t] / wr))
+                            .collect();
+                        let y = combine(x, full_ctf.as_deref(), &terms);
+                        model::add_contribution(st, self.grid, kk, half, &y, ctf, poses.psi_rad[r], p * wr);
+                    }
+                }
+            }
+            // Noise: residual at the best class and pose.
+            let tmpl = rotated_spectrum(&images[best_k], poses.psi_rad[br]);
+            let ramp = &ramps[bt * len..(bt + 1) * len];
+            let resid: Vec<Complex32> = (0..len)
+                .map(|c| {
+                    let cv = full_ctf.as_ref().map_or(1.0, |f| f[c]);
+                    x[c] * ramp[c] - tmpl[c] * cv
+                })
+                .collect();
+            model::add_noise(st, self.grid, &resid);
+            let s = poses.shifts_px[bt];
+            rows.push((
+                i,
+                Row {
+                    probs: probs.iter().map(|&v| v as f32).collect(),
+                    class: best_k as u32,
+                    prob: resp.best_prob()[bi] as f32,
+                    ess: resp.ess()[bi] as f32,
+                    psi: poses.psi_rad[br] as f32,
+                    shift: [s[0] as f32, s[1] as f32],
+                },
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One particle's E-step result.
+struct Row {
+    probs: Vec<f32>,
+    class: u32,
+    prob: f32,
+    ess: f32,
+    psi: f32,
+    shift: [f32; 2],
+}
+
+/// `C·X·Σ_t w_t ρ_t` on the working half plane.
+fn combine(x: &[Complex32], ctf: Option<&[f32]>, terms: &[(&[Complex32], f64)]) -> Vec<Complex32> {
+    (0..x.len())
+        .map(|c| {
+            let mut ramp = Complex32::new(0.0, 0.0);
+            for (r, w) in terms {
+                ramp += r[c] * *w as f32;
+            }
+            let v = x[c] * ramp;
+            match ctf {
+                Some(f) => v * f[c],
+                None => v,
+            }
+        })
+        .collect()
+}
+
+/// The count-weighted median over classes of the last shell before the half-set FRC first
+/// drops below `threshold`.
+pub fn signal_shell(classes: &ClassUpdate, threshold: f64) -> usize {
+    let mut v: Vec<(usize, f64)> = classes
+        .frc
+        .iter()
+        .zip(&classes.counts)
+        .filter(|(_, &c)| c > 0.0)
+        .map(|(f, &c)| {
+            let k = (1..f.len()).find(|&s| f[s] < threshold).unwrap_or(f.len()).saturating_sub(1);
+            (k, c)
+        })
+        .collect();
+    if v.is_empty() {
+        return 0;
+    }
+    v.sort_by_key(|p| p.0);
+    let total: f64 = v.iter().map(|p| p.1).sum();
+    let mut acc = 0.0;
+    for (k, c) in &v {
+        acc += c;
+        if acc >= 0.5 * total {
+            return *k;
+        }
+    }
+    v[v.len() - 1].0
+}

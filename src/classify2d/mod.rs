@@ -1,0 +1,18 @@
+//! 2D classification (CryoSPARC's "2D Classification" job): EM over classes, in-plane
+//! rotations and shifts with CTF and a per-shell noise model, online-EM on random batches
+//! then full passes. See `docs/ALGORITHMS.md` for the formulas.
+//!
+//! - [`config`]: the job's parameters.
+//! - [`grid`]: working Fourier grid, alignment band, pose grid.
+//! - [`particles`]: a rank's pre-processed particles.
+//! - [`estep`]: templates and the batched GEMM scoring.
+//! - [`model`]: sufficient statistics and class averages (M-step).
+//! - [`engine`]: the iteration driver (through `Comm`, never MPI directly).
+//! - [`duplicates`]: duplicate-pick removal after classification.
+
+pub mod config;
+pub mod engine;
+pub mod estep;
+pub mod grid;
+pub mod model;
+pub mod particles;

@@ -1,0 +1,406 @@
+//! The M-step of 2D classification: sufficient statistics per class and half set, and the
+//! class averages made from them.
+//!
+//! A particle i with weight w (its class probability, times its pose probability when
+//! marginalising) at pose (ψ, s) contributes, in the class frame f' = R_ψ⁻¹ f:
+//!
+//! ```text
+//!   num_k,h(x)  += w · rotate(IFFT[C_i · X_i · ρ_s], −ψ)(x)     (real space, n × n)
+//!   den_k,h(f') += w · C_i(R_ψ f')²                              (working half plane)
+//!   weight_k,h  += w
+//! ```
+//!
+//! (h = the particle's half set, its global row parity; the numerator is accumulated in real
+//! space because the rotation back is a real-space interpolation, and transformed after the
+//! all-reduce). The noise model gets, for the best class and pose of every particle,
+//! `noise(ℓ) += Σ_{f∈ℓ} |X_i ρ_s − C_i T|²` and `noise_n(ℓ) += #ℓ`.
+//!
+//! The class average is the Wiener filter of the summed halves, with the regulariser from
+//! the half-set Fourier ring correlation of the class (SSNR = 2·FRC/(1 − FRC), FRC clamped
+//! to [0.001, 0.999]):
+//!
+//! ```text
+//!   A_k(f) = Σ_h num_k,h(f) / ( Σ_h den_k,h(f) + mean_{f∈ℓ} Σ_h den_k,h / SSNR_k(ℓ) )
+//! ```
+//!
+//! then, in real space: re-centring on the centre of mass of the pixels above
+//! `recenter_threshold`·max, optional rotation of the long axis to vertical, the soft
+//! circular mask, and optional non-negativity / solvent clamping.
+
+use ndarray::{Array2, ArrayView2};
+
+use crate::em::stats::{Stats, StatsLayout};
+use crate::error::Result;
+use crate::numerics::ctf::Ctf;
+use crate::numerics::fft::{half_len, irfft2, rfft2, Complex32};
+use crate::numerics::frc::frc_spectra;
+use crate::numerics::image2d::{rotate_image, shift_image};
+
+use super::grid::WorkGrid;
+
+/// Segment names of the 2D statistics.
+pub const NUM: &str = "num";
+pub const DEN: &str = "den";
+pub const WEIGHT: &str = "weight";
+pub const NOISE: &str = "noise";
+pub const NOISE_N: &str = "noise_n";
+
+/// The packed statistics layout for `k` classes on `grid`.
+pub fn layout(k: usize, grid: &WorkGrid) -> Result<StatsLayout> {
+    StatsLayout::new(&[
+        (NUM, k * 2 * grid.n * grid.n),
+        (DEN, k * 2 * grid.len()),
+        (WEIGHT, k * 2),
+        (NOISE, grid.n_shells()),
+        (NOISE_N, grid.n_shells()),
+    ])
+}
+
+/// Adds one particle's contribution at one rotation: `y` is `C·X·Σ_t w_t ρ_t` on the working
+/// half plane (already weighted), `w_total` the weight it carries.
+#[allow(clippy::too_many_arguments)]
+pub fn add_contribution(
+    stats: &mut Stats,
+    grid: &WorkGrid,
+    class: usize,
+    half: u8,
+    y: &[Complex32],
+    ctf: Option<&Ctf>,
+    psi_rad: f64,
+    w_total: f64,
+) {
+    let n = grid.n;
+    let slot = class * 2 + half as usize;
+    let spec = ArrayView2::from_shape((n, half_len(n)), y).expect("working spectrum");
+    let img = irfft2(spec, n);
+    let back = rotate_image(img.view(), -psi_rad);
+    {
+        let num = stats.segment_mut(NUM).expect("num segment");
+        let dst = &mut num[slot * n * n..(slot + 1) * n * n];
+        for (d, v) in dst.iter_mut().zip(back.iter()) {
+            *d += *v as f64;
+        }
+    }
+    {
+        let den = stats.segment_mut(DEN).expect("den segment");
+        let dst = &mut den[slot * grid.len()..(slot + 1) * grid.len()];
+        let (sn, cs) = psi_rad.sin_cos();
+        for (c, d) in dst.iter_mut().enumerate() {
+            if grid.shell[c] as usize > grid.k_max {
+                continue;
+            }
+            let v = match ctf {
+                Some(ctf) => {
+                    let (fx, fy) = grid.freq_a(c);
+                    // C(R_ψ f'): the particle-frame frequency of class-frame f'.
+                    let v = ctf.eval(cs * fx - sn * fy, sn * fx + cs * fy);
+                    v * v
+                }
+                None => 1.0,
+            };
+            *d += w_total * v;
+        }
+    }
+    stats.segment_mut(WEIGHT).expect("weight segment")[slot] += w_total;
+}
+
+/// Adds the residual power of one particle at its best class and pose to the noise model.
+pub fn add_noise(stats: &mut Stats, grid: &WorkGrid, resid: &[Complex32]) {
+    let ns = grid.n_shells();
+    let mut pw = vec![0.0f64; ns];
+    let mut cnt = vec![0.0f64; ns];
+    for (c, v) in resid.iter().enumerate() {
+        let s = grid.shell[c] as usize;
+        if s < ns && !(grid.kx[c] == 0 && grid.ky[c] < 0) {
+            pw[s] += v.norm_sqr() as f64;
+            cnt[s] += 1.0;
+        }
+    }
+    for (d, v) in stats.segment_mut(NOISE).expect("noise").iter_mut().zip(&pw) {
+        *d += v;
+    }
+    for (d, v) in stats.segment_mut(NOISE_N).expect("noise_n").iter_mut().zip(&cnt) {
+        *d += v;
+    }
+}
+
+/// Real-space post-processing of class averages.
+#[derive(Clone, Debug)]
+pub struct PostProcess {
+    pub mask: Array2<f32>,
+    pub recenter: bool,
+    pub recenter_threshold: f64,
+    pub vertical: bool,
+    pub nonnegative: bool,
+    pub clamp_solvent: bool,
+}
+
+/// Class averages and their diagnostics from reduced statistics.
+#[derive(Clone, Debug)]
+pub struct ClassUpdate {
+    /// Real-space class averages, `n × n` each.
+    pub images: Vec<Array2<f32>>,
+    /// Half-set FRC per class, shells `0..=n/2`.
+    pub frc: Vec<Vec<f64>>,
+    /// Summed weight (particle count) per class.
+    pub counts: Vec<f64>,
+}
+
+/// Noise power per shell from the statistics (`None` where a shell got no samples).
+pub fn noise_per_shell(stats: &Stats) -> Vec<Option<f64>> {
+    let p = stats.segment(NOISE).expect("noise");
+    let c = stats.segment(NOISE_N).expect("noise_n");
+    p.iter()
+        .zip(c)
+        .map(|(&p, &c)| if c > 0.0 { Some(p / c) } else { None })
+        .collect()
+}
+
+/// Computes the class averages from reduced statistics.
+pub fn update_classes(
+    stats: &Stats,
+    grid: &WorkGrid,
+    k: usize,
+    post: &PostProcess,
+    previous: Option<&[Array2<f32>]>,
+) -> ClassUpdate {
+    use rayon::prelude::*;
+    let n = grid.n;
+    let len = grid.len();
+    let num = stats.segment(NUM).expect("num");
+    let den = stats.segment(DEN).expect("den");
+    let wts = stats.segment(WEIGHT).expect("weight");
+    let per_class: Vec<(Array2<f32>, Vec<f64>, f64)> = (0..k)
+        .into_par_iter()
+        .map(|c| {
+            let count = wts[2 * c] + wts[2 * c + 1];
+            let spec_of = |h: usize| -> Array2<Complex32> {
+                let s = (2 * c + h) * n * n;
+                let img = Array2::from_shape_fn((n, n), |(i, j)| num[s + i * n + j] as f32);
+                rfft2(img.view())
+            };
+            let (n0, n1) = (spec_of(0), spec_of(1));
+            let d0 = &den[(2 * c) * len..(2 * c + 1) * len];
+            let d1 = &den[(2 * c + 1) * len..(2 * c + 2) * len];
+            // Half averages for the FRC (a tiny regulariser keeps empty coefficients finite).
+            let eps = 1e-6 * (d0.iter().chain(d1).sum::<f64>() / (2 * len) as f64).max(1e-30);
+            let half = |s: &Array2<Complex32>, d: &[f64]| -> Array2<Complex32> {
+                Array2::from_shape_fn(s.dim(), |(i, j)| {
+                    s[[i, j]] / (d[i * s.dim().1 + j] + eps) as f32
+                })
+            };
+            let frc = frc_spectra(half(&n0, d0).view(), half(&n1, d1).view(), n);
+            // Mean denominator per shell of the summed halves.
+            let ns = grid.n_shells();
+            let (mut dsum, mut dcnt) = (vec![0.0f64; ns], vec![0.0f64; ns]);
+            for cc in 0..len {
+                let s = grid.shell[cc] as usize;
+                if s < ns {
+                    dsum[s] += d0[cc] + d1[cc];
+                    dcnt[s] += 1.0;
+                }
+            }
+            let h = half_len(n);
+            let spec = Array2::from_shape_fn((n, h), |(i, j)| {
+                let cc = i * h + j;
+                let s = grid.shell[cc] as usize;
+                if s >= ns || count <= 0.0 {
+                    return Complex32::new(0.0, 0.0);
+                }
+                let f = frc[s].clamp(1e-3, 0.999);
+                let ssnr = 2.0 * f / (1.0 - f);
+                let lambda = dsum[s] / dcnt[s].max(1.0) / ssnr;
+                let d = d0[cc] + d1[cc] + lambda;
+                if d > 0.0 {
+                    (n0[[i, j]] + n1[[i, j]]) / d as f32
+                } else {
+                    Complex32::new(0.0, 0.0)
+                }
+            });
+            let mut img = irfft2(spec.view(), n);
+            if count <= 0.0 {
+                if let Some(prev) = previous {
+                    img = prev[c].clone();
+                }
+            } else {
+                img = postprocess(img, post);
+            }
+            (img, frc, count)
+        })
+        .collect();
+    let mut out = ClassUpdate {
+        images: Vec::with_capacity(k),
+        frc: Vec::with_capacity(k),
+        counts: Vec::with_capacity(k),
+    };
+    for (img, frc, count) in per_class {
+        out.images.push(img);
+        out.frc.push(frc);
+        out.counts.push(count);
+    }
+    out
+}
+
+/// Re-centring, vertical alignment, mask, non-negativity and solvent clamping.
+pub fn postprocess(mut img: Array2<f32>, post: &PostProcess) -> Array2<f32> {
+    if post.recenter {
+        if let Some((cy, cx)) = centre_of_mass(img.view(), post.recenter_threshold, &post.mask) {
+            let c = (img.dim().0 / 2) as f64;
+            img = shift_image(img.view(), c - cy, c - cx);
+        }
+    }
+    if post.vertical {
+        if let Some(theta) = long_axis_angle(img.view(), post.recenter_threshold, &post.mask) {
+            img = rotate_image(img.view(), std::f64::consts::FRAC_PI_2 - theta);
+        }
+    }
+    if post.clamp_solvent {
+        img = smooth(img);
+        img.zip_mut_with(&post.mask, |v, &m| *v *= if m >= 0.999 { 1.0 } else { m * m });
+    }
+    img.zip_mut_with(&post.mask, |v, &m| *v *= m);
+    if post.nonnegative {
+        img.mapv_inplace(|v| v.max(0.0));
+    }
+    img
+}
+
+/// Pixels (inside the mask) above `threshold`·max, with their positive excess as weights.
+fn bright_pixels(img: ArrayView2<f32>, threshold: f64, mask: &Array2<f32>) -> Vec<(f64, f64, f64)> {
+    let max = img
+        .iter()
+        .zip(mask.iter())
+        .map(|(&v, &m)| v * m)
+        .fold(f32::NEG_INFINITY, f32::max) as f64;
+    if !(max > 0.0) {
+        return Vec::new();
+    }
+    let cut = threshold * max;
+    img.indexed_iter()
+        .filter_map(|((i, j), &v)| {
+            let v = v as f64 * mask[[i, j]] as f64;
+            (v > cut).then(|| (i as f64, j as f64, v - cut))
+        })
+        .collect()
+}
+
+/// Centre of mass (row, column) of the bright pixels.
+fn centre_of_mass(img: ArrayView2<f32>, threshold: f64, mask: &Array2<f32>) -> Option<(f64, f64)> {
+    let px = bright_pixels(img, threshold, mask);
+    let w: f64 = px.iter().map(|p| p.2).sum();
+    if !(w > 0.0) {
+        return None;
+    }
+    let cy = px.iter().map(|p| p.0 * p.2).sum::<f64>() / w;
+    let cx = px.iter().map(|p| p.1 * p.2).sum::<f64>() / w;
+    Some((cy, cx))
+}
+
+/// Angle (from the x axis, in the rotation convention of `rotate_image`) of the principal
+/// axis of the bright pixels.
+fn long_axis_angle(img: ArrayView2<f32>, threshold: f64, mask: &Array2<f32>) -> Option<f64> {
+    let (cy, cx) = centre_of_mass(img, threshold, mask)?;
+    let px = bright_pixels(img, threshold, mask);
+    let (mut sxx, mut syy, mut sxy) = (0.0, 0.0, 0.0);
+    for (y, x, w) in px {
+        let (dx, dy) = (x - cx, y - cy);
+        sxx += w * dx * dx;
+        syy += w * dy * dy;
+        sxy += w * dx * dy;
+    }
+    Some(0.5 * (2.0 * sxy).atan2(sxx - syy))
+}
+
+/// Gaussian low-pass with a 1/e² radius of half the working Nyquist (solvent clamping's
+/// smoothness constraint).
+fn smooth(img: Array2<f32>) -> Array2<f32> {
+    let n = img.dim().0;
+    let mut spec = rfft2(img.view());
+    let kc = 0.5 * (n / 2) as f64;
+    for ((i, j), v) in spec.indexed_iter_mut() {
+        let ky = crate::numerics::fft::fftfreq(i, n) as f64;
+        let k2 = ky * ky + (j * j) as f64;
+        *v *= (-2.0 * k2 / (kc * kc)).exp() as f32;
+    }
+    irfft2(spec.view(), n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn post(n: usize) -> PostProcess {
+        PostProcess {
+            mask: Array2::from_elem((n, n), 1.0),
+            recenter: true,
+            recenter_threshold: 0.2,
+            vertical: false,
+            nonnegative: false,
+            clamp_solvent: false,
+        }
+    }
+
+    fn gaussian(n: usize, cy: f64, cx: f64, sy: f64, sx: f64) -> Array2<f32> {
+        Array2::from_shape_fn((n, n), |(i, j)| {
+            (-((i as f64 - cy).powi(2) / (2.0 * sy * sy) + (j as f64 - cx).powi(2) / (2.0 * sx * sx)))
+                .exp() as f32
+        })
+    }
+
+    #[test]
+    fn recentres_and_makes_vertical() {
+        let n = 32;
+        let img = gaussian(n, 13.0, 19.0, 2.0, 2.0);
+        let out = postprocess(img, &post(n));
+        let (cy, cx) = centre_of_mass(out.view(), 0.2, &post(n).mask).unwrap();
+        assert!((cy - 16.0).abs() < 0.2 && (cx - 16.0).abs() < 0.2, "{cy} {cx}");
+        // A horizontal ellipse becomes vertical.
+        let mut p = post(n);
+        p.vertical = true;
+        let out = postprocess(gaussian(n, 16.0, 16.0, 1.5, 5.0), &p);
+        let col: f32 = (0..n).map(|i| out[[i, 16]]).sum();
+        let row: f32 = (0..n).map(|j| out[[16, j]]).sum();
+        assert!(col > 2.0 * row, "col {col} row {row}");
+    }
+
+    #[test]
+    fn nonnegative_and_mask() {
+        let n = 16;
+        let mut p = post(n);
+        p.recenter = false;
+        p.nonnegative = true;
+        p.mask = Array2::from_shape_fn((n, n), |(i, _)| if i < 8 { 1.0 } else { 0.0 });
+        let img = Array2::from_shape_fn((n, n), |(i, j)| (i as f32 - j as f32) / 4.0);
+        let out = postprocess(img, &p);
+        assert!(out.iter().all(|&v| v >= 0.0));
+        assert!((8..n).all(|i| out.row(i).iter().all(|&v| v == 0.0)));
+    }
+
+    /// Statistics of one noise-free particle at a known pose give back the class image
+    /// (inside the band kept) after the Wiener filter with a high FRC.
+    #[test]
+    fn accumulate_then_average_inverts_the_pose() {
+        let n = 32;
+        let grid = WorkGrid::new(n, 2.0, 4.0);
+        let k = 1;
+        let class = gaussian(n, 14.0, 17.0, 2.0, 3.5);
+        let psi = 0.7;
+        let x = rfft2(rotate_image(class.view(), psi).view()).into_raw_vec_and_offset().0;
+        let mut st = Stats::zeros(&layout(k, &grid).unwrap());
+        for half in 0..2u8 {
+            add_contribution(&mut st, &grid, 0, half, &x, None, psi, 1.0);
+        }
+        let mut p = post(n);
+        p.recenter = false;
+        let up = update_classes(&st, &grid, k, &p, None);
+        assert_eq!(up.counts, vec![2.0]);
+        assert!(up.frc[0][1..8].iter().all(|&f| f > 0.99), "{:?}", up.frc[0]);
+        let err: f32 = up.images[0]
+            .iter()
+            .zip(class.iter())
+            .map(|(a, b)| (a - b).powi(2))
+            .sum::<f32>()
+            / class.iter().map(|b| b * b).sum::<f32>();
+        assert!(err < 0.02, "relative error {err}");
+    }
+}
