@@ -11,6 +11,7 @@
 //! - [`duplicates`]: duplicate-pick removal after classification.
 
 pub mod config;
+pub mod duplicates;
 pub mod engine;
 pub mod estep;
 pub mod grid;

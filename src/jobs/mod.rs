@@ -2,6 +2,7 @@
 //! (import, export, simulate) run on rank 0 while the other ranks wait, and every rank ends
 //! with the same success or failure.
 
+pub mod classify2d;
 pub mod comm_check;
 pub mod export;
 pub mod import;
@@ -20,7 +21,7 @@ pub fn run(cmd: &Command, comm: &dyn Comm) -> Result<()> {
         Command::Import(args) => on_root(comm, || import::run(args)),
         Command::Export(args) => on_root(comm, || export::run(args)),
         Command::Simulate(args) => on_root(comm, || simulate::run(args)),
-        Command::Classify2d(_) => later("classify2d", 3),
+        Command::Classify2d(args) => classify2d::run(args, comm),
         Command::Classify3d(_) => later("classify3d", 4),
         Command::Subset(_) => later("subset", 5),
         Command::Select2d(_) => later("select2d", 5),
