@@ -240,7 +240,12 @@ impl<'a> Engine<'a> {
             };
             let band = Band::new(self.grid, k_lo, k_hi);
             let poses = PoseGrid::new(k_hi, cfg.max_shift_px);
-            let templates = Templates::build(&classes.images, &poses, &band);
+            let noise_power: Vec<Vec<f64>> = classes
+                .noise_gain
+                .iter()
+                .map(|g| g.iter().zip(&sigma2_cur).map(|(g, s)| g * s).collect())
+                .collect();
+            let templates = Templates::build(&classes.images, &poses, &band, Some(&noise_power));
             icuf.sigma2(t, &sigma2_init, &sigma2_cur, &mut sigma2_used)?;
             let scorer = Scorer::new(self.grid, &band, &poses, &templates, &sigma2_used);
             let hard = cfg.final_hard_classification && t + 1 >= total;

@@ -47,8 +47,17 @@ pub fn rotated_spectrum(img: &Array2<f32>, psi_rad: f64) -> Vec<Complex32> {
 
 impl Templates {
     /// Rotates every class image (`n × n`, real space) by every angle of `poses` and keeps
-    /// the band coefficients of its spectrum.
-    pub fn build(classes: &[Array2<f32>], poses: &PoseGrid, band: &Band) -> Templates {
+    /// the band coefficients of its spectrum. `noise_power[k][ℓ]` (if given) is the expected
+    /// power of the estimation noise in class k's average at shell ℓ: it is subtracted from
+    /// `|T|²` so the norm term is an unbiased estimate of the noise-free template's power
+    /// (otherwise a class built from few particles is penalised for its noise and every
+    /// particle drifts to the largest class).
+    pub fn build(
+        classes: &[Array2<f32>],
+        poses: &PoseGrid,
+        band: &Band,
+        noise_power: Option<&[Vec<f64>]>,
+    ) -> Templates {
         let (k, r, d) = (classes.len(), poses.n_rot(), band.len());
         let cols: Vec<Vec<Complex32>> = (0..k * r)
             .into_par_iter()
@@ -63,7 +72,8 @@ impl Templates {
             for (f, v) in col.iter().enumerate() {
                 mat[[f, c]] = v.re;
                 mat[[d + f, c]] = v.im;
-                pow[[f, c]] = v.norm_sqr();
+                let bias = noise_power.map_or(0.0, |np| np[c / r][band.shell[f] as usize]);
+                pow[[f, c]] = v.norm_sqr() - bias as f32;
             }
         }
         Templates {
@@ -229,7 +239,7 @@ mod tests {
         let classes: Vec<Array2<f32>> = (0..3).map(|s| blob_image(n, s)).collect();
         let poses = PoseGrid::new(12, 3.0);
         let band = Band::new(&grid, 1, 12);
-        let templates = Templates::build(&classes, &poses, &band);
+        let templates = Templates::build(&classes, &poses, &band, None);
         let (r_true, s_true) = (5usize, [2.0, -1.0]);
         let rotated = rotate_image(classes[1].view(), poses.psi_rad[r_true]);
         // The particle's content sits at centre − s (the shift that centres it is s).

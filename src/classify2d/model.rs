@@ -16,11 +16,11 @@
 //! `noise(ℓ) += Σ_{f∈ℓ} |X_i ρ_s − C_i T|²` and `noise_n(ℓ) += #ℓ`.
 //!
 //! The class average is the Wiener filter of the summed halves, with the regulariser from
-//! the half-set Fourier ring correlation of the class (SSNR = 2·FRC/(1 − FRC), FRC clamped
-//! to [0.001, 0.999]):
+//! the half-set Fourier ring correlation pooled over classes (count-weighted mean FRC̄,
+//! SSNR = 2·FRC̄/(1 − FRC̄), FRC̄ clamped to [0.001, 0.999]):
 //!
 //! ```text
-//!   A_k(f) = Σ_h num_k,h(f) / ( Σ_h den_k,h(f) + mean_{f∈ℓ} Σ_h den_k,h / SSNR_k(ℓ) )
+//!   A_k(f) = Σ_h num_k,h(f) / ( Σ_h den_k,h(f) + mean_{f∈ℓ} Σ_h den_k,h / SSNR(ℓ) )
 //! ```
 //!
 //! then, in real space: re-centring on the centre of mass of the pixels above
@@ -41,6 +41,7 @@ use super::grid::WorkGrid;
 /// Segment names of the 2D statistics.
 pub const NUM: &str = "num";
 pub const DEN: &str = "den";
+pub const DEN2: &str = "den2";
 pub const WEIGHT: &str = "weight";
 pub const NOISE: &str = "noise";
 pub const NOISE_N: &str = "noise_n";
@@ -50,6 +51,7 @@ pub fn layout(k: usize, grid: &WorkGrid) -> Result<StatsLayout> {
     StatsLayout::new(&[
         (NUM, k * 2 * grid.n * grid.n),
         (DEN, k * 2 * grid.len()),
+        (DEN2, k * 2 * grid.len()),
         (WEIGHT, k * 2),
         (NOISE, grid.n_shells()),
         (NOISE_N, grid.n_shells()),
@@ -57,7 +59,8 @@ pub fn layout(k: usize, grid: &WorkGrid) -> Result<StatsLayout> {
 }
 
 /// Adds one particle's contribution at one rotation: `y` is `C·X·Σ_t w_t ρ_t` on the working
-/// half plane (already weighted), `w_total` the weight it carries.
+/// half plane with `Σ_t w_t = 1`, and `w_total` the weight it carries (its class probability
+/// times the probability of this rotation).
 #[allow(clippy::too_many_arguments)]
 pub fn add_contribution(
     stats: &mut Stats,
@@ -78,28 +81,32 @@ pub fn add_contribution(
         let num = stats.segment_mut(NUM).expect("num segment");
         let dst = &mut num[slot * n * n..(slot + 1) * n * n];
         for (d, v) in dst.iter_mut().zip(back.iter()) {
-            *d += *v as f64;
+            *d += w_total * *v as f64;
         }
     }
     {
-        let den = stats.segment_mut(DEN).expect("den segment");
-        let dst = &mut den[slot * grid.len()..(slot + 1) * grid.len()];
         let (sn, cs) = psi_rad.sin_cos();
-        for (c, d) in dst.iter_mut().enumerate() {
-            if grid.shell[c] as usize > grid.k_max {
-                continue;
-            }
-            let v = match ctf {
-                Some(ctf) => {
-                    let (fx, fy) = grid.freq_a(c);
-                    // C(R_ψ f'): the particle-frame frequency of class-frame f'.
-                    let v = ctf.eval(cs * fx - sn * fy, sn * fx + cs * fy);
-                    v * v
+        let c2: Vec<f64> = (0..grid.len())
+            .map(|c| {
+                if grid.shell[c] as usize > grid.k_max {
+                    return 0.0;
                 }
-                None => 1.0,
-            };
-            *d += w_total * v;
-        }
+                match ctf {
+                    Some(ctf) => {
+                        let (fx, fy) = grid.freq_a(c);
+                        // C(R_ψ f'): the particle-frame frequency of class-frame f'.
+                        let v = ctf.eval(cs * fx - sn * fy, sn * fx + cs * fy);
+                        v * v
+                    }
+                    None => 1.0,
+                }
+            })
+            .collect();
+        let range = slot * grid.len()..(slot + 1) * grid.len();
+        let den = &mut stats.segment_mut(DEN).expect("den segment")[range.clone()];
+        den.iter_mut().zip(&c2).for_each(|(d, v)| *d += w_total * v);
+        let den2 = &mut stats.segment_mut(DEN2).expect("den2 segment")[range];
+        den2.iter_mut().zip(&c2).for_each(|(d, v)| *d += w_total * w_total * v);
     }
     stats.segment_mut(WEIGHT).expect("weight segment")[slot] += w_total;
 }
@@ -144,6 +151,10 @@ pub struct ClassUpdate {
     pub frc: Vec<Vec<f64>>,
     /// Summed weight (particle count) per class.
     pub counts: Vec<f64>,
+    /// Per class and shell, the variance of the class average's noise per unit particle
+    /// noise: `mean_{f∈ℓ} Σ w²C² / (Σ w C² + λ)²` times the mask's mean square (multiply by
+    /// σ²(ℓ) for the noise power of the template).
+    pub noise_gain: Vec<Vec<f64>>,
 }
 
 /// Noise power per shell from the statistics (`None` where a shell got no samples).
@@ -170,7 +181,19 @@ pub fn update_classes(
     let num = stats.segment(NUM).expect("num");
     let den = stats.segment(DEN).expect("den");
     let wts = stats.segment(WEIGHT).expect("weight");
-    let per_class: Vec<(Array2<f32>, Vec<f64>, f64)> = (0..k)
+    let ns = grid.n_shells();
+    let h = half_len(n);
+    // Pass 1, per class: half-set spectra, FRC, mean denominator per shell.
+    struct Half {
+        n0: Array2<Complex32>,
+        n1: Array2<Complex32>,
+        frc: Vec<f64>,
+        dmean: Vec<f64>,
+        count: f64,
+    }
+    let den2 = stats.segment(DEN2).expect("den2");
+    let mask_ms = post.mask.iter().map(|&m| (m as f64).powi(2)).sum::<f64>() / (n * n) as f64;
+    let halves: Vec<Half> = (0..k)
         .into_par_iter()
         .map(|c| {
             let count = wts[2 * c] + wts[2 * c + 1];
@@ -185,13 +208,9 @@ pub fn update_classes(
             // Half averages for the FRC (a tiny regulariser keeps empty coefficients finite).
             let eps = 1e-6 * (d0.iter().chain(d1).sum::<f64>() / (2 * len) as f64).max(1e-30);
             let half = |s: &Array2<Complex32>, d: &[f64]| -> Array2<Complex32> {
-                Array2::from_shape_fn(s.dim(), |(i, j)| {
-                    s[[i, j]] / (d[i * s.dim().1 + j] + eps) as f32
-                })
+                Array2::from_shape_fn(s.dim(), |(i, j)| s[[i, j]] / (d[i * h + j] + eps) as f32)
             };
             let frc = frc_spectra(half(&n0, d0).view(), half(&n1, d1).view(), n);
-            // Mean denominator per shell of the summed halves.
-            let ns = grid.n_shells();
             let (mut dsum, mut dcnt) = (vec![0.0f64; ns], vec![0.0f64; ns]);
             for cc in 0..len {
                 let s = grid.shell[cc] as usize;
@@ -200,43 +219,82 @@ pub fn update_classes(
                     dcnt[s] += 1.0;
                 }
             }
-            let h = half_len(n);
+            let dmean: Vec<f64> = dsum.iter().zip(&dcnt).map(|(s, c)| s / c.max(1.0)).collect();
+            Half {
+                n0,
+                n1,
+                frc,
+                dmean,
+                count,
+            }
+        })
+        .collect();
+    // The SSNR is pooled over classes (count-weighted mean FRC), so every class is shrunk by
+    // the same factor per shell relative to its own denominator: a class with few particles
+    // is noisier but not faded out, which would hand all particles to the largest class.
+    let total: f64 = halves.iter().map(|c| c.count.max(0.0)).sum();
+    let pooled: Vec<f64> = (0..ns)
+        .map(|s| {
+            if total <= 0.0 {
+                return 0.0;
+            }
+            halves.iter().map(|c| c.count.max(0.0) * c.frc[s]).sum::<f64>() / total
+        })
+        .collect();
+    let per_class: Vec<(Array2<f32>, Vec<f64>, f64, Vec<f64>)> = halves
+        .into_par_iter()
+        .enumerate()
+        .map(|(c, hc)| {
+            let d0 = &den[(2 * c) * len..(2 * c + 1) * len];
+            let d1 = &den[(2 * c + 1) * len..(2 * c + 2) * len];
+            let q = &den2[(2 * c) * len..(2 * c + 2) * len];
+            let (mut gain, mut gcnt) = (vec![0.0f64; ns], vec![0.0f64; ns]);
             let spec = Array2::from_shape_fn((n, h), |(i, j)| {
                 let cc = i * h + j;
                 let s = grid.shell[cc] as usize;
-                if s >= ns || count <= 0.0 {
+                if s >= ns || hc.count <= 0.0 {
                     return Complex32::new(0.0, 0.0);
                 }
-                let f = frc[s].clamp(1e-3, 0.999);
+                let f = pooled[s].clamp(1e-3, 0.999);
                 let ssnr = 2.0 * f / (1.0 - f);
-                let lambda = dsum[s] / dcnt[s].max(1.0) / ssnr;
-                let d = d0[cc] + d1[cc] + lambda;
+                let d = d0[cc] + d1[cc] + hc.dmean[s] / ssnr;
+                if d > 0.0 && !(grid.kx[cc] == 0 && grid.ky[cc] < 0) {
+                    gain[s] += (q[cc] + q[len + cc]) / (d * d);
+                    gcnt[s] += 1.0;
+                }
                 if d > 0.0 {
-                    (n0[[i, j]] + n1[[i, j]]) / d as f32
+                    (hc.n0[[i, j]] + hc.n1[[i, j]]) / d as f32
                 } else {
                     Complex32::new(0.0, 0.0)
                 }
             });
             let mut img = irfft2(spec.view(), n);
-            if count <= 0.0 {
+            if hc.count <= 0.0 {
                 if let Some(prev) = previous {
                     img = prev[c].clone();
                 }
             } else {
                 img = postprocess(img, post);
             }
-            (img, frc, count)
+            let gain = gain
+                .iter()
+                .zip(&gcnt)
+                .map(|(g, c)| mask_ms * g / c.max(1.0))
+                .collect();
+            (img, hc.frc, hc.count, gain)
         })
         .collect();
     let mut out = ClassUpdate {
         images: Vec::with_capacity(k),
         frc: Vec::with_capacity(k),
         counts: Vec::with_capacity(k),
+        noise_gain: Vec::with_capacity(k),
     };
-    for (img, frc, count) in per_class {
+    for (img, frc, count, gain) in per_class {
         out.images.push(img);
         out.frc.push(frc);
         out.counts.push(count);
+        out.noise_gain.push(gain);
     }
     out
 }
@@ -402,5 +460,62 @@ mod tests {
             .sum::<f32>()
             / class.iter().map(|b| b * b).sum::<f32>();
         assert!(err < 0.02, "relative error {err}");
+    }
+}
+
+#[cfg(test)]
+mod ctf_tests {
+    use super::*;
+    use crate::numerics::ctf::CtfParams;
+
+    /// CTF-modulated, rotated copies of a class at known poses average back to the class.
+    #[test]
+    fn ctf_weighted_average_recovers_the_class() {
+        let n = 48;
+        let grid = WorkGrid::new(n, 3.0, 6.0);
+        assert_eq!(grid.n, n);
+        let class = Array2::from_shape_fn((n, n), |(i, j)| {
+            let (y, x) = (i as f64 - 24.0, j as f64 - 26.0);
+            ((-(y * y) / 18.0 - x * x / 40.0).exp() - 0.5 * (-((y - 6.0).powi(2) + x * x) / 8.0).exp()) as f32
+        });
+        let mut st = Stats::zeros(&layout(1, &grid).unwrap());
+        for p in 0..40 {
+            let psi = 0.37 * p as f64;
+            let ctf = Ctf::new(&CtfParams {
+                df1_a: 8000.0 + 500.0 * p as f64,
+                df2_a: 7800.0 + 500.0 * p as f64,
+                df_angle_rad: 0.3 * p as f64,
+                ..CtfParams::default()
+            });
+            let mut c = vec![0.0f32; grid.len()];
+            ctf.half_plane_into(n, n, grid.psize_a(), &mut c);
+            let x = rfft2(rotate_image(class.view(), psi).view());
+            // y = C·X (the particle is C·X; the M-step multiplies by C again).
+            let y: Vec<Complex32> = x.iter().zip(&c).map(|(v, c)| v * (c * c)).collect();
+            add_contribution(&mut st, &grid, 0, (p % 2) as u8, &y, Some(&ctf), psi, 1.0);
+        }
+        let mut p = PostProcess {
+            mask: Array2::from_elem((n, n), 1.0),
+            recenter: false,
+            recenter_threshold: 0.2,
+            vertical: false,
+            nonnegative: false,
+            clamp_solvent: false,
+        };
+        p.recenter = false;
+        let up = update_classes(&st, &grid, 1, &p, None);
+        let a = rfft2(up.images[0].view());
+        let b = rfft2(class.view());
+        // Compare shells 2..=12 (well inside the working band, away from rotation blur).
+        let (mut err, mut pow) = (0.0f64, 0.0f64);
+        for c in 0..grid.len() {
+            let s = grid.shell[c];
+            if (2..=12).contains(&s) {
+                let (i, j) = (c / grid.h(), c % grid.h());
+                err += (a[[i, j]] - b[[i, j]]).norm_sqr() as f64;
+                pow += b[[i, j]].norm_sqr() as f64;
+            }
+        }
+        assert!(err / pow < 0.05, "relative error {}", err / pow);
     }
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use ndarray::{Array2, Array3, Axis};
 use serde_json::json;
 
+use crate::classify2d::duplicates;
 use crate::classify2d::config::{BackendChoice, Classify2dConfig};
 use crate::classify2d::engine::{Engine, IterationView, Outcome, Results};
 use crate::classify2d::grid::WorkGrid;
@@ -275,7 +276,8 @@ fn write_outputs(
     };
     let mut n_dup = 0;
     if cfg.remove_duplicates {
-        let rejected: Vec<bool> = todo_duplicates(&table)?; // WIP: wired when duplicates.rs lands
+        let picks = duplicates::picks_from_table(&table, &cfg.input, &all.shift_px, psize, &all.class_posterior)?;
+        let rejected = duplicates::find_duplicates(&picks, cfg.min_separation_a);
         let keep: Vec<usize> = (0..n).filter(|&i| !rejected[i]).collect();
         let drop: Vec<usize> = (0..n).filter(|&i| rejected[i]).collect();
         n_dup = drop.len();
@@ -373,6 +375,3 @@ fn table_ari(table: &crate::dataset::ParticleTable, class: &[u32]) -> Option<f64
     (!a.is_empty()).then(|| adjusted_rand_index(&a, &b))
 }
 
-fn todo_duplicates(_t: &crate::dataset::ParticleTable) -> Result<Vec<bool>> {
-    Err(Error::Usage("remove_duplicates: not wired yet".into()))
-}
