@@ -167,7 +167,7 @@ fn montage(
         .collect();
     let style = MontageStyle {
         ncols: 10,
-        tile_px: 96,
+        tile_px: 128,
         psize_a: psize,
         scale_bar_a: scale_bar_a(box_px as f64 * psize),
     };
@@ -275,12 +275,14 @@ fn write_outputs(
         source: format!("emclass classify2d {}", cfg_path.display()),
     };
     let mut n_dup = 0;
+    let mut dup_truth = None;
     if cfg.remove_duplicates {
         let picks = duplicates::picks_from_table(&table, &cfg.input, &all.shift_px, psize, &all.class_posterior)?;
         let rejected = duplicates::find_duplicates(&picks, cfg.min_separation_a);
         let keep: Vec<usize> = (0..n).filter(|&i| !rejected[i]).collect();
         let drop: Vec<usize> = (0..n).filter(|&i| rejected[i]).collect();
         n_dup = drop.len();
+        dup_truth = duplicate_truth(&table, &rejected);
         write_referencing(&dir.join("duplicates.h5"), &table.select(&drop), &attrs, &input)?;
         write_referencing(&dir.join("particles.h5"), &table.select(&keep), &attrs, &input)?;
         log::info!("removed {n_dup} duplicate particles (closer than {} Å)", cfg.min_separation_a);
@@ -316,7 +318,8 @@ fn write_outputs(
         PLOT_SIZE_PX,
     )?;
     let curve = |v: &[f64]| -> Vec<(f64, f64)> {
-        (1..v.len()).map(|s| (s as f64 / (box_px as f64 * psize), v[s])).collect()
+        // Shells 1..k_max (the last, partial shell of the crop circle is left out).
+        (1..v.len().saturating_sub(1)).map(|s| (s as f64 / (box_px as f64 * psize), v[s])).collect()
     };
     let (used, cur, init) = (curve(&outcome.sigma2_used), curve(&outcome.sigma2_current), curve(&outcome.sigma2_init));
     lines_png(
@@ -345,6 +348,7 @@ fn write_outputs(
         "class_frc05_res_A": frc05,
         "duplicates_removed": n_dup,
         "ari_vs_ground_truth_views": ari,
+        "duplicates_vs_ground_truth": dup_truth,
         "iterations": outcome.history,
         "sigma2_initial": outcome.sigma2_init,
         "sigma2_current": outcome.sigma2_current,
@@ -375,3 +379,37 @@ fn table_ari(table: &crate::dataset::ParticleTable, class: &[u32]) -> Option<f64
     (!a.is_empty()).then(|| adjusted_rand_index(&a, &b))
 }
 
+
+/// Simulated duplicate pairs (`gt/is_duplicate`, `gt/duplicate_of`) against the removals:
+/// pairs that lost exactly one member, and removed particles in no pair.
+fn duplicate_truth(table: &crate::dataset::ParticleTable, rejected: &[bool]) -> Option<serde_json::Value> {
+    let is_dup = table.get("gt/is_duplicate")?.data.to_f64()?;
+    let of = table.u64("gt/duplicate_of")?;
+    let row: std::collections::HashMap<u64, usize> =
+        table.uid().iter().enumerate().map(|(i, &u)| (u, i)).collect();
+    let (mut pairs, mut found) = (0usize, 0usize);
+    let mut in_pair = vec![false; table.len()];
+    for i in 0..table.len() {
+        if is_dup[i] > 0.5 {
+            pairs += 1;
+            in_pair[i] = true;
+            if let Some(&j) = row.get(&of[i]) {
+                in_pair[j] = true;
+                if rejected[i] != rejected[j] {
+                    found += 1;
+                }
+            }
+        }
+    }
+    let others = in_pair.iter().filter(|&&p| !p).count();
+    let false_removed = (0..table.len()).filter(|&i| rejected[i] && !in_pair[i]).count();
+    log::info!(
+        "duplicates vs simulated truth: {found} of {pairs} pairs found, {false_removed} of {others} other particles removed"
+    );
+    Some(json!({
+        "pairs": pairs,
+        "pairs_found": found,
+        "other_particles": others,
+        "false_removals": false_removed,
+    }))
+}

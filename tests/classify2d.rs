@@ -1,0 +1,269 @@
+//! `emclass classify2d` end to end on simulated data: recovered views, the outputs the seed
+//! lists, duplicate removal, rank independence under `mpirun`, and bad input.
+
+mod common;
+use common::*;
+
+use std::path::Path;
+
+use emclass::dataset::Dataset;
+use emclass::em::metrics::{adjusted_rand_index, matched_agreement};
+
+/// A small, quick views2d set: box 64 at 3 Å, 4 views, 10% junk, 5% duplicates.
+fn simulate(dir: &Path, name: &str, n: usize, extra: &[&str]) {
+    std::fs::write(dir.join("sim.yaml"), "output: unused\nmode: views2d\n").unwrap();
+    let mut args = vec![
+        "-q".to_string(),
+        "simulate".into(),
+        "sim.yaml".into(),
+        "--set".into(),
+        format!("output={name}"),
+        "--set".into(),
+        format!("num_particles={n}"),
+    ];
+    for s in [
+        "box_px=64",
+        "psize_A=3.0",
+        "num_views=4",
+        "junk_fraction=0.1",
+        "snr=0.08",
+        "max_shift_px=2",
+        "seed=7",
+    ]
+    .iter()
+    .chain(extra)
+    {
+        args.push("--set".into());
+        args.push(s.to_string());
+    }
+    let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    emclass(dir, &a).ok();
+}
+
+/// A config for the small set: 6 classes, short online phase, coarse resolution.
+fn config(dir: &Path, input: &str, output: &str, extra: &str) {
+    std::fs::write(
+        dir.join("c2d.yaml"),
+        format!(
+            "input: {input}\noutput: {output}\nnum_classes: 6\nmax_res_A: 9\n\
+             online_em_iterations: 8\nbatch_size_per_class: 40\nmax_shift_px: 2\nseed: 3\n{extra}"
+        ),
+    )
+    .unwrap();
+}
+
+fn labels(path: &Path, field: &str) -> Vec<i64> {
+    let ds = Dataset::open(path).unwrap();
+    ds.table()
+        .get(field)
+        .unwrap_or_else(|| panic!("{} lacks {field}", path.display()))
+        .data
+        .to_f64()
+        .unwrap()
+        .iter()
+        .map(|&v| v as i64)
+        .collect()
+}
+
+#[test]
+fn recovers_views_writes_every_output_and_removes_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    simulate(d, "sim", 1600, &["duplicate_fraction=0.05"]);
+    config(d, "sim/particles.h5", "out", "remove_duplicates: true\nmin_separation_A: 20\n");
+    emclass(d, &["classify2d", "c2d.yaml"]).ok();
+    let files = ls(&d.join("out"));
+    for f in [
+        "classes.mrcs",
+        "config.used.yaml",
+        "duplicates.h5",
+        "particles.h5",
+        "plots",
+        "summary.json",
+    ] {
+        assert!(files.contains(&f.to_string()), "missing {f}: {files:?}");
+    }
+    let plots = ls(&d.join("out/plots"));
+    for f in [
+        "best_class_probability.png",
+        "class_ess.png",
+        "classes.png",
+        "classes_iter000.png",
+        "noise_model.png",
+    ] {
+        assert!(plots.contains(&f.to_string()), "missing plots/{f}: {plots:?}");
+    }
+    // Every particle is in exactly one of particles.h5 / duplicates.h5, with its fields.
+    let kept = Dataset::open(&d.join("out/particles.h5")).unwrap();
+    let dups = Dataset::open(&d.join("out/duplicates.h5")).unwrap();
+    assert_eq!(kept.len() + dups.len(), 1600);
+    let t = kept.table();
+    for f in [
+        "alignments2D/class",
+        "alignments2D/class_posterior",
+        "alignments2D/class_ess",
+        "alignments2D/pose",
+        "alignments2D/shift",
+        "alignments2D/class_probs",
+        "ctf/df1_A",
+        "gt/view",
+    ] {
+        assert!(t.has(f), "particles.h5 lacks {f}");
+    }
+    assert_eq!(t.get("alignments2D/class_probs").unwrap().width, 6);
+    let probs = t.f32("alignments2D/class_probs").unwrap();
+    for row in probs.chunks(6) {
+        let s: f32 = row.iter().sum();
+        assert!((s - 1.0).abs() < 1e-3, "probabilities sum to {s}");
+    }
+    // The images are referenced, not copied: reading them gives the input's pixels.
+    let input = Dataset::open(&d.join("sim/particles.h5")).unwrap();
+    let a = kept.read_images(0..3).unwrap();
+    let row0 = input
+        .table()
+        .uid()
+        .iter()
+        .position(|&u| u == t.uid()[0])
+        .unwrap();
+    let b = input.read_images(row0..row0 + 1).unwrap();
+    assert_eq!(a.index_axis(ndarray::Axis(0), 0), b.index_axis(ndarray::Axis(0), 0));
+
+    // Recovered views on the non-junk particles (duplicates included from both files).
+    let mut truth = labels(&d.join("out/particles.h5"), "gt/view");
+    truth.extend(labels(&d.join("out/duplicates.h5"), "gt/view"));
+    let mut class = labels(&d.join("out/particles.h5"), "alignments2D/class");
+    class.extend(labels(&d.join("out/duplicates.h5"), "alignments2D/class"));
+    let (a, b): (Vec<i64>, Vec<i64>) = truth
+        .iter()
+        .zip(&class)
+        .filter(|(v, _)| **v >= 0)
+        .map(|(v, c)| (*v, *c))
+        .unzip();
+    let ari = adjusted_rand_index(&a, &b);
+    assert!(ari >= 0.85, "ARI {ari}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("out/summary.json")).unwrap()).unwrap();
+    let iters = summary["iterations"].as_array().unwrap();
+    assert_eq!(iters.len(), 9);
+    assert!(iters[0]["ess_quartiles"][2].as_f64().unwrap() > iters[8]["ess_quartiles"][2].as_f64().unwrap());
+
+    // Duplicates: each simulated pair loses exactly one member; originals are kept.
+    let uid_kept: std::collections::HashSet<u64> = t.uid().iter().copied().collect();
+    let it = input.table();
+    let is_dup = it.get("gt/is_duplicate").unwrap().data.to_f64().unwrap();
+    let of = it.u64("gt/duplicate_of").unwrap();
+    let (mut pairs, mut found) = (0, 0);
+    for i in 0..it.len() {
+        if is_dup[i] > 0.5 {
+            pairs += 1;
+            let (x, y) = (it.uid()[i], of[i]);
+            if uid_kept.contains(&x) != uid_kept.contains(&y) {
+                found += 1;
+            }
+        }
+    }
+    let in_pair: std::collections::HashSet<u64> = (0..it.len())
+        .filter(|&i| is_dup[i] > 0.5)
+        .flat_map(|i| [it.uid()[i], of[i]])
+        .collect();
+    let false_removed = dups.table().uid().iter().filter(|u| !in_pair.contains(u)).count();
+    assert!(pairs > 40, "{pairs} simulated duplicates");
+    assert!(found as f64 >= 0.95 * pairs as f64, "found {found} of {pairs} pairs");
+    assert!((false_removed as f64) < 0.01 * (it.len() - in_pair.len()) as f64, "{false_removed} false removals");
+}
+
+#[test]
+fn one_and_two_ranks_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    simulate(d, "sim", 1200, &[]);
+    config(d, "sim/particles.h5", "one", "");
+    emclass(d, &["classify2d", "c2d.yaml"]).ok();
+    mpirun(d, 2, &["classify2d", "c2d.yaml", "--set", "output=two"]).ok();
+    let a = labels(&d.join("one/particles.h5"), "alignments2D/class");
+    let b = labels(&d.join("two/particles.h5"), "alignments2D/class");
+    let agree = matched_agreement(&a, &b);
+    assert!(agree >= 0.995, "1 vs 2 ranks agree on {agree}");
+    mpirun(d, 3, &["classify2d", "c2d.yaml", "--set", "output=three"]).ok();
+    let c = labels(&d.join("three/particles.h5"), "alignments2D/class");
+    let agree = matched_agreement(&a, &c);
+    assert!(agree >= 0.995, "1 vs 3 ranks agree on {agree}");
+}
+
+#[test]
+fn marginalised_poses_hard_final_and_no_ctf() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    simulate(d, "sim", 600, &["ctf=false"]);
+    config(
+        d,
+        "sim/particles.h5",
+        "out",
+        "force_max: false\nfinal_hard_classification: true\nctf_correct: false\nonline_em_iterations: 4\n",
+    );
+    emclass(d, &["classify2d", "c2d.yaml"]).ok();
+    let ds = Dataset::open(&d.join("out/particles.h5")).unwrap();
+    let t = ds.table();
+    // Final hard classification: one-hot probabilities.
+    for row in t.f32("alignments2D/class_probs").unwrap().chunks(6) {
+        assert_eq!(row.iter().filter(|&&p| p == 1.0).count(), 1, "{row:?}");
+    }
+    // ctf_correct off writes CryoSPARC's "no CTF" values.
+    assert!(t.f32("ctf/amp_contrast").unwrap().iter().all(|&v| v == 1.0));
+    assert!(t.f32("ctf/df1_A").unwrap().iter().all(|&v| v == 0.0));
+    assert!(t.f32("ctf/cs_mm").unwrap().iter().all(|&v| v == 0.0));
+}
+
+#[test]
+fn bad_input_fails_with_one_line_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    simulate(d, "sim", 100, &["ctf=false"]);
+    // CTF correction on data without CTF fields.
+    config(d, "sim/particles.h5", "out", "");
+    emclass(d, &["classify2d", "c2d.yaml"]).fails_with(&["ctf/accel_kv", "missing", "ctf_correct"]);
+    // Alignment resolution finer than the maximum resolution.
+    config(d, "sim/particles.h5", "out", "max_align_res_A: 8\n");
+    emclass(d, &["classify2d", "c2d.yaml"]).fails_with(&["max_align_res_A", "finer than max_res_A"]);
+    // Unknown key, resolution beyond Nyquist, too many classes, missing input, cuda.
+    config(d, "sim/particles.h5", "out", "num_clases: 3\n");
+    emclass(d, &["classify2d", "c2d.yaml"]).fails_with(&["num_clases"]);
+    config(d, "sim/particles.h5", "out", "ctf_correct: false\nmax_res_A: 4\n");
+    emclass(d, &["classify2d", "c2d.yaml"]).fails_with(&["max_res_A", "Nyquist"]);
+    config(d, "sim/particles.h5", "out", "ctf_correct: false\nnum_classes: 101\n");
+    emclass(d, &["classify2d", "c2d.yaml"]).fails_with(&["num_classes", "101 classes for 100 particles"]);
+    config(d, "nowhere.h5", "out", "");
+    emclass(d, &["classify2d", "c2d.yaml"]).fails_with(&["nowhere.h5"]);
+    config(d, "sim/particles.h5", "out", "ctf_correct: false\nbackend: cuda\n");
+    emclass(d, &["classify2d", "c2d.yaml"]).fails_with(&["backend", "cuda"]);
+    // Under MPI, a failure ends every rank with one error line.
+    config(d, "nowhere.h5", "out", "");
+    let r = mpirun(d, 2, &["classify2d", "c2d.yaml"]);
+    assert_ne!(r.code, Some(0));
+    assert_eq!(r.stderr.matches("error:").count(), 1, "{}", r.stderr);
+    let mut names = ls(d);
+    names.sort();
+    assert_eq!(names, vec!["c2d.yaml", "sim", "sim.yaml"]);
+    // An existing output folder is refused unless --overwrite.
+    config(d, "sim/particles.h5", "out", "ctf_correct: false\nnum_classes: 2\nonline_em_iterations: 1\nfull_iterations: 0\n");
+    emclass(d, &["classify2d", "c2d.yaml"]).ok();
+    emclass(d, &["classify2d", "c2d.yaml"]).fails_with(&["out", "exists"]);
+    emclass(d, &["classify2d", "c2d.yaml", "--overwrite"]).ok();
+}
+
+#[test]
+fn shipped_config_documents_every_parameter() {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/classify2d.yaml")).unwrap();
+    let cfg: serde_norway::Value = serde_norway::from_str(&text).unwrap();
+    let map = cfg.as_mapping().unwrap();
+    let defaults = emclass::classify2d::config::Classify2dConfig::with_paths("a", "b");
+    let yaml = serde_norway::to_value(&defaults).unwrap();
+    for (k, v) in yaml.as_mapping().unwrap() {
+        let key = k.as_str().unwrap();
+        assert!(map.contains_key(k), "configs/classify2d.yaml lacks {key}");
+        if key != "input" && key != "output" {
+            assert_eq!(map.get(k).unwrap(), v, "default of {key}");
+        }
+    }
+    assert!(text.lines().filter(|l| l.trim_start().starts_with('#')).count() >= yaml.as_mapping().unwrap().len());
+}
