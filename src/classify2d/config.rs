@@ -181,7 +181,10 @@ impl Classify2dConfig {
     pub fn validate_for(&self, path: &Path, box_px: usize, psize_a: f64) -> Result<()> {
         let nyquist = 2.0 * psize_a;
         let side = box_px as f64 * psize_a;
-        for (key, v) in [("max_res_A", self.max_res_a), ("max_align_res_A", self.align_res_a())] {
+        for (key, v) in [
+            ("max_res_A", self.max_res_a),
+            ("max_align_res_A", self.align_res_a()),
+        ] {
             if v < nyquist - 1e-9 {
                 return Err(Error::config(
                     path,
@@ -272,7 +275,13 @@ impl crate::config::JobConfig for Classify2dConfig {
                 }
             }
         }
-        check_range(path, "recenter_threshold", self.recenter_threshold, 0.0, 1.0)?;
+        check_range(
+            path,
+            "recenter_threshold",
+            self.recenter_threshold,
+            0.0,
+            1.0,
+        )?;
         check_range(path, "min_separation_A", self.min_separation_a, 0.0, 1e6)?;
         if self.online_em_iterations + self.full_iterations == 0 {
             return Err(Error::config(
@@ -282,7 +291,11 @@ impl crate::config::JobConfig for Classify2dConfig {
             ));
         }
         if self.batch_size_per_class == 0 {
-            return Err(Error::config(path, "batch_size_per_class", "must be at least 1"));
+            return Err(Error::config(
+                path,
+                "batch_size_per_class",
+                "must be at least 1",
+            ));
         }
         check_range(path, "max_shift_px", self.max_shift_px, 0.0, 1e4)?;
         Ok(())
@@ -308,7 +321,14 @@ mod tests {
         assert_eq!(c.num_classes, 50);
         assert_eq!(c.align_res_a(), 6.0);
         assert!(c.force_max && c.recenter && c.ctf_correct);
-        assert_eq!((c.online_em_iterations, c.batch_size_per_class, c.full_iterations), (20, 100, 1));
+        assert_eq!(
+            (
+                c.online_em_iterations,
+                c.batch_size_per_class,
+                c.full_iterations
+            ),
+            (20, 100, 1)
+        );
     }
 
     #[test]
@@ -316,16 +336,25 @@ mod tests {
         let e = load("input: a\noutput: b\nmax_res_A: 8\nmax_align_res_A: 6\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("max_align_res_A") && e.contains("finer than max_res_A"), "{e}");
+        assert!(
+            e.contains("max_align_res_A") && e.contains("finer than max_res_A"),
+            "{e}"
+        );
     }
 
     #[test]
     fn rejects_unknown_keys_and_bad_values() {
-        let e = load("input: a\noutput: b\nnum_clases: 3\n").unwrap_err().to_string();
+        let e = load("input: a\noutput: b\nnum_clases: 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("num_clases"), "{e}");
-        let e = load("input: a\noutput: b\nnum_classes: 0\n").unwrap_err().to_string();
+        let e = load("input: a\noutput: b\nnum_classes: 0\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("num_classes"), "{e}");
-        let e = load("input: a\noutput: b\nmin_align_res_A: 5\n").unwrap_err().to_string();
+        let e = load("input: a\noutput: b\nmin_align_res_A: 5\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("min_align_res_A"), "{e}");
         let e = load("input: a\noutput: b\nmask_diameter_A: 100\nmask_diameter_outer_A: 90\n")
             .unwrap_err()

@@ -190,7 +190,8 @@ impl<'a> Engine<'a> {
         let mut out = Vec::with_capacity(poses.n_shift() * g.len());
         for s in &poses.shifts_px {
             for c in 0..g.len() {
-                let ph = -std::f64::consts::TAU * (g.kx[c] as f64 * s[0] + g.ky[c] as f64 * s[1]) / nb;
+                let ph =
+                    -std::f64::consts::TAU * (g.kx[c] as f64 * s[0] + g.ky[c] as f64 * s[1]) / nb;
                 out.push(Complex32::new(ph.cos() as f32, ph.sin() as f32));
             }
         }
@@ -199,7 +200,10 @@ impl<'a> Engine<'a> {
 
     /// Runs the whole classification. `on_iteration` is called on every rank after each
     /// iteration's M-step.
-    pub fn run(&self, mut on_iteration: impl FnMut(&IterationView) -> Result<()>) -> Result<Outcome> {
+    pub fn run(
+        &self,
+        mut on_iteration: impl FnMut(&IterationView) -> Result<()>,
+    ) -> Result<Outcome> {
         let cfg = self.cfg;
         let k = cfg.num_classes;
         let n_local = self.particles.len();
@@ -213,7 +217,10 @@ impl<'a> Engine<'a> {
             .min_align_res_a
             .map(|r| self.grid.shell_at(r).max(1))
             .unwrap_or(1);
-        let k_start = self.grid.shell_at(START_ALIGN_RES_A).clamp((k_lo + 2).min(k_align), k_align);
+        let k_start = self
+            .grid
+            .shell_at(START_ALIGN_RES_A)
+            .clamp((k_lo + 2).min(k_align), k_align);
         let mut k_hi = k_start;
 
         let sigma2_init = self.initial_noise()?;
@@ -227,7 +234,11 @@ impl<'a> Engine<'a> {
         let (mut all_ess, mut all_best) = (Vec::new(), Vec::new());
         // With no full iteration, a last E-step-only pass over all particles gives every
         // particle its assignment.
-        let passes = if cfg.full_iterations == 0 { total + 1 } else { total };
+        let passes = if cfg.full_iterations == 0 {
+            total + 1
+        } else {
+            total
+        };
         for t in 0..passes {
             let start = Instant::now();
             let online = t < cfg.online_em_iterations;
@@ -270,7 +281,8 @@ impl<'a> Engine<'a> {
                     None => running = Some(batch_stats),
                 }
                 let run_st = running.as_ref().expect("set above");
-                classes = model::update_classes(run_st, self.grid, k, &self.post, Some(&classes.images));
+                classes =
+                    model::update_classes(run_st, self.grid, k, &self.post, Some(&classes.images));
                 for (s, v) in sigma2_cur.iter_mut().zip(model::noise_per_shell(run_st)) {
                     if let Some(v) = v {
                         *s = v.max(1e-12);
@@ -303,8 +315,16 @@ impl<'a> Engine<'a> {
                 n_shifts: poses.n_shift(),
                 band_coefficients: band.len(),
                 learning_rate: eta_t,
-                ess_quartiles: if self.comm.is_root() { quart(&ess_g) } else { [f64::NAN; 5] },
-                best_prob_quartiles: if self.comm.is_root() { quart(&best_g) } else { [f64::NAN; 5] },
+                ess_quartiles: if self.comm.is_root() {
+                    quart(&ess_g)
+                } else {
+                    [f64::NAN; 5]
+                },
+                best_prob_quartiles: if self.comm.is_root() {
+                    quart(&best_g)
+                } else {
+                    [f64::NAN; 5]
+                },
                 class_counts: classes.counts.clone(),
                 class_frc05_res_a: frc05,
                 seconds: start.elapsed().as_secs_f64(),
@@ -386,13 +406,16 @@ impl<'a> Engine<'a> {
         let k = self.cfg.num_classes;
         let log_prior = vec![0.0; k];
         let local = self.local();
-        let folded: Vec<Result<(Stats, Vec<(usize, Row)>)>> = locals
+        type Partial = Result<(Stats, Vec<(usize, Row)>)>;
+        let folded: Vec<Partial> = locals
             .par_chunks(CHUNK)
             .fold(
                 || Ok((Stats::zeros(&layout), Vec::new())),
                 |acc: Result<(Stats, Vec<(usize, Row)>)>, chunk| {
                     let (mut st, mut rows) = acc?;
-                    local.chunk(scorer, chunk, images, params, &log_prior, ramps, &mut st, &mut rows)?;
+                    local.chunk(
+                        scorer, chunk, images, params, &log_prior, ramps, &mut st, &mut rows,
+                    )?;
                     Ok((st, rows))
                 },
             )
@@ -485,7 +508,11 @@ impl<'a> Local<'a> {
                 }
                 if self.cfg.force_max || params.hard() {
                     let (r, t) = poses.split(marg.best_pose()[[bi, kk]]);
-                    let y = combine(x, full_ctf.as_deref(), &[(&ramps[t * len..(t + 1) * len], 1.0)]);
+                    let y = combine(
+                        x,
+                        full_ctf.as_deref(),
+                        &[(&ramps[t * len..(t + 1) * len], 1.0)],
+                    );
                     model::add_contribution(st, self.grid, kk, half, &y, ctf, poses.psi_rad[r], p);
                 } else {
                     let base = (bi * k + kk) * np;
@@ -501,7 +528,16 @@ impl<'a> Local<'a> {
                             .map(|t| (&ramps[t * len..(t + 1) * len], w[t] / wr))
                             .collect();
                         let y = combine(x, full_ctf.as_deref(), &terms);
-                        model::add_contribution(st, self.grid, kk, half, &y, ctf, poses.psi_rad[r], p * wr);
+                        model::add_contribution(
+                            st,
+                            self.grid,
+                            kk,
+                            half,
+                            &y,
+                            ctf,
+                            poses.psi_rad[r],
+                            p * wr,
+                        );
                     }
                 }
             }
@@ -568,7 +604,10 @@ pub fn signal_shell(classes: &ClassUpdate, threshold: f64) -> usize {
         .zip(&classes.counts)
         .filter(|(_, &c)| c > 0.0)
         .map(|(f, &c)| {
-            let k = (1..f.len()).find(|&s| f[s] < threshold).unwrap_or(f.len()).saturating_sub(1);
+            let k = (1..f.len())
+                .find(|&s| f[s] < threshold)
+                .unwrap_or(f.len())
+                .saturating_sub(1);
             (k, c)
         })
         .collect();

@@ -264,15 +264,17 @@ mod tests {
         let mut direct = 0.0f64;
         for &c in &band.idx {
             let c = c as usize;
-            let ph = -std::f64::consts::TAU
-                * (grid.kx[c] as f64 * s[0] + grid.ky[c] as f64 * s[1])
+            let ph = -std::f64::consts::TAU * (grid.kx[c] as f64 * s[0] + grid.ky[c] as f64 * s[1])
                 / n as f64;
             let rho = Complex32::new(ph.cos() as f32, ph.sin() as f32);
             let xr = x[c] * rho;
             direct += -((xr - spec[c]).norm_sqr() as f64) + xr.norm_sqr() as f64;
         }
         let got = ll[(2 * poses.n_rot() + 3) * poses.n_shift() + 4];
-        assert!((got - direct).abs() < 1e-3 * direct.abs().max(1.0), "{got} vs {direct}");
+        assert!(
+            (got - direct).abs() < 1e-3 * direct.abs().max(1.0),
+            "{got} vs {direct}"
+        );
         let _ = irfft2;
     }
 }

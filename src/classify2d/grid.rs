@@ -209,7 +209,11 @@ mod tests {
         let full: usize = (0..g.len())
             .filter(|&c| (1..=10).contains(&(g.shell[c] as usize)))
             .count();
-        assert!(b.len() < full && b.len() > 150 && b.len() < 180, "{}", b.len());
+        assert!(
+            b.len() < full && b.len() > 150 && b.len() < 180,
+            "{}",
+            b.len()
+        );
         assert!(b
             .idx
             .iter()

@@ -106,7 +106,9 @@ pub fn add_contribution(
         let den = &mut stats.segment_mut(DEN).expect("den segment")[range.clone()];
         den.iter_mut().zip(&c2).for_each(|(d, v)| *d += w_total * v);
         let den2 = &mut stats.segment_mut(DEN2).expect("den2 segment")[range];
-        den2.iter_mut().zip(&c2).for_each(|(d, v)| *d += w_total * w_total * v);
+        den2.iter_mut()
+            .zip(&c2)
+            .for_each(|(d, v)| *d += w_total * w_total * v);
     }
     stats.segment_mut(WEIGHT).expect("weight segment")[slot] += w_total;
 }
@@ -126,7 +128,12 @@ pub fn add_noise(stats: &mut Stats, grid: &WorkGrid, resid: &[Complex32]) {
     for (d, v) in stats.segment_mut(NOISE).expect("noise").iter_mut().zip(&pw) {
         *d += v;
     }
-    for (d, v) in stats.segment_mut(NOISE_N).expect("noise_n").iter_mut().zip(&cnt) {
+    for (d, v) in stats
+        .segment_mut(NOISE_N)
+        .expect("noise_n")
+        .iter_mut()
+        .zip(&cnt)
+    {
         *d += v;
     }
 }
@@ -219,7 +226,11 @@ pub fn update_classes(
                     dcnt[s] += 1.0;
                 }
             }
-            let dmean: Vec<f64> = dsum.iter().zip(&dcnt).map(|(s, c)| s / c.max(1.0)).collect();
+            let dmean: Vec<f64> = dsum
+                .iter()
+                .zip(&dcnt)
+                .map(|(s, c)| s / c.max(1.0))
+                .collect();
             Half {
                 n0,
                 n1,
@@ -238,10 +249,15 @@ pub fn update_classes(
             if total <= 0.0 {
                 return 0.0;
             }
-            halves.iter().map(|c| c.count.max(0.0) * c.frc[s]).sum::<f64>() / total
+            halves
+                .iter()
+                .map(|c| c.count.max(0.0) * c.frc[s])
+                .sum::<f64>()
+                / total
         })
         .collect();
-    let per_class: Vec<(Array2<f32>, Vec<f64>, f64, Vec<f64>)> = halves
+    type ClassOut = (Array2<f32>, Vec<f64>, f64, Vec<f64>);
+    let per_class: Vec<ClassOut> = halves
         .into_par_iter()
         .enumerate()
         .map(|(c, hc)| {
@@ -314,7 +330,9 @@ pub fn postprocess(mut img: Array2<f32>, post: &PostProcess) -> Array2<f32> {
     }
     if post.clamp_solvent {
         img = smooth(img);
-        img.zip_mut_with(&post.mask, |v, &m| *v *= if m >= 0.999 { 1.0 } else { m * m });
+        img.zip_mut_with(&post.mask, |v, &m| {
+            *v *= if m >= 0.999 { 1.0 } else { m * m }
+        });
     }
     img.zip_mut_with(&post.mask, |v, &m| *v *= m);
     if post.nonnegative {
@@ -330,14 +348,14 @@ fn bright_pixels(img: ArrayView2<f32>, threshold: f64, mask: &Array2<f32>) -> Ve
         .zip(mask.iter())
         .map(|(&v, &m)| v * m)
         .fold(f32::NEG_INFINITY, f32::max) as f64;
-    if !(max > 0.0) {
+    if max.is_nan() || max <= 0.0 {
         return Vec::new();
     }
     let cut = threshold * max;
     img.indexed_iter()
         .filter_map(|((i, j), &v)| {
             let v = v as f64 * mask[[i, j]] as f64;
-            (v > cut).then(|| (i as f64, j as f64, v - cut))
+            (v > cut).then_some((i as f64, j as f64, v - cut))
         })
         .collect()
 }
@@ -346,7 +364,7 @@ fn bright_pixels(img: ArrayView2<f32>, threshold: f64, mask: &Array2<f32>) -> Ve
 fn centre_of_mass(img: ArrayView2<f32>, threshold: f64, mask: &Array2<f32>) -> Option<(f64, f64)> {
     let px = bright_pixels(img, threshold, mask);
     let w: f64 = px.iter().map(|p| p.2).sum();
-    if !(w > 0.0) {
+    if w.is_nan() || w <= 0.0 {
         return None;
     }
     let cy = px.iter().map(|p| p.0 * p.2).sum::<f64>() / w;
@@ -400,7 +418,8 @@ mod tests {
 
     fn gaussian(n: usize, cy: f64, cx: f64, sy: f64, sx: f64) -> Array2<f32> {
         Array2::from_shape_fn((n, n), |(i, j)| {
-            (-((i as f64 - cy).powi(2) / (2.0 * sy * sy) + (j as f64 - cx).powi(2) / (2.0 * sx * sx)))
+            (-((i as f64 - cy).powi(2) / (2.0 * sy * sy)
+                + (j as f64 - cx).powi(2) / (2.0 * sx * sx)))
                 .exp() as f32
         })
     }
@@ -411,7 +430,10 @@ mod tests {
         let img = gaussian(n, 13.0, 19.0, 2.0, 2.0);
         let out = postprocess(img, &post(n));
         let (cy, cx) = centre_of_mass(out.view(), 0.2, &post(n).mask).unwrap();
-        assert!((cy - 16.0).abs() < 0.2 && (cx - 16.0).abs() < 0.2, "{cy} {cx}");
+        assert!(
+            (cy - 16.0).abs() < 0.2 && (cx - 16.0).abs() < 0.2,
+            "{cy} {cx}"
+        );
         // A horizontal ellipse becomes vertical.
         let mut p = post(n);
         p.vertical = true;
@@ -443,7 +465,9 @@ mod tests {
         let k = 1;
         let class = gaussian(n, 14.0, 17.0, 2.0, 3.5);
         let psi = 0.7;
-        let x = rfft2(rotate_image(class.view(), psi).view()).into_raw_vec_and_offset().0;
+        let x = rfft2(rotate_image(class.view(), psi).view())
+            .into_raw_vec_and_offset()
+            .0;
         let mut st = Stats::zeros(&layout(k, &grid).unwrap());
         for half in 0..2u8 {
             add_contribution(&mut st, &grid, 0, half, &x, None, psi, 1.0);
@@ -476,7 +500,8 @@ mod ctf_tests {
         assert_eq!(grid.n, n);
         let class = Array2::from_shape_fn((n, n), |(i, j)| {
             let (y, x) = (i as f64 - 24.0, j as f64 - 26.0);
-            ((-(y * y) / 18.0 - x * x / 40.0).exp() - 0.5 * (-((y - 6.0).powi(2) + x * x) / 8.0).exp()) as f32
+            ((-(y * y) / 18.0 - x * x / 40.0).exp()
+                - 0.5 * (-((y - 6.0).powi(2) + x * x) / 8.0).exp()) as f32
         });
         let mut st = Stats::zeros(&layout(1, &grid).unwrap());
         for p in 0..40 {

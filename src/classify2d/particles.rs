@@ -128,12 +128,23 @@ pub fn read_ctfs(ds: &Dataset) -> Result<Vec<Ctf>> {
                 bfactor_a2: bfac[i],
                 scale: scale[i],
             };
-            let finite = [p.accel_kv, p.cs_mm, p.amp_contrast, p.df1_a, p.df2_a, p.df_angle_rad];
+            let finite = [
+                p.accel_kv,
+                p.cs_mm,
+                p.amp_contrast,
+                p.df1_a,
+                p.df2_a,
+                p.df_angle_rad,
+            ];
             if finite.iter().any(|v| !v.is_finite()) || p.accel_kv <= 0.0 {
                 return Err(Error::field(
                     ds.path(),
                     "ctf/*",
-                    format!("particle {} (uid {}) has an invalid CTF: {p:?}", i, t.uid()[i]),
+                    format!(
+                        "particle {} (uid {}) has an invalid CTF: {p:?}",
+                        i,
+                        t.uid()[i]
+                    ),
                 ));
             }
             Ok(Ctf::new(&p))
@@ -143,8 +154,17 @@ pub fn read_ctfs(ds: &Dataset) -> Result<Vec<Ctf>> {
 
 /// Loads and pre-processes the particles of `ds` (a rank's row range `rows` of the file,
 /// already opened with `Dataset::open_range`).
-pub fn load(ds: &Dataset, rows: Range<usize>, grid: &WorkGrid, ctf_correct: bool) -> Result<Particles> {
-    let ctf = if ctf_correct { Some(read_ctfs(ds)?) } else { None };
+pub fn load(
+    ds: &Dataset,
+    rows: Range<usize>,
+    grid: &WorkGrid,
+    ctf_correct: bool,
+) -> Result<Particles> {
+    let ctf = if ctf_correct {
+        Some(read_ctfs(ds)?)
+    } else {
+        None
+    };
     let n = ds.len();
     let mut spectra = Vec::with_capacity(n * grid.len());
     let chunk = 512;

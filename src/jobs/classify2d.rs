@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use ndarray::{Array2, Array3, Axis};
 use serde_json::json;
 
-use crate::classify2d::duplicates;
 use crate::classify2d::config::{BackendChoice, Classify2dConfig};
+use crate::classify2d::duplicates;
 use crate::classify2d::engine::{Engine, IterationView, Outcome, Results};
 use crate::classify2d::grid::WorkGrid;
 use crate::classify2d::model::PostProcess;
@@ -30,39 +30,52 @@ use crate::numerics::mask::soft_circular_mask;
 use crate::report::montage::{class_label, montage_png, MontageStyle};
 use crate::report::plot::{histogram_png, lines_png, PLOT_SIZE_PX};
 
-/// Ends every rank with the same outcome: this rank's error, or [`Error::Peer`] when another
-/// rank failed.
+/// Ends every rank with the same outcome: this rank's error, or [`Error::Peer`] (quiet) when
+/// another rank failed. When every rank failed (the same bad input, seen by all), only rank 0
+/// reports it, so the user reads one error line.
 fn collective<T>(comm: &dyn Comm, r: Result<T>) -> Result<T> {
-    let ok = comm.all_ok(r.is_ok());
+    let mut failed = [u64::from(r.is_err())];
+    comm.all_reduce_sum_u64(&mut failed);
     match r {
+        Err(_) if failed[0] == comm.size() as u64 && !comm.is_root() => Err(Error::Peer),
         Err(e) => Err(e),
-        Ok(_) if !ok => Err(Error::Peer),
+        Ok(_) if failed[0] > 0 => Err(Error::Peer),
         Ok(v) => Ok(v),
     }
 }
 
 /// Runs the job on every rank.
 pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
-    let cfg: Classify2dConfig = config::load(&args.config, &args.set)?;
+    let cfg: Classify2dConfig = collective(comm, config::load(&args.config, &args.set))?;
     let n_total = collective(comm, Dataset::count(&cfg.input))?;
     if n_total == 0 {
-        return Err(Error::file(&cfg.input, "has no particles to classify"));
+        return collective(
+            comm,
+            Err(Error::file(&cfg.input, "has no particles to classify")),
+        );
     }
     let rows = partition(n_total, comm.size(), comm.rank());
     let ds = collective(comm, Dataset::open_range(&cfg.input, rows.clone()))?;
     let (box_px, psize) = (ds.box_px(), ds.psize_a() as f64);
-    cfg.validate_for(&args.config, box_px, psize)?;
-    if cfg.num_classes > n_total {
-        return Err(Error::config(
-            &args.config,
-            "num_classes",
-            format!("{} classes for {n_total} particles", cfg.num_classes),
-        ));
-    }
-    select_backend(&args.config, cfg.backend)?;
+    let checked = cfg.validate_for(&args.config, box_px, psize).and_then(|_| {
+        if cfg.num_classes > n_total {
+            return Err(Error::config(
+                &args.config,
+                "num_classes",
+                format!("{} classes for {n_total} particles", cfg.num_classes),
+            ));
+        }
+        select_backend(&args.config, cfg.backend)
+    });
+    collective(comm, checked)?;
     // The output folder (rank 0), refused before any work if it exists.
     let out = if comm.is_root() {
-        collective(comm, check_writable(&cfg.output, args.overwrite).and_then(|_| OutputDir::create(cfg.output(), args.overwrite)).map(Some))?
+        collective(
+            comm,
+            check_writable(&cfg.output, args.overwrite)
+                .and_then(|_| OutputDir::create(cfg.output(), args.overwrite))
+                .map(Some),
+        )?
     } else {
         collective(comm, Ok(None))?
     };
@@ -74,7 +87,10 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         grid.psize_a(),
         grid.shell_res_a(grid.k_max)
     );
-    let parts = collective(comm, particles::load(&ds, rows.clone(), &grid, cfg.ctf_correct))?;
+    let parts = collective(
+        comm,
+        particles::load(&ds, rows.clone(), &grid, cfg.ctf_correct),
+    )?;
     let post = collective(comm, post_process(&cfg, &args.config, &grid, box_px, psize))?;
     let engine = Engine {
         cfg: &cfg,
@@ -95,7 +111,16 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
     let outcome = collective(comm, outcome)?;
     let gathered = gather_results(comm, &outcome.results);
     let written = match (out, gathered) {
-        (Some(out), Some(all)) => write_outputs(&cfg, &args.config, out, &outcome, &all, &grid, box_px, psize),
+        (Some(out), Some(all)) => write_outputs(
+            &cfg,
+            &args.config,
+            out,
+            &outcome,
+            &all,
+            &grid,
+            box_px,
+            psize,
+        ),
         _ => Ok(()),
     };
     collective(comm, written)
@@ -106,7 +131,10 @@ fn select_backend(path: &Path, b: BackendChoice) -> Result<()> {
     match b {
         BackendChoice::Cpu => Ok(()),
         BackendChoice::Auto => {
-            log::info!("backend: CPU (rayon, {} threads)", rayon::current_num_threads());
+            log::info!(
+                "backend: CPU (rayon, {} threads)",
+                rayon::current_num_threads()
+            );
             Ok(())
         }
         BackendChoice::Cuda => Err(Error::config(
@@ -127,7 +155,10 @@ fn post_process(
 ) -> Result<PostProcess> {
     let side = box_px as f64 * psize;
     let d_in = cfg.mask_diameter_a.unwrap_or(0.85 * side);
-    let d_out = cfg.mask_diameter_outer_a.unwrap_or((1.2 * d_in).min(side)).max(d_in);
+    let d_out = cfg
+        .mask_diameter_outer_a
+        .unwrap_or((1.2 * d_in).min(side))
+        .max(d_in);
     let mask = soft_circular_mask(grid.n, grid.psize_a(), d_in, d_out)
         .map_err(|e| Error::config(path, "mask_diameter_A", e.to_string()))?;
     Ok(PostProcess {
@@ -146,7 +177,8 @@ fn full_size(images: &[Array2<f32>], grid: &WorkGrid, box_px: usize) -> Array3<f
     for (i, img) in images.iter().enumerate() {
         let spec = rfft2(img.view());
         let big = fourier_pad(spec.view(), grid.n, box_px);
-        out.index_axis_mut(Axis(0), i).assign(&irfft2(big.view(), box_px));
+        out.index_axis_mut(Axis(0), i)
+            .assign(&irfft2(big.view(), box_px));
     }
     out
 }
@@ -178,11 +210,21 @@ fn montage(
 fn scale_bar_a(side_a: f64) -> f64 {
     let target = side_a / 4.0;
     let p = 10f64.powf(target.log10().floor());
-    [5.0, 2.0, 1.0].iter().map(|m| m * p).find(|&v| v <= target).unwrap_or(p)
+    [5.0, 2.0, 1.0]
+        .iter()
+        .map(|m| m * p)
+        .find(|&v| v <= target)
+        .unwrap_or(p)
 }
 
 /// Per-iteration plots (rank 0).
-fn iteration_plots(dir: &Path, v: &IterationView, grid: &WorkGrid, box_px: usize, psize: f64) -> Result<()> {
+fn iteration_plots(
+    dir: &Path,
+    v: &IterationView,
+    grid: &WorkGrid,
+    box_px: usize,
+    psize: f64,
+) -> Result<()> {
     let imgs = full_size(&v.classes.images, grid, box_px);
     montage(
         &dir.join(format!("classes_iter{:03}.png", v.record.iteration)),
@@ -201,7 +243,13 @@ fn gather_results(comm: &dyn Comm, r: &Results) -> Option<Results> {
     let mut bytes = Vec::with_capacity(n * (6 + k) * 4);
     for i in 0..n {
         bytes.extend_from_slice(&r.class[i].to_le_bytes());
-        for v in [r.class_posterior[i], r.class_ess[i], r.psi_rad[i], r.shift_px[i][0], r.shift_px[i][1]] {
+        for v in [
+            r.class_posterior[i],
+            r.class_ess[i],
+            r.psi_rad[i],
+            r.shift_px[i][0],
+            r.shift_px[i][1],
+        ] {
             bytes.extend_from_slice(&v.to_le_bytes());
         }
         for v in &r.probs[i * k..(i + 1) * k] {
@@ -223,7 +271,8 @@ fn gather_results(comm: &dyn Comm, r: &Results) -> Option<Results> {
     let f = |b: &[u8]| f32::from_le_bytes(b.try_into().expect("4 bytes"));
     for p in parts {
         for c in p.chunks_exact(rec) {
-            out.class.push(u32::from_le_bytes(c[0..4].try_into().expect("4 bytes")));
+            out.class
+                .push(u32::from_le_bytes(c[0..4].try_into().expect("4 bytes")));
             out.class_posterior.push(f(&c[4..8]));
             out.class_ess.push(f(&c[8..12]));
             out.psi_rad.push(f(&c[12..16]));
@@ -259,10 +308,16 @@ fn write_outputs(
     table.set_f32("alignments2D/pose", all.psi_rad.clone());
     table.set(
         "alignments2D/shift",
-        Column::new(ColumnData::F32(all.shift_px.iter().flat_map(|s| [s[0], s[1]]).collect()), 2),
+        Column::new(
+            ColumnData::F32(all.shift_px.iter().flat_map(|s| [s[0], s[1]]).collect()),
+            2,
+        ),
     );
     table.set_f32("alignments2D/psize_A", vec![psize as f32; n]);
-    table.set("alignments2D/class_probs", Column::new(ColumnData::F32(all.probs.clone()), k));
+    table.set(
+        "alignments2D/class_probs",
+        Column::new(ColumnData::F32(all.probs.clone()), k),
+    );
     if !cfg.ctf_correct {
         // CryoSPARC's convention for "no CTF correction", kept for later jobs.
         table.set_f32("ctf/amp_contrast", vec![1.0; n]);
@@ -277,15 +332,34 @@ fn write_outputs(
     let mut n_dup = 0;
     let mut dup_truth = None;
     if cfg.remove_duplicates {
-        let picks = duplicates::picks_from_table(&table, &cfg.input, &all.shift_px, psize, &all.class_posterior)?;
+        let picks = duplicates::picks_from_table(
+            &table,
+            &cfg.input,
+            &all.shift_px,
+            psize,
+            &all.class_posterior,
+        )?;
         let rejected = duplicates::find_duplicates(&picks, cfg.min_separation_a);
         let keep: Vec<usize> = (0..n).filter(|&i| !rejected[i]).collect();
         let drop: Vec<usize> = (0..n).filter(|&i| rejected[i]).collect();
         n_dup = drop.len();
         dup_truth = duplicate_truth(&table, &rejected);
-        write_referencing(&dir.join("duplicates.h5"), &table.select(&drop), &attrs, &input)?;
-        write_referencing(&dir.join("particles.h5"), &table.select(&keep), &attrs, &input)?;
-        log::info!("removed {n_dup} duplicate particles (closer than {} Å)", cfg.min_separation_a);
+        write_referencing(
+            &dir.join("duplicates.h5"),
+            &table.select(&drop),
+            &attrs,
+            &input,
+        )?;
+        write_referencing(
+            &dir.join("particles.h5"),
+            &table.select(&keep),
+            &attrs,
+            &input,
+        )?;
+        log::info!(
+            "removed {n_dup} duplicate particles (closer than {} Å)",
+            cfg.min_separation_a
+        );
     } else {
         write_referencing(&dir.join("particles.h5"), &table, &attrs, &input)?;
     }
@@ -298,7 +372,14 @@ fn write_outputs(
         .map(|f| frc_resolution_a(f, 0.5, grid.n, grid.psize_a()))
         .collect();
     let plots = dir.join("plots");
-    montage(&plots.join("classes.png"), &imgs, &outcome.classes.counts, &frc05, psize, box_px)?;
+    montage(
+        &plots.join("classes.png"),
+        &imgs,
+        &outcome.classes.counts,
+        &frc05,
+        psize,
+        box_px,
+    )?;
     histogram_png(
         &plots.join("class_ess.png"),
         "Effective number of classes per particle",
@@ -319,15 +400,25 @@ fn write_outputs(
     )?;
     let curve = |v: &[f64]| -> Vec<(f64, f64)> {
         // Shells 1..k_max (the last, partial shell of the crop circle is left out).
-        (1..v.len().saturating_sub(1)).map(|s| (s as f64 / (box_px as f64 * psize), v[s])).collect()
+        (1..v.len().saturating_sub(1))
+            .map(|s| (s as f64 / (box_px as f64 * psize), v[s]))
+            .collect()
     };
-    let (used, cur, init) = (curve(&outcome.sigma2_used), curve(&outcome.sigma2_current), curve(&outcome.sigma2_init));
+    let (used, cur, init) = (
+        curve(&outcome.sigma2_used),
+        curve(&outcome.sigma2_current),
+        curve(&outcome.sigma2_init),
+    );
     lines_png(
         &plots.join("noise_model.png"),
         "Noise model",
         "spatial frequency (1/Å)",
         "sigma² per coefficient",
-        &[("current sigma", &used), ("current noise", &cur), ("initial sigma", &init)],
+        &[
+            ("current sigma", &used),
+            ("current noise", &cur),
+            ("initial sigma", &init),
+        ],
         true,
         PLOT_SIZE_PX,
     )?;
@@ -360,7 +451,10 @@ fn write_outputs(
         let p = dir.join(name);
         std::fs::write(&p, text).map_err(|e| Error::io(&p, e))
     };
-    write("summary.json", serde_json::to_string_pretty(&summary).map_err(|e| Error::Usage(e.to_string()))? + "\n")?;
+    write(
+        "summary.json",
+        serde_json::to_string_pretty(&summary).map_err(|e| Error::Usage(e.to_string()))? + "\n",
+    )?;
     write("config.used.yaml", config::to_yaml(cfg))?;
     let done = out.commit()?;
     log::info!("classify2d: wrote {}", done.display());
@@ -379,14 +473,20 @@ fn table_ari(table: &crate::dataset::ParticleTable, class: &[u32]) -> Option<f64
     (!a.is_empty()).then(|| adjusted_rand_index(&a, &b))
 }
 
-
 /// Simulated duplicate pairs (`gt/is_duplicate`, `gt/duplicate_of`) against the removals:
 /// pairs that lost exactly one member, and removed particles in no pair.
-fn duplicate_truth(table: &crate::dataset::ParticleTable, rejected: &[bool]) -> Option<serde_json::Value> {
+fn duplicate_truth(
+    table: &crate::dataset::ParticleTable,
+    rejected: &[bool],
+) -> Option<serde_json::Value> {
     let is_dup = table.get("gt/is_duplicate")?.data.to_f64()?;
     let of = table.u64("gt/duplicate_of")?;
-    let row: std::collections::HashMap<u64, usize> =
-        table.uid().iter().enumerate().map(|(i, &u)| (u, i)).collect();
+    let row: std::collections::HashMap<u64, usize> = table
+        .uid()
+        .iter()
+        .enumerate()
+        .map(|(i, &u)| (u, i))
+        .collect();
     let (mut pairs, mut found) = (0usize, 0usize);
     let mut in_pair = vec![false; table.len()];
     for i in 0..table.len() {
@@ -402,7 +502,9 @@ fn duplicate_truth(table: &crate::dataset::ParticleTable, rejected: &[bool]) -> 
         }
     }
     let others = in_pair.iter().filter(|&&p| !p).count();
-    let false_removed = (0..table.len()).filter(|&i| rejected[i] && !in_pair[i]).count();
+    let false_removed = (0..table.len())
+        .filter(|&i| rejected[i] && !in_pair[i])
+        .count();
     log::info!(
         "duplicates vs simulated truth: {found} of {pairs} pairs found, {false_removed} of {others} other particles removed"
     );
