@@ -36,7 +36,18 @@ PY
 }
 run one_rank "$B"
 run two_ranks mpirun --oversubscribe -n 2 "$B"
-"$B" info "$WORK/one_rank/particles.h5" > /dev/null
+# 1- vs 2-rank agreement of the class labels (h5dump from hdf5-tools).
+for r in one_rank two_ranks; do
+    h5dump -d /alignments2D/class -y -w 0 "$WORK/$r/particles.h5" | sed -n '/DATA {/,/}/p' \
+        | tr -d 'DATA{}' | tr ',' '\n' | grep -v '^\s*$' > "$WORK/$r.classes"
+done
+python3 - "$WORK" <<'PY'
+import sys
+w = sys.argv[1]
+a = open(f"{w}/one_rank.classes").read().split()
+b = open(f"{w}/two_ranks.classes").read().split()
+print(f"1 vs 2 ranks: {sum(x == y for x, y in zip(a, b))}/{len(a)} particles with the same class")
+PY
 python3 - "$WORK" <<'PY'
 import json, sys
 w = sys.argv[1]
