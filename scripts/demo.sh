@@ -15,13 +15,12 @@ OUT=demo_out
 rm -rf "$OUT"
 mkdir -p "$OUT/relion"
 
-echo "== simulate: 2,000 particles, 6 views, 15% junk, duplicates, CTF, SNR 0.05"
-$B simulate configs/simulate_views2d.yaml --set output=$OUT/sim --set num_particles=2000 --set box_px=64
+echo "== simulate: 6,000 particles of 128 px, 6 views, 15% junk, duplicates, CTF, SNR 0.05"
+$B simulate configs/simulate_views2d.yaml --set output=$OUT/sim --set num_particles=6000
 
-echo "== classify2d under mpirun -n 2: 8 classes (2 ranks share the particles, all-reduce the statistics)"
+echo "== classify2d under mpirun -n 2: 10 classes (2 ranks share the particles, all-reduce the statistics; ~1.5 min)"
 mpirun --oversubscribe -n 2 $B classify2d configs/classify2d.yaml --set input=$OUT/sim/particles.h5 \
-    --set output=$OUT/classify2d --set num_classes=8 --set max_res_A=8 --set max_shift_px=4 \
-    --set batch_size_per_class=60 --set remove_duplicates=true
+    --set output=$OUT/classify2d --set num_classes=10 --set remove_duplicates=true
 echo "   class averages: $OUT/classify2d/plots/classes.png, classes.mrcs; plots/: ESS, best-class probability, noise model"
 grep -E '"(ari_vs_ground_truth_views|duplicates_removed)"' $OUT/classify2d/summary.json
 
