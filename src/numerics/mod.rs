@@ -1,8 +1,10 @@
-//! Numerical building blocks: FFT, CTF, rotations, 2D image operations, masks, FRC.
+//! Numerical building blocks: FFT, CTF, rotations, 2D image operations, masks, FRC, and 3D
+//! projection / back-projection by the central-slice theorem.
 
 pub mod ctf;
 pub mod fft;
 pub mod frc;
 pub mod image2d;
 pub mod mask;
+pub mod project3d;
 pub mod rotation;

@@ -1,0 +1,374 @@
+//! Projection of 3D volumes by the central-slice theorem and back-projection of 2D slices
+//! into a 3D Fourier volume (the numerics of 3D classification).
+//!
+//! Conventions (those of the simulator and RELION): a particle at pose A (the ZYZ matrix of
+//! [`crate::numerics::rotation`]) is the projection along z of the rotated volume,
+//! `P(x, y) = ∫ V(Aᵀ (x, y, z)) dz`, so its 2D spectrum is the 3D spectrum on the central
+//! slice `F_P(kx, ky) = F_V(Aᵀ (kx, ky, 0))`. Volumes are `(z, y, x)` arrays with the origin
+//! at `(n/2, n/2, n/2)`; 2D spectra are the half planes of `fft.rs` for images centred at
+//! `(n/2, n/2)`.
+//!
+//! - **Oversampling**: the volume is zero-padded to `m = pad·n` before the 3D transform, so
+//!   the slice is sampled on a grid `pad` times finer than the image's and trilinear
+//!   interpolation loses little; `F_V(k)` of the original is `F_pad(pad·k)`.
+//! - **Gridding correction**: trilinear interpolation in Fourier space multiplies the real
+//!   space by `sinc²(x/m)` per axis; the projector divides the volume by it before the
+//!   transform and the back-projector divides the reconstruction by it afterwards.
+//! - Hermitian symmetry gives the `kx < 0` half: `F(−k) = conj F(k)`.
+
+use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
+
+use super::fft::{fftfreq, half_len, irfft2, irfft3, rfft2, rfft3, Complex32};
+use super::rotation::Mat3;
+
+/// `sinc²` gridding factor of trilinear interpolation at offset `d` voxels of an `m` grid.
+fn sinc2(d: f64, m: usize) -> f64 {
+    let x = std::f64::consts::PI * d / m as f64;
+    if x.abs() < 1e-9 {
+        1.0
+    } else {
+        (x.sin() / x).powi(2)
+    }
+}
+
+/// `(−1)^(kx+ky)`: moves the origin of a 2D spectrum between 0 and `(n/2, n/2)` (even n).
+fn centre_sign(kx: i64, ky: i64) -> f32 {
+    if (kx + ky).rem_euclid(2) == 0 {
+        1.0
+    } else {
+        -1.0
+    }
+}
+
+/// The oversampled 3D spectrum of a volume, ready for slicing.
+pub struct Projector {
+    n: usize,
+    m: usize,
+    spec: Array3<Complex32>,
+}
+
+impl Projector {
+    /// From a real `(n, n, n)` volume (n even), oversampled `pad` times (≥ 1).
+    pub fn new(vol: ArrayView3<f32>, pad: usize) -> Projector {
+        let n = vol.dim().0;
+        let m = n * pad.max(1);
+        // Pad, gridding-correct and move the origin to voxel 0 (ifftshift) in one pass.
+        let off = (m - n) / 2;
+        let c = (m / 2) as f64;
+        let mut big = Array3::<f32>::zeros((m, m, m));
+        for ((z, y, x), &v) in vol.indexed_iter() {
+            let (zz, yy, xx) = (z + off, y + off, x + off);
+            let g = sinc2(zz as f64 - c, m) * sinc2(yy as f64 - c, m) * sinc2(xx as f64 - c, m);
+            let w = |i: usize| (i + m - m / 2) % m;
+            big[[w(zz), w(yy), w(xx)]] = (v as f64 / g) as f32;
+        }
+        Projector {
+            n,
+            m,
+            spec: rfft3(big.view()),
+        }
+    }
+
+    /// The central slice at pose `a`: the half-plane spectrum `(n, n/2+1)` of the projection
+    /// of the volume (image centred at `(n/2, n/2)`), up to shell `k_max` (zero beyond).
+    pub fn project(&self, a: &Mat3, k_max: usize) -> Array2<Complex32> {
+        let n = self.n;
+        let pad = (self.m / n) as f64;
+        let k2 = (k_max * k_max) as i64;
+        Array2::from_shape_fn((n, half_len(n)), |(i, j)| {
+            let ky = fftfreq(i, n);
+            let kx = j as i64;
+            if kx * kx + ky * ky > k2 {
+                return Complex32::new(0.0, 0.0);
+            }
+            // Aᵀ (kx, ky, 0) in padded-grid units.
+            let (fx, fy) = (kx as f64 * pad, ky as f64 * pad);
+            let p = [
+                a[0][0] * fx + a[1][0] * fy,
+                a[0][1] * fx + a[1][1] * fy,
+                a[0][2] * fx + a[1][2] * fy,
+            ];
+            self.sample(p) * centre_sign(kx, ky)
+        })
+    }
+
+    /// Trilinear interpolation of the spectrum at frequency `p = (x, y, z)` (padded units).
+    fn sample(&self, p: [f64; 3]) -> Complex32 {
+        let (p, conj) = if p[0] < 0.0 {
+            ([-p[0], -p[1], -p[2]], true)
+        } else {
+            (p, false)
+        };
+        let m = self.m as i64;
+        let h = half_len(self.m) as i64;
+        let (x0, y0, z0) = (p[0].floor(), p[1].floor(), p[2].floor());
+        let (fx, fy, fz) = ((p[0] - x0) as f32, (p[1] - y0) as f32, (p[2] - z0) as f32);
+        let mut acc = Complex32::new(0.0, 0.0);
+        for (dz, wz) in [(0, 1.0 - fz), (1, fz)] {
+            for (dy, wy) in [(0, 1.0 - fy), (1, fy)] {
+                for (dx, wx) in [(0, 1.0 - fx), (1, fx)] {
+                    let w = wz * wy * wx;
+                    if w == 0.0 {
+                        continue;
+                    }
+                    let (x, y, z) = (x0 as i64 + dx, y0 as i64 + dy, z0 as i64 + dz);
+                    if x >= h || y.abs() >= m / 2 || z.abs() >= m / 2 {
+                        continue;
+                    }
+                    let v = self.spec[[
+                        z.rem_euclid(m) as usize,
+                        y.rem_euclid(m) as usize,
+                        x as usize,
+                    ]];
+                    acc += v * w;
+                }
+            }
+        }
+        if conj {
+            acc.conj()
+        } else {
+            acc
+        }
+    }
+}
+
+/// Accumulates CTF-weighted slices into an oversampled 3D Fourier volume:
+/// `num(Aᵀk) += w·C(k)·X(k)` and `den(Aᵀk) += w·C(k)²`, spread trilinearly.
+/// (Groundwork for 3D classification, issue 4: no job uses it yet.)
+pub struct BackProjector {
+    n: usize,
+    m: usize,
+    num: Array3<num_complex::Complex<f64>>,
+    den: Array3<f64>,
+}
+
+impl BackProjector {
+    /// An empty accumulator for `(n, n, n)` volumes oversampled `pad` times.
+    pub fn new(n: usize, pad: usize) -> BackProjector {
+        let m = n * pad.max(1);
+        BackProjector {
+            n,
+            m,
+            num: Array3::zeros((m, m, half_len(m))),
+            den: Array3::zeros((m, m, half_len(m))),
+        }
+    }
+
+    /// Inserts the half-plane spectrum `y = C·X` of an image centred at `(n/2, n/2)` at pose
+    /// `a` with weight `w`, up to shell `k_max`; `c2(kx, ky)` gives `C²` at a (fractional)
+    /// frequency in the image's index units. The image is first zero-padded to `m = pad·n`
+    /// (RELION's way): its slice then samples the padded 3D grid at unit spacing; sampling it
+    /// only at `pad·k` would leave radial gaps of `pad` voxels (no sample between the DC and
+    /// radius `pad`) that the normalised interpolation cannot fill.
+    pub fn insert(
+        &mut self,
+        y: ArrayView2<Complex32>,
+        c2: impl Fn(f64, f64) -> f64,
+        a: &Mat3,
+        w: f64,
+        k_max: usize,
+    ) {
+        let (n, m) = (self.n, self.m);
+        let pad = (m / n) as f64;
+        let img = irfft2(y, n);
+        let off = (m - n) / 2;
+        let mut big = Array2::<f32>::zeros((m, m));
+        big.slice_mut(ndarray::s![off..off + n, off..off + n])
+            .assign(&img);
+        let ys = rfft2(big.view());
+        let lim = pad * k_max as f64;
+        for ((i, j), v) in ys.indexed_iter() {
+            let ky = fftfreq(i, m);
+            let kx = j as i64;
+            let (fx, fy) = (kx as f64, ky as f64);
+            if fx * fx + fy * fy > lim * lim || (kx == 0 && ky < 0) {
+                continue;
+            }
+            let p = [
+                a[0][0] * fx + a[1][0] * fy,
+                a[0][1] * fx + a[1][1] * fy,
+                a[0][2] * fx + a[1][2] * fy,
+            ];
+            let v = *v * centre_sign(kx, ky);
+            self.splat(p, v, c2(fx / pad, fy / pad), w);
+        }
+    }
+
+    fn splat(&mut self, p: [f64; 3], v: Complex32, c2: f64, w: f64) {
+        let (p, v) = if p[0] < 0.0 {
+            ([-p[0], -p[1], -p[2]], v.conj())
+        } else {
+            (p, v)
+        };
+        let m = self.m as i64;
+        let h = half_len(self.m) as i64;
+        let v = num_complex::Complex::new(v.re as f64, v.im as f64);
+        let (x0, y0, z0) = (p[0].floor(), p[1].floor(), p[2].floor());
+        let (fx, fy, fz) = (p[0] - x0, p[1] - y0, p[2] - z0);
+        for (dz, wz) in [(0, 1.0 - fz), (1, fz)] {
+            for (dy, wy) in [(0, 1.0 - fy), (1, fy)] {
+                for (dx, wx) in [(0, 1.0 - fx), (1, fx)] {
+                    let ww = wz * wy * wx * w;
+                    if ww == 0.0 {
+                        continue;
+                    }
+                    let (x, y, z) = (x0 as i64 + dx, y0 as i64 + dy, z0 as i64 + dz);
+                    if x >= h || y.abs() >= m / 2 || z.abs() >= m / 2 {
+                        continue;
+                    }
+                    let idx = [
+                        z.rem_euclid(m) as usize,
+                        y.rem_euclid(m) as usize,
+                        x as usize,
+                    ];
+                    self.num[idx] += v * ww;
+                    self.den[idx] += c2 * ww;
+                    if x == 0 {
+                        // The kx = 0 plane holds both k and −k: keep it Hermitian.
+                        let mir = [(-z).rem_euclid(m) as usize, (-y).rem_euclid(m) as usize, 0];
+                        if mir != idx {
+                            self.num[mir] += v.conj() * ww;
+                            self.den[mir] += c2 * ww;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The reconstruction `(n, n, n)`: `num / (den + λ(k))` with `lambda(shell)` given in the
+    /// volume's (not the padded) shell units, then the gridding correction.
+    pub fn reconstruct(&self, lambda: impl Fn(usize) -> f64) -> Array3<f32> {
+        let (n, m) = (self.n, self.m);
+        let pad = (m / n) as f64;
+        let spec = Array3::from_shape_fn(self.num.dim(), |(z, y, x)| {
+            let (kz, ky) = (fftfreq(z, m) as f64, fftfreq(y, m) as f64);
+            let r = ((kz * kz + ky * ky + (x * x) as f64).sqrt() / pad).round() as usize;
+            let d = self.den[[z, y, x]] + lambda(r);
+            if d > 0.0 {
+                let v = self.num[[z, y, x]] / d;
+                Complex32::new(v.re as f32, v.im as f32)
+            } else {
+                Complex32::new(0.0, 0.0)
+            }
+        });
+        let big = irfft3(spec.view(), m);
+        let off = (m - n) / 2;
+        let c = (m / 2) as f64;
+        Array3::from_shape_fn((n, n, n), |(z, y, x)| {
+            let (zz, yy, xx) = (z + off, y + off, x + off);
+            let w = |i: usize| (i + m - m / 2) % m;
+            let g = sinc2(zz as f64 - c, m) * sinc2(yy as f64 - c, m) * sinc2(xx as f64 - c, m);
+            (big[[w(zz), w(yy), w(xx)]] as f64 / g) as f32
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::numerics::fft::rfft2;
+    use crate::numerics::rotation::euler_deg_to_matrix;
+
+    /// A smooth asymmetric test volume: three Gaussian blobs.
+    fn blobs(n: usize) -> (Array3<f32>, Vec<([f64; 3], f64)>) {
+        let b = vec![
+            ([0.0, 0.0, 0.0], 3.0),
+            ([6.0, -2.0, 3.0], 2.0),
+            ([-3.0, 5.0, -4.0], 2.5),
+        ];
+        let c = (n / 2) as f64;
+        let vol = Array3::from_shape_fn((n, n, n), |(z, y, x)| {
+            b.iter()
+                .map(|(p, s)| {
+                    let d2 = (x as f64 - c - p[0]).powi(2)
+                        + (y as f64 - c - p[1]).powi(2)
+                        + (z as f64 - c - p[2]).powi(2);
+                    (-d2 / (2.0 * s * s)).exp()
+                })
+                .sum::<f64>() as f32
+        });
+        (vol, b)
+    }
+
+    /// The analytic projection of the blobs at pose A: P(x,y) = Σ 2πs²·g(A·p), image centre n/2.
+    fn analytic(n: usize, b: &[([f64; 3], f64)], a: &Mat3) -> Array2<f32> {
+        let c = (n / 2) as f64;
+        Array2::from_shape_fn((n, n), |(y, x)| {
+            b.iter()
+                .map(|(p, s)| {
+                    let q = [
+                        a[0][0] * p[0] + a[0][1] * p[1] + a[0][2] * p[2],
+                        a[1][0] * p[0] + a[1][1] * p[1] + a[1][2] * p[2],
+                    ];
+                    let d2 = (x as f64 - c - q[0]).powi(2) + (y as f64 - c - q[1]).powi(2);
+                    (2.0 * std::f64::consts::PI).sqrt() * s * (-d2 / (2.0 * s * s)).exp()
+                })
+                .sum::<f64>() as f32
+        })
+    }
+
+    fn rel_err(a: ArrayView2<Complex32>, b: ArrayView2<Complex32>, k_max: usize) -> f64 {
+        let n = a.dim().0;
+        let (mut e, mut p) = (0.0f64, 0.0f64);
+        for ((i, j), va) in a.indexed_iter() {
+            let ky = fftfreq(i, n);
+            if (ky * ky + (j * j) as i64) as usize > k_max * k_max {
+                continue;
+            }
+            e += (va - b[[i, j]]).norm_sqr() as f64;
+            p += b[[i, j]].norm_sqr() as f64;
+        }
+        e / p
+    }
+
+    #[test]
+    fn central_slice_matches_the_real_space_projection() {
+        let n = 32;
+        let (vol, b) = blobs(n);
+        let proj = Projector::new(vol.view(), 2);
+        for angles in [[0.0, 0.0, 0.0], [30.0, 50.0, -20.0], [200.0, 120.0, 75.0]] {
+            let a = euler_deg_to_matrix(angles[0], angles[1], angles[2]);
+            let slice = proj.project(&a, 12);
+            let truth = rfft2(analytic(n, &b, &a).view());
+            let e = rel_err(slice.view(), truth.view(), 12);
+            assert!(e < 2e-3, "{angles:?}: relative error {e}");
+        }
+    }
+
+    /// Exact slices of a volume from 3,000 quasi-uniform views reconstruct it: the spectrum
+    /// inside shell 8 agrees to a relative squared error below 0.5%.
+    #[test]
+    fn back_projection_of_many_views_reconstructs_the_volume() {
+        let n = 24;
+        let (vol, _) = blobs(n);
+        let proj = Projector::new(vol.view(), 2);
+        let mut bp = BackProjector::new(n, 2);
+        // Quasi-uniform directions (golden spiral) × a few in-plane angles.
+        let count = 3000;
+        for i in 0..count {
+            let z = 1.0 - 2.0 * (i as f64 + 0.5) / count as f64;
+            let tilt = z.acos().to_degrees();
+            let rot = (i as f64 * 137.50776) % 360.0;
+            let a = euler_deg_to_matrix(rot, tilt, (i * 37 % 360) as f64);
+            let s = proj.project(&a, 11);
+            bp.insert(s.view(), |_, _| 1.0, &a, 1.0, 11);
+        }
+        let rec = bp.reconstruct(|_| 1e-3);
+        // Compare the spectra inside shell 8 (slices were inserted up to shell 11, so every
+        // compared voxel has all its trilinear neighbours filled).
+        let fa = rfft3(rec.view());
+        let fb = rfft3(vol.view());
+        let (mut e, mut p) = (0.0f64, 0.0f64);
+        for ((z, y, x), va) in fa.indexed_iter() {
+            let (kz, ky) = (fftfreq(z, n), fftfreq(y, n));
+            if kz * kz + ky * ky + (x * x) as i64 > 64 {
+                continue;
+            }
+            e += (va - fb[[z, y, x]]).norm_sqr() as f64;
+            p += fb[[z, y, x]].norm_sqr() as f64;
+        }
+        // Measured: 0.0032 (pad 2, 3,000 views).
+        assert!(e / p < 5e-3, "relative error {}", e / p);
+    }
+}
