@@ -8,3 +8,4 @@ pub mod image2d;
 pub mod mask;
 pub mod project3d;
 pub mod rotation;
+pub mod symmetry;
