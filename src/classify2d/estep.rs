@@ -202,7 +202,6 @@ impl<'a> Scorer<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::numerics::fft::irfft2;
     use crate::numerics::image2d::shift_image;
 
     fn blob_image(n: usize, seed: u64) -> Array2<f32> {
@@ -275,6 +274,5 @@ mod tests {
             (got - direct).abs() < 1e-3 * direct.abs().max(1.0),
             "{got} vs {direct}"
         );
-        let _ = irfft2;
     }
 }

@@ -194,7 +194,7 @@ pub fn load(
 /// Normalises one image (background mean 0, standard deviation 1), transforms it and crops
 /// it to the working grid (values as `fourier_crop` scales them).
 pub fn preprocess(img: ArrayView2<f32>, grid: &WorkGrid) -> Vec<Complex32> {
-    let (ny, nx) = img.dim();
+    let ny = img.dim().0;
     let c = (ny / 2) as f64;
     let r2 = (0.4 * ny as f64).powi(2);
     let (mut s, mut s2, mut m) = (0.0f64, 0.0f64, 0.0f64);
@@ -208,7 +208,6 @@ pub fn preprocess(img: ArrayView2<f32>, grid: &WorkGrid) -> Vec<Complex32> {
     let mean = s / m;
     let sd = (s2 / m - mean * mean).max(1e-20).sqrt();
     let norm = img.mapv(|v| ((v as f64 - mean) / sd) as f32);
-    let _ = nx;
     crop(norm.view(), grid)
 }
 

@@ -22,6 +22,7 @@ use crate::dataset::{Column, ColumnData, Dataset, DatasetAttrs};
 use crate::em::metrics::adjusted_rand_index;
 use crate::error::{Error, Result};
 use crate::formats::mrc::write_stack;
+use crate::jobs::collective;
 use crate::jobs::output::{check_writable, OutputDir};
 use crate::numerics::fft::{irfft2, rfft2};
 use crate::numerics::frc::frc_resolution_a;
@@ -29,20 +30,6 @@ use crate::numerics::image2d::fourier_pad;
 use crate::numerics::mask::soft_circular_mask;
 use crate::report::montage::{class_label, montage_png, MontageStyle};
 use crate::report::plot::{histogram_png, lines_png, PLOT_SIZE_PX};
-
-/// Ends every rank with the same outcome: this rank's error, or [`Error::Peer`] (quiet) when
-/// another rank failed. When every rank failed (the same bad input, seen by all), only rank 0
-/// reports it, so the user reads one error line.
-fn collective<T>(comm: &dyn Comm, r: Result<T>) -> Result<T> {
-    let mut failed = [u64::from(r.is_err())];
-    comm.all_reduce_sum_u64(&mut failed);
-    match r {
-        Err(_) if failed[0] == comm.size() as u64 && !comm.is_root() => Err(Error::Peer),
-        Err(e) => Err(e),
-        Ok(_) if failed[0] > 0 => Err(Error::Peer),
-        Ok(v) => Ok(v),
-    }
-}
 
 /// Runs the job on every rank.
 pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {

@@ -41,11 +41,19 @@ fn later(job: &'static str, issue: u32) -> Result<()> {
 /// Runs `job` on rank 0 only; the other ranks wait for it. Every rank returns `Ok` when the
 /// job succeeded, and an error otherwise (rank 0 its own, the others [`Error::Peer`]).
 pub fn on_root(comm: &dyn Comm, job: impl FnOnce() -> Result<()>) -> Result<()> {
-    let result = if comm.is_root() { job() } else { Ok(()) };
-    let ok = comm.all_ok(result.is_ok());
-    match result {
+    collective(comm, if comm.is_root() { job() } else { Ok(()) })
+}
+
+/// Ends every rank with the same outcome: this rank's error, or [`Error::Peer`] (quiet) when
+/// another rank failed. When every rank failed (the same bad input, seen by all), only rank 0
+/// reports it, so the user reads one error line.
+pub fn collective<T>(comm: &dyn Comm, r: Result<T>) -> Result<T> {
+    let mut failed = [u64::from(r.is_err())];
+    comm.all_reduce_sum_u64(&mut failed);
+    match r {
+        Err(_) if failed[0] == comm.size() as u64 && !comm.is_root() => Err(Error::Peer),
         Err(e) => Err(e),
-        Ok(()) if ok => Ok(()),
-        Ok(()) => Err(Error::Peer),
+        Ok(_) if failed[0] > 0 => Err(Error::Peer),
+        Ok(v) => Ok(v),
     }
 }

@@ -31,6 +31,54 @@ fn sinc2(d: f64, m: usize) -> f64 {
     }
 }
 
+/// Index, in the origin-at-0 (ifftshifted) layout of an `m` grid, of padded voxel `i`
+/// (origin at `m/2`).
+fn unshift(i: usize, m: usize) -> usize {
+    (i + m - m / 2) % m
+}
+
+/// The trilinear gridding factor of padded voxel `(z, y, x)` (origin at `m/2`).
+fn gridding(z: usize, y: usize, x: usize, m: usize) -> f64 {
+    let c = (m / 2) as f64;
+    sinc2(z as f64 - c, m) * sinc2(y as f64 - c, m) * sinc2(x as f64 - c, m)
+}
+
+/// The trilinear neighbours of frequency `p = (x, y, z)` (padded units, `x ≥ 0`) inside the
+/// half-space spectrum of an `m` grid: `([z, y, x] index, weight)` with weight > 0.
+fn corners(p: [f64; 3], m: usize) -> impl Iterator<Item = ([usize; 3], f64)> {
+    let (mi, h) = (m as i64, half_len(m) as i64);
+    let (x0, y0, z0) = (p[0].floor(), p[1].floor(), p[2].floor());
+    let (fx, fy, fz) = (p[0] - x0, p[1] - y0, p[2] - z0);
+    (0..8).filter_map(move |c| {
+        let (dx, dy, dz) = (c & 1, (c >> 1) & 1, (c >> 2) & 1);
+        let w = [1.0 - fx, fx][dx] * [1.0 - fy, fy][dy] * [1.0 - fz, fz][dz];
+        let (x, y, z) = (
+            x0 as i64 + dx as i64,
+            y0 as i64 + dy as i64,
+            z0 as i64 + dz as i64,
+        );
+        (w != 0.0 && x < h && y.abs() < mi / 2 && z.abs() < mi / 2).then(|| {
+            (
+                [
+                    z.rem_euclid(mi) as usize,
+                    y.rem_euclid(mi) as usize,
+                    x as usize,
+                ],
+                w,
+            )
+        })
+    })
+}
+
+/// `Aᵀ (fx, fy, 0)`: where the 2D frequency `(fx, fy)` of a slice at pose `a` lies in 3D.
+fn slice_point(a: &Mat3, fx: f64, fy: f64) -> [f64; 3] {
+    [
+        a[0][0] * fx + a[1][0] * fy,
+        a[0][1] * fx + a[1][1] * fy,
+        a[0][2] * fx + a[1][2] * fy,
+    ]
+}
+
 /// `(−1)^(kx+ky)`: moves the origin of a 2D spectrum between 0 and `(n/2, n/2)` (even n).
 fn centre_sign(kx: i64, ky: i64) -> f32 {
     if (kx + ky).rem_euclid(2) == 0 {
@@ -54,13 +102,11 @@ impl Projector {
         let m = n * pad.max(1);
         // Pad, gridding-correct and move the origin to voxel 0 (ifftshift) in one pass.
         let off = (m - n) / 2;
-        let c = (m / 2) as f64;
         let mut big = Array3::<f32>::zeros((m, m, m));
         for ((z, y, x), &v) in vol.indexed_iter() {
             let (zz, yy, xx) = (z + off, y + off, x + off);
-            let g = sinc2(zz as f64 - c, m) * sinc2(yy as f64 - c, m) * sinc2(xx as f64 - c, m);
-            let w = |i: usize| (i + m - m / 2) % m;
-            big[[w(zz), w(yy), w(xx)]] = (v as f64 / g) as f32;
+            let g = gridding(zz, yy, xx, m);
+            big[[unshift(zz, m), unshift(yy, m), unshift(xx, m)]] = (v as f64 / g) as f32;
         }
         Projector {
             n,
@@ -83,11 +129,7 @@ impl Projector {
             }
             // Aᵀ (kx, ky, 0) in padded-grid units.
             let (fx, fy) = (kx as f64 * pad, ky as f64 * pad);
-            let p = [
-                a[0][0] * fx + a[1][0] * fy,
-                a[0][1] * fx + a[1][1] * fy,
-                a[0][2] * fx + a[1][2] * fy,
-            ];
+            let p = slice_point(a, fx, fy);
             self.sample(p) * centre_sign(kx, ky)
         })
     }
@@ -99,30 +141,9 @@ impl Projector {
         } else {
             (p, false)
         };
-        let m = self.m as i64;
-        let h = half_len(self.m) as i64;
-        let (x0, y0, z0) = (p[0].floor(), p[1].floor(), p[2].floor());
-        let (fx, fy, fz) = ((p[0] - x0) as f32, (p[1] - y0) as f32, (p[2] - z0) as f32);
         let mut acc = Complex32::new(0.0, 0.0);
-        for (dz, wz) in [(0, 1.0 - fz), (1, fz)] {
-            for (dy, wy) in [(0, 1.0 - fy), (1, fy)] {
-                for (dx, wx) in [(0, 1.0 - fx), (1, fx)] {
-                    let w = wz * wy * wx;
-                    if w == 0.0 {
-                        continue;
-                    }
-                    let (x, y, z) = (x0 as i64 + dx, y0 as i64 + dy, z0 as i64 + dz);
-                    if x >= h || y.abs() >= m / 2 || z.abs() >= m / 2 {
-                        continue;
-                    }
-                    let v = self.spec[[
-                        z.rem_euclid(m) as usize,
-                        y.rem_euclid(m) as usize,
-                        x as usize,
-                    ]];
-                    acc += v * w;
-                }
-            }
+        for (idx, w) in corners(p, self.m) {
+            acc += self.spec[idx] * w as f32;
         }
         if conj {
             acc.conj()
@@ -184,11 +205,7 @@ impl BackProjector {
             if fx * fx + fy * fy > lim * lim || (kx == 0 && ky < 0) {
                 continue;
             }
-            let p = [
-                a[0][0] * fx + a[1][0] * fy,
-                a[0][1] * fx + a[1][1] * fy,
-                a[0][2] * fx + a[1][2] * fy,
-            ];
+            let p = slice_point(a, fx, fy);
             let v = *v * centre_sign(kx, ky);
             self.splat(p, v, c2(fx / pad, fy / pad), w);
         }
@@ -201,36 +218,21 @@ impl BackProjector {
             (p, v)
         };
         let m = self.m as i64;
-        let h = half_len(self.m) as i64;
         let v = num_complex::Complex::new(v.re as f64, v.im as f64);
-        let (x0, y0, z0) = (p[0].floor(), p[1].floor(), p[2].floor());
-        let (fx, fy, fz) = (p[0] - x0, p[1] - y0, p[2] - z0);
-        for (dz, wz) in [(0, 1.0 - fz), (1, fz)] {
-            for (dy, wy) in [(0, 1.0 - fy), (1, fy)] {
-                for (dx, wx) in [(0, 1.0 - fx), (1, fx)] {
-                    let ww = wz * wy * wx * w;
-                    if ww == 0.0 {
-                        continue;
-                    }
-                    let (x, y, z) = (x0 as i64 + dx, y0 as i64 + dy, z0 as i64 + dz);
-                    if x >= h || y.abs() >= m / 2 || z.abs() >= m / 2 {
-                        continue;
-                    }
-                    let idx = [
-                        z.rem_euclid(m) as usize,
-                        y.rem_euclid(m) as usize,
-                        x as usize,
-                    ];
-                    self.num[idx] += v * ww;
-                    self.den[idx] += c2 * ww;
-                    if x == 0 {
-                        // The kx = 0 plane holds both k and −k: keep it Hermitian.
-                        let mir = [(-z).rem_euclid(m) as usize, (-y).rem_euclid(m) as usize, 0];
-                        if mir != idx {
-                            self.num[mir] += v.conj() * ww;
-                            self.den[mir] += c2 * ww;
-                        }
-                    }
+        for ([z, y, x], ww) in corners(p, self.m) {
+            let ww = ww * w;
+            self.num[[z, y, x]] += v * ww;
+            self.den[[z, y, x]] += c2 * ww;
+            if x == 0 {
+                // The kx = 0 plane holds both k and −k: keep it Hermitian.
+                let mir = [
+                    (m - z as i64).rem_euclid(m) as usize,
+                    (m - y as i64).rem_euclid(m) as usize,
+                    0,
+                ];
+                if mir != [z, y, x] {
+                    self.num[mir] += v.conj() * ww;
+                    self.den[mir] += c2 * ww;
                 }
             }
         }
@@ -254,12 +256,10 @@ impl BackProjector {
         });
         let big = irfft3(spec.view(), m);
         let off = (m - n) / 2;
-        let c = (m / 2) as f64;
         Array3::from_shape_fn((n, n, n), |(z, y, x)| {
             let (zz, yy, xx) = (z + off, y + off, x + off);
-            let w = |i: usize| (i + m - m / 2) % m;
-            let g = sinc2(zz as f64 - c, m) * sinc2(yy as f64 - c, m) * sinc2(xx as f64 - c, m);
-            (big[[w(zz), w(yy), w(xx)]] as f64 / g) as f32
+            let v = big[[unshift(zz, m), unshift(yy, m), unshift(xx, m)]] as f64;
+            (v / gridding(zz, yy, xx, m)) as f32
         })
     }
 }
