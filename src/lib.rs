@@ -4,6 +4,7 @@
 //! `formats` (I/O), `numerics`, `report` (logs, progress, plots), `simulate`.
 
 pub mod classify2d;
+pub mod classify3d;
 pub mod cli;
 pub mod comm;
 pub mod config;

@@ -27,7 +27,6 @@ fn jobs_of_later_issues_say_not_implemented_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("job.yaml"), "output: out\n").unwrap();
     for (job, issue) in [
-        ("classify3d", "4"),
         ("subset", "5"),
         ("select2d", "5"),
         ("rebalance2d", "5"),

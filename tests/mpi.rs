@@ -28,7 +28,7 @@ fn collectives_work_on_two_and_three_ranks() {
 fn a_failing_job_fails_on_every_rank_without_hanging() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("job.yaml"), "output: out\n").unwrap();
-    let r = mpirun(dir.path(), 2, &["classify3d", "job.yaml"]);
+    let r = mpirun(dir.path(), 2, &["subset", "job.yaml"]);
     assert_ne!(r.code, Some(0), "{}", r.stderr);
     assert!(r.stderr.contains("not implemented yet"), "{}", r.stderr);
 }

@@ -410,7 +410,7 @@ fn write_outputs(
         PLOT_SIZE_PX,
     )?;
     // Accuracy against simulated ground truth, when the input carries it.
-    let ari = table_ari(&table, &all.class);
+    let ari = table_ari(&table, "gt/view", &all.class);
     let mut counts = vec![0usize; k];
     for &c in &all.class {
         counts[c as usize] += 1;
@@ -448,9 +448,14 @@ fn write_outputs(
     Ok(())
 }
 
-/// ARI between `gt/view` and the classes over non-junk particles, if `gt/view` exists.
-fn table_ari(table: &crate::dataset::ParticleTable, class: &[u32]) -> Option<f64> {
-    let view = table.get("gt/view")?.data.to_f64()?;
+/// ARI between the ground-truth `field` (`gt/view`, `gt/state`; −1 = junk) and the classes
+/// over non-junk particles, if the field exists.
+pub(crate) fn table_ari(
+    table: &crate::dataset::ParticleTable,
+    field: &str,
+    class: &[u32],
+) -> Option<f64> {
+    let view = table.get(field)?.data.to_f64()?;
     let (a, b): (Vec<i64>, Vec<i64>) = view
         .iter()
         .zip(class)

@@ -3,6 +3,7 @@
 //! with the same success or failure.
 
 pub mod classify2d;
+pub mod classify3d;
 pub mod comm_check;
 pub mod export;
 pub mod import;
@@ -22,7 +23,7 @@ pub fn run(cmd: &Command, comm: &dyn Comm) -> Result<()> {
         Command::Export(args) => on_root(comm, || export::run(args)),
         Command::Simulate(args) => on_root(comm, || simulate::run(args)),
         Command::Classify2d(args) => classify2d::run(args, comm),
-        Command::Classify3d(_) => later("classify3d", 4),
+        Command::Classify3d(args) => classify3d::run(args, comm),
         Command::Subset(_) => later("subset", 5),
         Command::Select2d(_) => later("select2d", 5),
         Command::Rebalance2d(_) => later("rebalance2d", 5),

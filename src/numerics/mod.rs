@@ -9,3 +9,4 @@ pub mod mask;
 pub mod project3d;
 pub mod rotation;
 pub mod symmetry;
+pub mod volume;

@@ -43,31 +43,42 @@ fn gridding(z: usize, y: usize, x: usize, m: usize) -> f64 {
     sinc2(z as f64 - c, m) * sinc2(y as f64 - c, m) * sinc2(x as f64 - c, m)
 }
 
+/// `⌊x⌋` as an integer without a libm call (|x| is far below 2⁶²).
+#[inline]
+fn floor_i(x: f64) -> i64 {
+    let i = x as i64;
+    if (i as f64) > x {
+        i - 1
+    } else {
+        i
+    }
+}
+
 /// The trilinear neighbours of frequency `p = (x, y, z)` (padded units, `x ≥ 0`) inside the
-/// half-space spectrum of an `m` grid: `([z, y, x] index, weight)` with weight > 0.
-fn corners(p: [f64; 3], m: usize) -> impl Iterator<Item = ([usize; 3], f64)> {
+/// half-space spectrum of an `m` grid: flat indices `(z·m + y)·(m/2+1) + x` and weights;
+/// neighbours outside the grid get weight 0 (and index 0), so callers loop over all 8
+/// without branching.
+#[inline]
+fn corners(p: [f64; 3], m: usize) -> ([usize; 8], [f64; 8]) {
     let (mi, h) = (m as i64, half_len(m) as i64);
-    let (x0, y0, z0) = (p[0].floor(), p[1].floor(), p[2].floor());
-    let (fx, fy, fz) = (p[0] - x0, p[1] - y0, p[2] - z0);
-    (0..8).filter_map(move |c| {
+    let (x0, y0, z0) = (floor_i(p[0]), floor_i(p[1]), floor_i(p[2]));
+    let (fx, fy, fz) = (p[0] - x0 as f64, p[1] - y0 as f64, p[2] - z0 as f64);
+    let mut idx = [0usize; 8];
+    let mut w = [0.0f64; 8];
+    let wx = [1.0 - fx, fx];
+    let wy = [1.0 - fy, fy];
+    let wz = [1.0 - fz, fz];
+    for c in 0..8 {
         let (dx, dy, dz) = (c & 1, (c >> 1) & 1, (c >> 2) & 1);
-        let w = [1.0 - fx, fx][dx] * [1.0 - fy, fy][dy] * [1.0 - fz, fz][dz];
-        let (x, y, z) = (
-            x0 as i64 + dx as i64,
-            y0 as i64 + dy as i64,
-            z0 as i64 + dz as i64,
-        );
-        (w != 0.0 && x < h && y.abs() < mi / 2 && z.abs() < mi / 2).then(|| {
-            (
-                [
-                    z.rem_euclid(mi) as usize,
-                    y.rem_euclid(mi) as usize,
-                    x as usize,
-                ],
-                w,
-            )
-        })
-    })
+        let (x, y, z) = (x0 + dx as i64, y0 + dy as i64, z0 + dz as i64);
+        if x < h && y.abs() < mi / 2 && z.abs() < mi / 2 {
+            // |y|, |z| < m/2: wrapping needs one conditional add, not a division.
+            let (zw, yw) = (z + if z < 0 { mi } else { 0 }, y + if y < 0 { mi } else { 0 });
+            idx[c] = ((zw * mi + yw) * h + x) as usize;
+            w[c] = wx[dx] * wy[dy] * wz[dz];
+        }
+    }
+    (idx, w)
 }
 
 /// `Aᵀ (fx, fy, 0)`: where the 2D frequency `(fx, fy)` of a slice at pose `a` lies in 3D.
@@ -134,6 +145,46 @@ impl Projector {
         })
     }
 
+    /// The central slices of several volumes (same size and padding) at one pose, sharing
+    /// the interpolation weights: `out[v]` gets the `(n, n/2+1)` half plane (row-major) of
+    /// volume `v`, zero beyond shell `k_max`.
+    pub fn project_many(projs: &[&Projector], a: &Mat3, k_max: usize, out: &mut [Vec<Complex32>]) {
+        let Some(first) = projs.first() else { return };
+        let (n, m) = (first.n, first.m);
+        let h = half_len(n);
+        let pad = (m / n) as f64;
+        let k2 = (k_max * k_max) as i64;
+        for o in out.iter_mut() {
+            o.clear();
+            o.resize(n * h, Complex32::new(0.0, 0.0));
+        }
+        for i in 0..n {
+            let ky = fftfreq(i, n);
+            for j in 0..h {
+                let kx = j as i64;
+                if kx * kx + ky * ky > k2 {
+                    continue;
+                }
+                let p = slice_point(a, kx as f64 * pad, ky as f64 * pad);
+                let (p, conj) = if p[0] < 0.0 {
+                    ([-p[0], -p[1], -p[2]], true)
+                } else {
+                    (p, false)
+                };
+                let sign = centre_sign(kx, ky);
+                let (idx, w) = corners(p, m);
+                for (pr, o) in projs.iter().zip(out.iter_mut()) {
+                    let spec = pr.spec.as_slice().expect("standard layout");
+                    let mut acc = Complex32::new(0.0, 0.0);
+                    for c in 0..8 {
+                        acc += spec[idx[c]] * w[c] as f32;
+                    }
+                    o[i * h + j] = if conj { acc.conj() } else { acc } * sign;
+                }
+            }
+        }
+    }
+
     /// Trilinear interpolation of the spectrum at frequency `p = (x, y, z)` (padded units).
     fn sample(&self, p: [f64; 3]) -> Complex32 {
         let (p, conj) = if p[0] < 0.0 {
@@ -142,8 +193,10 @@ impl Projector {
             (p, false)
         };
         let mut acc = Complex32::new(0.0, 0.0);
-        for (idx, w) in corners(p, self.m) {
-            acc += self.spec[idx] * w as f32;
+        let spec = self.spec.as_slice().expect("standard layout");
+        let (idx, w) = corners(p, self.m);
+        for c in 0..8 {
+            acc += spec[idx[c]] * w[c] as f32;
         }
         if conj {
             acc.conj()
@@ -153,34 +206,220 @@ impl Projector {
     }
 }
 
+/// A particle's slice zero-padded to the oversampled grid: the points of its half plane
+/// inside the shell limit, `(fx, fy)` in padded units with the centring sign applied.
+///
+/// The image is zero-padded to `m = pad·n` before the transform (RELION's way): its slice
+/// then samples the padded 3D grid at unit spacing; sampling only at `pad·k` would leave
+/// radial gaps of `pad` voxels (no sample between the DC and radius `pad`) that the
+/// normalised interpolation cannot fill.
+pub struct PaddedSlice {
+    pts: Vec<(f32, f32, Complex32, f32)>,
+}
+
+impl PaddedSlice {
+    /// From the half-plane spectrum `y = C·X` `(n, n/2+1)` of an image centred at
+    /// `(n/2, n/2)`, keeping shells up to `k_max` (image units); `c2(kx, ky)` gives the
+    /// weight `C²` at a (fractional) frequency in the image's index units.
+    pub fn new(
+        y: ArrayView2<Complex32>,
+        pad: usize,
+        k_max: usize,
+        c2: impl Fn(f64, f64) -> f64,
+    ) -> PaddedSlice {
+        let n = y.dim().0;
+        let pad = pad.max(1);
+        let m = n * pad;
+        let img = irfft2(y, n);
+        let off = (m - n) / 2;
+        let mut big = Array2::<f32>::zeros((m, m));
+        big.slice_mut(ndarray::s![off..off + n, off..off + n])
+            .assign(&img);
+        let ys = rfft2(big.view());
+        let lim = (pad * k_max) as f64;
+        let mut pts = Vec::with_capacity((std::f64::consts::PI * lim * lim / 2.0) as usize + m);
+        for ((i, j), v) in ys.indexed_iter() {
+            let ky = fftfreq(i, m);
+            let kx = j as i64;
+            let (fx, fy) = (kx as f64, ky as f64);
+            if fx * fx + fy * fy > lim * lim || (kx == 0 && ky < 0) {
+                continue;
+            }
+            let c = c2(fx / pad as f64, fy / pad as f64) as f32;
+            pts.push((fx as f32, fy as f32, *v * centre_sign(kx, ky), c));
+        }
+        PaddedSlice { pts }
+    }
+
+    /// Number of points.
+    pub fn len(&self) -> usize {
+        self.pts.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.pts.is_empty()
+    }
+
+    /// The trilinear contributions of the slice at pose `a` to a padded half-space
+    /// accumulator of side `m = pad·n` (appended to `out`): voxel index
+    /// `(z·m + y)·(m/2+1) + x` and the weighted `(re, im, C²)`. Points on the `kx = 0` plane
+    /// also contribute to their mirror `−k` with the conjugate value (Hermitian symmetry).
+    pub fn contributions(&self, a: &Mat3, m: usize, out: &mut Vec<Contribution>) {
+        let h = half_len(m);
+        let mi = m as i64;
+        for &(fx, fy, v, c2) in &self.pts {
+            let p = slice_point(a, fx as f64, fy as f64);
+            let (p, v) = if p[0] < 0.0 {
+                ([-p[0], -p[1], -p[2]], v.conj())
+            } else {
+                (p, v)
+            };
+            let (idx, tw) = corners(p, m);
+            for c in 0..8 {
+                let t = tw[c] as f32;
+                if t == 0.0 {
+                    continue;
+                }
+                out.push(Contribution {
+                    idx: idx[c] as u32,
+                    re: v.re * t,
+                    im: v.im * t,
+                    c2: c2 * t,
+                });
+                if c % 2 == 0 && p[0] < 1.0 {
+                    // A corner on the kx = 0 plane: its mirror −k gets the conjugate.
+                    let i = idx[c];
+                    let (z, y) = (i / (m * h), (i / h) % m);
+                    let (zm, ym) = ((mi - z as i64).rem_euclid(mi), (mi - y as i64).rem_euclid(mi));
+                    let mir = (zm as usize * m + ym as usize) * h;
+                    if mir != i {
+                        out.push(Contribution {
+                            idx: mir as u32,
+                            re: v.re * t,
+                            im: -v.im * t,
+                            c2: c2 * t,
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One trilinear contribution of a slice point to an accumulator voxel.
+#[derive(Clone, Copy, Debug)]
+pub struct Contribution {
+    pub idx: u32,
+    pub re: f32,
+    pub im: f32,
+    pub c2: f32,
+}
+
+/// Adds contributions to an interleaved accumulator (`[re, im, den]` per voxel):
+/// `num += w·v`, `den += w2·C²`.
+#[inline]
+pub fn scatter(contribs: &[Contribution], w: f64, w2: f64, acc: &mut [f64]) {
+    for c in contribs {
+        let i = 3 * c.idx as usize;
+        acc[i] += w * c.re as f64;
+        acc[i + 1] += w * c.im as f64;
+        acc[i + 2] += w2 * c.c2 as f64;
+    }
+}
+
+/// Voxels of the padded half-space accumulator of an `n` volume oversampled `pad` times.
+pub fn accumulator_len(n: usize, pad: usize) -> usize {
+    let m = n * pad.max(1);
+    m * m * half_len(m)
+}
+
+/// The side `m` of a half-space accumulator of `len` voxels (`m·m·(m/2+1)`).
+pub fn acc_side(len: usize) -> usize {
+    let mut m = (len as f64).cbrt().round() as usize * 2;
+    while m > 0 && m * m * half_len(m) > len {
+        m -= 2;
+    }
+    while m * m * half_len(m) < len {
+        m += 2;
+    }
+    assert_eq!(m * m * half_len(m), len, "accumulator size is not m·m·(m/2+1)");
+    m
+}
+
+/// Mean of the denominator per shell (volume shell units, `0..=n/2`) of an interleaved
+/// padded accumulator (`[re, im, den]` per voxel).
+pub fn shell_mean(acc: &[f64], n: usize, pad: usize) -> Vec<f64> {
+    let m = acc_side(acc.len() / 3);
+    let h = half_len(m);
+    let pad = pad.max(1) as f64;
+    let mut sum = vec![0.0; n / 2 + 2];
+    let mut cnt = vec![0.0; n / 2 + 2];
+    for z in 0..m {
+        let kz = fftfreq(z, m) as f64;
+        for y in 0..m {
+            let ky = fftfreq(y, m) as f64;
+            for x in 0..h {
+                let r = ((kz * kz + ky * ky + (x * x) as f64).sqrt() / pad).round() as usize;
+                if r < sum.len() {
+                    sum[r] += acc[3 * ((z * m + y) * h + x) + 2];
+                    cnt[r] += 1.0;
+                }
+            }
+        }
+    }
+    sum.iter()
+        .zip(&cnt)
+        .map(|(s, c)| if *c > 0.0 { s / c } else { 0.0 })
+        .collect()
+}
+
+/// The reconstruction `(n, n, n)` from an interleaved padded accumulator (`[re, im, den]`
+/// per voxel): `num / (den + λ(k))` with `lambda(shell)` in the volume's shell units (voxels
+/// beyond shell `n/2` are zero), then the gridding correction.
+pub fn reconstruct(acc: &[f64], n: usize, lambda: impl Fn(usize) -> f64) -> Array3<f32> {
+    let m = acc_side(acc.len() / 3);
+    let h = half_len(m);
+    let pad = (m / n) as f64;
+    let spec = Array3::from_shape_fn((m, m, h), |(z, y, x)| {
+        let (kz, ky) = (fftfreq(z, m) as f64, fftfreq(y, m) as f64);
+        let r = ((kz * kz + ky * ky + (x * x) as f64).sqrt() / pad).round() as usize;
+        let idx = (z * m + y) * h + x;
+        let d = acc[3 * idx + 2] + lambda(r);
+        if r <= n / 2 && d > 0.0 {
+            Complex32::new((acc[3 * idx] / d) as f32, (acc[3 * idx + 1] / d) as f32)
+        } else {
+            Complex32::new(0.0, 0.0)
+        }
+    });
+    let big = irfft3(spec.view(), m);
+    let off = (m - n) / 2;
+    Array3::from_shape_fn((n, n, n), |(z, y, x)| {
+        let (zz, yy, xx) = (z + off, y + off, x + off);
+        let v = big[[unshift(zz, m), unshift(yy, m), unshift(xx, m)]] as f64;
+        (v / gridding(zz, yy, xx, m)) as f32
+    })
+}
+
 /// Accumulates CTF-weighted slices into an oversampled 3D Fourier volume:
 /// `num(Aᵀk) += w·C(k)·X(k)` and `den(Aᵀk) += w·C(k)²`, spread trilinearly.
-/// (Groundwork for 3D classification, issue 4: no job uses it yet.)
 pub struct BackProjector {
     n: usize,
-    m: usize,
-    num: Array3<num_complex::Complex<f64>>,
-    den: Array3<f64>,
+    pad: usize,
+    acc: Vec<f64>,
 }
 
 impl BackProjector {
     /// An empty accumulator for `(n, n, n)` volumes oversampled `pad` times.
     pub fn new(n: usize, pad: usize) -> BackProjector {
-        let m = n * pad.max(1);
         BackProjector {
             n,
-            m,
-            num: Array3::zeros((m, m, half_len(m))),
-            den: Array3::zeros((m, m, half_len(m))),
+            pad: pad.max(1),
+            acc: vec![0.0; 3 * accumulator_len(n, pad)],
         }
     }
 
     /// Inserts the half-plane spectrum `y = C·X` of an image centred at `(n/2, n/2)` at pose
     /// `a` with weight `w`, up to shell `k_max`; `c2(kx, ky)` gives `C²` at a (fractional)
-    /// frequency in the image's index units. The image is first zero-padded to `m = pad·n`
-    /// (RELION's way): its slice then samples the padded 3D grid at unit spacing; sampling it
-    /// only at `pad·k` would leave radial gaps of `pad` voxels (no sample between the DC and
-    /// radius `pad`) that the normalised interpolation cannot fill.
+    /// frequency in the image's index units (see [`PaddedSlice`]).
     pub fn insert(
         &mut self,
         y: ArrayView2<Complex32>,
@@ -189,78 +428,15 @@ impl BackProjector {
         w: f64,
         k_max: usize,
     ) {
-        let (n, m) = (self.n, self.m);
-        let pad = (m / n) as f64;
-        let img = irfft2(y, n);
-        let off = (m - n) / 2;
-        let mut big = Array2::<f32>::zeros((m, m));
-        big.slice_mut(ndarray::s![off..off + n, off..off + n])
-            .assign(&img);
-        let ys = rfft2(big.view());
-        let lim = pad * k_max as f64;
-        for ((i, j), v) in ys.indexed_iter() {
-            let ky = fftfreq(i, m);
-            let kx = j as i64;
-            let (fx, fy) = (kx as f64, ky as f64);
-            if fx * fx + fy * fy > lim * lim || (kx == 0 && ky < 0) {
-                continue;
-            }
-            let p = slice_point(a, fx, fy);
-            let v = *v * centre_sign(kx, ky);
-            self.splat(p, v, c2(fx / pad, fy / pad), w);
-        }
+        debug_assert_eq!(y.dim().0, self.n);
+        let mut c = Vec::new();
+        PaddedSlice::new(y, self.pad, k_max, c2).contributions(a, self.n * self.pad, &mut c);
+        scatter(&c, w, w, &mut self.acc);
     }
 
-    fn splat(&mut self, p: [f64; 3], v: Complex32, c2: f64, w: f64) {
-        let (p, v) = if p[0] < 0.0 {
-            ([-p[0], -p[1], -p[2]], v.conj())
-        } else {
-            (p, v)
-        };
-        let m = self.m as i64;
-        let v = num_complex::Complex::new(v.re as f64, v.im as f64);
-        for ([z, y, x], ww) in corners(p, self.m) {
-            let ww = ww * w;
-            self.num[[z, y, x]] += v * ww;
-            self.den[[z, y, x]] += c2 * ww;
-            if x == 0 {
-                // The kx = 0 plane holds both k and −k: keep it Hermitian.
-                let mir = [
-                    (m - z as i64).rem_euclid(m) as usize,
-                    (m - y as i64).rem_euclid(m) as usize,
-                    0,
-                ];
-                if mir != [z, y, x] {
-                    self.num[mir] += v.conj() * ww;
-                    self.den[mir] += c2 * ww;
-                }
-            }
-        }
-    }
-
-    /// The reconstruction `(n, n, n)`: `num / (den + λ(k))` with `lambda(shell)` given in the
-    /// volume's (not the padded) shell units, then the gridding correction.
+    /// The reconstruction `(n, n, n)` (see [`reconstruct`]).
     pub fn reconstruct(&self, lambda: impl Fn(usize) -> f64) -> Array3<f32> {
-        let (n, m) = (self.n, self.m);
-        let pad = (m / n) as f64;
-        let spec = Array3::from_shape_fn(self.num.dim(), |(z, y, x)| {
-            let (kz, ky) = (fftfreq(z, m) as f64, fftfreq(y, m) as f64);
-            let r = ((kz * kz + ky * ky + (x * x) as f64).sqrt() / pad).round() as usize;
-            let d = self.den[[z, y, x]] + lambda(r);
-            if d > 0.0 {
-                let v = self.num[[z, y, x]] / d;
-                Complex32::new(v.re as f32, v.im as f32)
-            } else {
-                Complex32::new(0.0, 0.0)
-            }
-        });
-        let big = irfft3(spec.view(), m);
-        let off = (m - n) / 2;
-        Array3::from_shape_fn((n, n, n), |(z, y, x)| {
-            let (zz, yy, xx) = (z + off, y + off, x + off);
-            let v = big[[unshift(zz, m), unshift(yy, m), unshift(xx, m)]] as f64;
-            (v / gridding(zz, yy, xx, m)) as f32
-        })
+        reconstruct(&self.acc, self.n, lambda)
     }
 }
 
@@ -333,6 +509,23 @@ mod tests {
             let truth = rfft2(analytic(n, &b, &a).view());
             let e = rel_err(slice.view(), truth.view(), 12);
             assert!(e < 2e-3, "{angles:?}: relative error {e}");
+        }
+    }
+
+    #[test]
+    fn project_many_matches_project() {
+        let n = 16;
+        let (vol, _) = blobs(n);
+        let other = vol.mapv(|v| v * v - 0.3);
+        let (p1, p2) = (Projector::new(vol.view(), 2), Projector::new(other.view(), 2));
+        let a = euler_deg_to_matrix(40.0, 100.0, -70.0);
+        let mut out = vec![Vec::new(), Vec::new()];
+        Projector::project_many(&[&p1, &p2], &a, 6, &mut out);
+        for (p, o) in [&p1, &p2].iter().zip(&out) {
+            let single = p.project(&a, 6);
+            for (x, y) in single.iter().zip(o) {
+                assert!((x - y).norm() <= 1e-4 * (1.0 + x.norm()), "{x} vs {y}");
+            }
         }
     }
 

@@ -3,4 +3,5 @@
 pub mod logger;
 pub mod montage;
 pub mod plot;
+pub mod plots3d;
 pub mod progress;

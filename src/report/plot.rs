@@ -69,7 +69,7 @@ pub(crate) fn write_png_atomic(path: &Path, rgb: &[u8], w: u32, h: u32) -> Resul
 type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
 /// Draws with `draw` into an in-memory `size_px` RGB canvas and writes it to `path`.
-fn render(
+pub(crate) fn render(
     path: &Path,
     size_px: (u32, u32),
     draw: impl FnOnce(&DrawingArea<BitMapBackend, plotters::coord::Shift>) -> DrawResult,
@@ -93,7 +93,7 @@ fn render(
 }
 
 /// `(lo, hi)` of the finite values, widened so that `hi > lo`.
-fn finite_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
+pub(crate) fn finite_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let (lo, hi) = values
         .filter(|v| v.is_finite())
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {

@@ -1,0 +1,488 @@
+//! `emclass classify3d`: loads the config, masks and initial volumes, each rank's share of
+//! the particles, runs the 3D classification engine and writes the output folder on rank 0:
+//! `particles.h5` (input fields + `alignments3D/class`, `class_posterior`, `class_probs`,
+//! `class_ess`, `alpha`; images referenced), `particles_class_XX.h5`, `volumes/class_XX.mrc`
+//! with half maps, `consensus.mrc`, `solvent_mask.mrc`, `focus_mask.mrc`, `plots/`,
+//! `summary.json` and `config.used.yaml`.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::Array3;
+use serde_json::json;
+
+use crate::classify2d::grid::WorkGrid;
+use crate::classify3d::config::{BackendChoice, Classify3dConfig, InitMode, ScaleMode};
+use crate::classify3d::engine::{Engine, Outcome, Results};
+use crate::classify3d::model::ClassVolume;
+use crate::classify3d::particles;
+use crate::cli::JobArgs;
+use crate::comm::{gather_f64, partition, Comm};
+use crate::config;
+use crate::dataset::store::write_referencing;
+use crate::dataset::{Column, ColumnData, Dataset, DatasetAttrs, ParticleTable};
+use crate::em::driver::Phase;
+use crate::error::{Error, Result};
+use crate::formats::mrc::{read_volume, write_volume};
+use crate::jobs::classify2d::table_ari;
+use crate::jobs::collective;
+use crate::jobs::output::{check_writable, OutputDir};
+use crate::numerics::symmetry::point_group;
+use crate::numerics::volume::{check_mask, resample3};
+use crate::report::plot::{histogram_png, lines_png, PLOT_SIZE_PX};
+use crate::report::plots3d::{
+    class_flow_diagram_png, class_flow_matrix_png, grouped_bars_png, volume_slices_png,
+};
+
+/// Runs the job on every rank.
+pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
+    let cfg: Classify3dConfig = collective(comm, config::load(&args.config, &args.set))?;
+    let n_total = collective(comm, Dataset::count(&cfg.input))?;
+    if n_total == 0 {
+        return collective(
+            comm,
+            Err(Error::file(&cfg.input, "has no particles to classify")),
+        );
+    }
+    let rows = partition(n_total, comm.size(), comm.rank());
+    let ds = collective(comm, Dataset::open_range(&cfg.input, rows.clone()))?;
+    let (box_px, psize) = (ds.box_px(), ds.psize_a() as f64);
+    let checked = cfg
+        .validate_for(&args.config, box_px, psize, n_total)
+        .and_then(|_| select_backend(&args.config, cfg.backend));
+    collective(comm, checked)?;
+    let grid = WorkGrid::new(box_px, psize, cfg.res_a());
+    // Masks and initial volumes (every rank reads them: small files).
+    let side_a = box_px as f64 * psize;
+    let volume = |p: &Path, key: &str, is_mask: bool| {
+        read_working_volume(p, &args.config, key, side_a, grid.n, is_mask)
+    };
+    let solvent = collective(
+        comm,
+        cfg.solvent_mask
+            .as_ref()
+            .map(|p| volume(p, "solvent_mask", true))
+            .transpose(),
+    )?;
+    let focus = collective(
+        comm,
+        cfg.focus_mask
+            .as_ref()
+            .map(|p| volume(p, "focus_mask", true))
+            .transpose(),
+    )?;
+    let initial = collective(
+        comm,
+        match cfg.init_mode {
+            InitMode::Simple => Ok(None),
+            InitMode::Input => cfg
+                .initial_volumes
+                .iter()
+                .map(|p| volume(p, "initial_volumes", false))
+                .collect::<Result<Vec<_>>>()
+                .map(Some),
+        },
+    )?;
+    let scales = collective(
+        comm,
+        match cfg.per_particle_scale {
+            ScaleMode::Input => particles::input_scales(&ds).map(Some),
+            _ => Ok(None),
+        },
+    )?;
+    let syms = collective(
+        comm,
+        point_group(&cfg.symmetry).map_err(|e| Error::config(&args.config, "symmetry", e.to_string())),
+    )?;
+    // The output folder (rank 0), refused before any work if it exists.
+    let out = if comm.is_root() {
+        collective(
+            comm,
+            check_writable(&cfg.output, args.overwrite)
+                .and_then(|_| OutputDir::create(&cfg.output, args.overwrite))
+                .map(Some),
+        )?
+    } else {
+        collective(comm, Ok(None))?
+    };
+    log::info!(
+        "classify3d: {n_total} particles on {} rank(s), {} classes, box {box_px} px at {psize} Å → volumes {} px at {:.2} Å (filter {} Å), symmetry {} ({} operators)",
+        comm.size(),
+        cfg.num_classes,
+        grid.n,
+        grid.psize_a(),
+        cfg.res_a(),
+        cfg.symmetry,
+        syms.len()
+    );
+    let mut parts = collective(comm, particles::load(&ds, rows.clone(), &grid))?;
+    let engine = Engine {
+        cfg: &cfg,
+        grid: &grid,
+        comm,
+        n_total,
+        syms,
+        solvent_mask: solvent,
+        focus_mask: focus.clone(),
+        initial_volumes: initial,
+        input_scales: scales,
+    };
+    let dir = out.as_ref().map(|o| o.path().to_path_buf());
+    if let Some(d) = &dir {
+        let p = d.join("plots");
+        std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+    }
+    let outcome = engine.run(&mut parts, |view| {
+        let all = (cfg.output_every_fem_iter && view.phase == Phase::Full)
+            .then(|| gather_results(comm, view.results, view.scale))
+            .flatten();
+        match &dir {
+            Some(d) => {
+                if let Some(flow) = view.flow {
+                    flow_plots(&d.join("plots"), flow, view.record.iteration)?;
+                }
+                if cfg.output_every_fem_iter && view.phase == Phase::Full {
+                    let sub = d.join("fem_iterations").join(format!("iter_{:03}", view.record.iteration));
+                    std::fs::create_dir_all(&sub).map_err(|e| Error::io(&sub, e))?;
+                    write_volumes(&sub, view.classes, grid.psize_a())?;
+                    if let Some(all) = &all {
+                        write_particles(&cfg, &args.config, &sub, all, false)?;
+                    }
+                    log::info!("F-EM iteration output: {}", sub.display());
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    });
+    let mut outcome = collective(comm, outcome)?;
+    let scale: Vec<f64> = parts.scale.clone();
+    let gathered = gather_results(comm, &outcome.results, &scale);
+    let written = match (out, gathered) {
+        (Some(out), Some(mut all)) => {
+            if cfg.reorder_classes_by_size {
+                reorder_by_size(&mut outcome, &mut all);
+            }
+            write_outputs(&cfg, &args.config, out, &outcome, &all, &grid, focus.as_ref())
+        }
+        _ => Ok(()),
+    };
+    collective(comm, written)
+}
+
+/// `auto` and `cpu` run on the CPU; `cuda` needs the CUDA backend.
+fn select_backend(path: &Path, b: BackendChoice) -> Result<()> {
+    match b {
+        BackendChoice::Cpu => Ok(()),
+        BackendChoice::Auto => {
+            log::info!(
+                "backend: CPU (rayon, {} threads)",
+                rayon::current_num_threads()
+            );
+            Ok(())
+        }
+        BackendChoice::Cuda => Err(Error::config(
+            path,
+            "backend",
+            "cuda: this build has no CUDA backend for classify3d yet; use auto or cpu",
+        )),
+    }
+}
+
+/// Reads an MRC volume covering the particle box (`side_a` Å, within 2%) and resamples it to
+/// the working box `n`; with `is_mask`, its values must be a mask (in [0, 1]) and the
+/// resampled mask is clamped to [0, 1] (Fourier resampling rings slightly outside).
+fn read_working_volume(
+    p: &Path,
+    cfg_path: &Path,
+    key: &str,
+    side_a: f64,
+    n: usize,
+    is_mask: bool,
+) -> Result<Array3<f32>> {
+    let (vol, psize) = read_volume(p)?;
+    let (a, b, c) = vol.dim();
+    if a != b || b != c || a % 2 != 0 {
+        return Err(Error::file(
+            p,
+            format!("{key}: volume is {c}×{b}×{a}; need an even-sided cube"),
+        ));
+    }
+    let extent = a as f64 * psize as f64;
+    if psize > 0.0 && (extent - side_a).abs() > 0.02 * side_a {
+        return Err(Error::config(
+            cfg_path,
+            key,
+            format!(
+                "{}: the volume spans {extent:.1} Å ({a} px at {psize} Å) but the particles span {side_a:.1} Å",
+                p.display()
+            ),
+        ));
+    }
+    if let Some(v) = vol.iter().find(|v| !v.is_finite()) {
+        return Err(Error::file(p, format!("{key}: volume holds a non-finite value {v}")));
+    }
+    if is_mask {
+        check_mask(vol.view(), &p.display().to_string())?;
+        return Ok(resample3(vol.view(), n).mapv(|v| v.clamp(0.0, 1.0)));
+    }
+    Ok(resample3(vol.view(), n))
+}
+
+/// Every rank's results and scales, in global row order, on rank 0.
+fn gather_results(comm: &dyn Comm, r: &Results, scale: &[f64]) -> Option<(Results, Vec<f64>)> {
+    let k = r.k;
+    let n = r.class.len();
+    let rec = 4 + k;
+    let mut mine = Vec::with_capacity(n * rec);
+    for i in 0..n {
+        mine.push(r.class[i] as f64);
+        mine.push(r.class_posterior[i] as f64);
+        mine.push(r.class_ess[i] as f64);
+        mine.push(scale.get(i).copied().unwrap_or(f64::NAN));
+        mine.extend(r.probs[i * k..(i + 1) * k].iter().map(|v| *v as f64));
+    }
+    let all = gather_f64(comm, 0, &mine)?;
+    let total = all.len() / rec;
+    let mut out = Results {
+        k,
+        probs: Vec::with_capacity(total * k),
+        class: Vec::with_capacity(total),
+        class_posterior: Vec::with_capacity(total),
+        class_ess: Vec::with_capacity(total),
+    };
+    let mut sc = Vec::with_capacity(total);
+    for c in all.chunks_exact(rec) {
+        out.class.push(c[0] as u32);
+        out.class_posterior.push(c[1] as f32);
+        out.class_ess.push(c[2] as f32);
+        sc.push(c[3]);
+        out.probs.extend(c[4..].iter().map(|v| *v as f32));
+    }
+    Some((out, sc))
+}
+
+/// Renumbers classes by assigned size, largest first (volumes, probabilities, flows).
+fn reorder_by_size(o: &mut Outcome, all: &mut (Results, Vec<f64>)) {
+    let k = o.classes.len();
+    let mut count = vec![0usize; k];
+    for &c in &all.0.class {
+        count[c as usize] += 1;
+    }
+    let mut order: Vec<usize> = (0..k).collect();
+    order.sort_by_key(|&c| (std::cmp::Reverse(count[c]), c));
+    let mut new_of = vec![0usize; k];
+    for (new, &old) in order.iter().enumerate() {
+        new_of[old] = new;
+    }
+    o.classes = order.iter().map(|&c| o.classes[c].clone()).collect();
+    let r = &mut all.0;
+    for c in r.class.iter_mut() {
+        *c = new_of[*c as usize] as u32;
+    }
+    for row in r.probs.chunks_mut(k) {
+        let old = row.to_vec();
+        for (c, v) in old.into_iter().enumerate() {
+            row[new_of[c]] = v;
+        }
+    }
+    for (_, f) in o.flows.iter_mut() {
+        let old = f.clone();
+        for (i, row) in old.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                f[new_of[i]][new_of[j]] = *v;
+            }
+        }
+    }
+    log::info!("classes reordered by size: new class j was class {order:?}[j]");
+}
+
+/// Class volumes and half maps into `dir/volumes/`.
+fn write_volumes(dir: &Path, classes: &[ClassVolume], psize_w: f64) -> Result<()> {
+    let v = dir.join("volumes");
+    std::fs::create_dir_all(&v).map_err(|e| Error::io(&v, e))?;
+    for (k, c) in classes.iter().enumerate() {
+        write_volume(v.join(format!("class_{k:02}.mrc")), c.vol.view(), psize_w as f32)?;
+        write_volume(v.join(format!("class_{k:02}_half_A.mrc")), c.halves[0].view(), psize_w as f32)?;
+        write_volume(v.join(format!("class_{k:02}_half_B.mrc")), c.halves[1].view(), psize_w as f32)?;
+    }
+    Ok(())
+}
+
+/// The input table with this job's fields.
+fn result_table(input: &Dataset, all: &(Results, Vec<f64>)) -> ParticleTable {
+    let (r, scale) = all;
+    let mut table = input.table().clone();
+    table.set_u32("alignments3D/class", r.class.clone());
+    table.set_f32("alignments3D/class_posterior", r.class_posterior.clone());
+    table.set_f32("alignments3D/class_ess", r.class_ess.clone());
+    table.set(
+        "alignments3D/class_probs",
+        Column::new(ColumnData::F32(r.probs.clone()), r.k),
+    );
+    if scale.iter().all(|s| s.is_finite()) && scale.len() == r.class.len() {
+        table.set_f32("alignments3D/alpha", scale.iter().map(|s| *s as f32).collect());
+    }
+    table
+}
+
+/// `particles.h5` and, with `per_class`, `particles_class_XX.h5` into `dir`.
+fn write_particles(
+    cfg: &Classify3dConfig,
+    cfg_path: &Path,
+    dir: &Path,
+    all: &(Results, Vec<f64>),
+    per_class: bool,
+) -> Result<ParticleTable> {
+    let input = Dataset::open(&cfg.input)?;
+    let table = result_table(&input, all);
+    let attrs = DatasetAttrs {
+        blob_root: input.attrs().blob_root.clone(),
+        source: format!("emclass classify3d {}", cfg_path.display()),
+    };
+    write_referencing(&dir.join("particles.h5"), &table, &attrs, &input)?;
+    if per_class {
+        for k in 0..all.0.k {
+            let rows: Vec<usize> = (0..table.len()).filter(|&i| all.0.class[i] as usize == k).collect();
+            write_referencing(
+                &dir.join(format!("particles_class_{k:02}.h5")),
+                &table.select(&rows),
+                &attrs,
+                &input,
+            )?;
+        }
+    }
+    Ok(table)
+}
+
+/// Class-flow matrix and diagram of one F-EM iteration (and the latest as the plain names).
+fn flow_plots(plots: &Path, flow: &[Vec<u64>], t: usize) -> Result<()> {
+    let title = format!("Class flow into iteration {t}");
+    class_flow_matrix_png(&plots.join(format!("class_flow_matrix_iter{t:03}.png")), flow, &title)?;
+    class_flow_diagram_png(&plots.join(format!("class_flow_diagram_iter{t:03}.png")), flow, &title)?;
+    class_flow_matrix_png(&plots.join("class_flow_matrix.png"), flow, &title)?;
+    class_flow_diagram_png(&plots.join("class_flow_diagram.png"), flow, &title)
+}
+
+/// Writes every output file into the staged folder and renames it into place (rank 0).
+fn write_outputs(
+    cfg: &Classify3dConfig,
+    cfg_path: &Path,
+    out: OutputDir,
+    o: &Outcome,
+    all: &(Results, Vec<f64>),
+    grid: &WorkGrid,
+    focus: Option<&Array3<f32>>,
+) -> Result<()> {
+    let dir: PathBuf = out.path().to_path_buf();
+    let k = cfg.num_classes;
+    let ps = grid.psize_a() as f32;
+    let table = write_particles(cfg, cfg_path, &dir, all, true)?;
+    write_volumes(&dir, &o.classes, grid.psize_a())?;
+    write_volume(dir.join("consensus.mrc"), o.consensus.vol.view(), ps)?;
+    write_volume(dir.join("solvent_mask.mrc"), o.solvent_mask.view(), ps)?;
+    if let Some(f) = focus {
+        write_volume(dir.join("focus_mask.mrc"), f.view(), ps)?;
+    }
+    let plots = dir.join("plots");
+    let (r, _) = all;
+    let ess: Vec<f64> = r.class_ess.iter().map(|v| *v as f64).collect();
+    histogram_png(
+        &plots.join("class_ess.png"),
+        "Per-particle class ESS",
+        "effective number of classes",
+        &ess,
+        40,
+        &[],
+        PLOT_SIZE_PX,
+    )?;
+    let mut assigned = vec![0.0; k];
+    let mut effective = vec![0.0; k];
+    for (i, &c) in r.class.iter().enumerate() {
+        assigned[c as usize] += 1.0;
+        for j in 0..k {
+            effective[j] += r.probs[i * k + j] as f64;
+        }
+    }
+    grouped_bars_png(
+        &plots.join("class_sizes.png"),
+        "Class assignments and effective size",
+        "class",
+        "particles",
+        &[("assignments", &assigned), ("effective size", &effective)],
+    )?;
+    let diff: Vec<(String, Array3<f32>)> = o
+        .classes
+        .iter()
+        .enumerate()
+        .map(|(j, c)| (format!("class {j} − consensus"), &c.vol - &o.consensus.vol))
+        .collect();
+    volume_slices_png(
+        &plots.join("difference_from_consensus.png"),
+        "Difference from consensus (FSC-filtered), central slices",
+        &diff,
+        true,
+    )?;
+    let mut vols: Vec<(String, Array3<f32>)> = vec![("consensus".into(), o.consensus.vol.clone())];
+    vols.extend(o.classes.iter().enumerate().map(|(j, c)| (format!("class {j}"), c.vol.clone())));
+    volume_slices_png(&plots.join("class_volumes.png"), "Class volumes, central slices", &vols, false)?;
+    let side = grid.n as f64 * grid.psize_a();
+    let curves: Vec<(String, Vec<(f64, f64)>)> = o
+        .classes
+        .iter()
+        .enumerate()
+        .map(|(j, c)| {
+            let pts = (1..c.fsc.len())
+                .map(|s| (s as f64 / side, c.fsc[s]))
+                .collect();
+            (format!("class {j} ({:.1} Å)", c.res_a), pts)
+        })
+        .collect();
+    let series: Vec<(&str, &[(f64, f64)])> = curves.iter().map(|(n, p)| (n.as_str(), p.as_slice())).collect();
+    lines_png(
+        &plots.join("fsc.png"),
+        "Half-map FSC per class (solvent-masked)",
+        "spatial frequency (1/Å)",
+        "FSC",
+        &series,
+        false,
+        PLOT_SIZE_PX,
+    )?;
+    if let Some((t, f)) = o.flows.last() {
+        flow_plots(&plots, f, *t)?;
+    }
+    let ari = table_ari(&table, "gt/state", &r.class);
+    if let Some(a) = ari {
+        log::info!("adjusted Rand index vs simulated states (non-junk): {a:.4}");
+    }
+    let summary = json!({
+        "job": "classify3d",
+        "input": cfg.input,
+        "num_particles": table.len(),
+        "num_classes": k,
+        "working_box_px": grid.n,
+        "working_psize_A": grid.psize_a(),
+        "symmetry": cfg.symmetry,
+        "class_assignments": assigned,
+        "class_effective_size": effective,
+        "class_fsc0143_res_A": o.classes.iter().map(|c| c.res_a).collect::<Vec<_>>(),
+        "consensus_fsc0143_res_A": o.consensus.res_a,
+        "solvent_mask": if o.solvent_mask_generated { "generated" } else { "input" },
+        "stop_reason": o.stop_reason,
+        "ari_vs_ground_truth_states": ari,
+        "iterations": o.history,
+        "class_flow": o.flows.iter().map(|(t, f)| json!({"iteration": t, "counts": f})).collect::<Vec<_>>(),
+        "sigma2": o.sigma2,
+    });
+    let write = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).map_err(|e| Error::io(&p, e))
+    };
+    write(
+        "summary.json",
+        serde_json::to_string_pretty(&summary).map_err(|e| Error::Usage(e.to_string()))? + "\n",
+    )?;
+    write("config.used.yaml", config::to_yaml(cfg))?;
+    let done = out.commit()?;
+    log::info!("classify3d: wrote {}", done.display());
+    Ok(())
+}

@@ -1,0 +1,342 @@
+//! `emclass classify3d` end to end on simulated 3D heterogeneity: recovered states, the
+//! outputs the seed lists, class similarity / hard classification / hard_after_anneal,
+//! focus mask, symmetry, rank independence under `mpirun`, and bad input.
+
+mod common;
+use common::*;
+
+use std::path::Path;
+
+use emclass::dataset::Dataset;
+use emclass::em::metrics::{adjusted_rand_index, matched_agreement};
+use emclass::formats::mrc::{read_volume, write_volume};
+use emclass::numerics::volume::solvent_mask;
+
+/// A small, quick hetero3d set: box 48 at 3 Å, two states differing by a domain of 20% of
+/// the mass, SNR 0.15, 5% junk.
+fn simulate(dir: &Path, name: &str, n: usize, extra: &[&str]) {
+    std::fs::write(dir.join("sim.yaml"), "output: unused\nmode: hetero3d\n").unwrap();
+    let mut args = vec![
+        "-q".to_string(),
+        "simulate".into(),
+        "sim.yaml".into(),
+        "--set".into(),
+        format!("output={name}"),
+        "--set".into(),
+        format!("num_particles={n}"),
+    ];
+    for s in [
+        "box_px=48",
+        "psize_A=3.0",
+        "snr=0.15",
+        "domain_mass_fraction=0.2",
+        "junk_fraction=0.05",
+        "duplicate_fraction=0",
+        "max_shift_px=2",
+        "seed=5",
+    ]
+    .iter()
+    .chain(extra)
+    {
+        args.push("--set".into());
+        args.push(s.to_string());
+    }
+    let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    emclass(dir, &a).ok();
+}
+
+/// A config for the small set; `extra` lines (`key: value`) are appended.
+fn config(dir: &Path, name: &str, input: &str, output: &str, extra: &str) {
+    let text = format!(
+        "input: {input}\noutput: {output}\nfilter_res_A: 12\noem_batch_size: 300\nseed: 1\n{extra}"
+    );
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+fn column(path: &Path, field: &str) -> Vec<f64> {
+    let ds = Dataset::open(path).unwrap();
+    ds.table()
+        .get(field)
+        .unwrap_or_else(|| panic!("{} lacks {field}", path.display()))
+        .data
+        .to_f64()
+        .unwrap()
+}
+
+/// ARI of `alignments3D/class` against `gt/state` over non-junk particles.
+fn ari(path: &Path) -> f64 {
+    let (gt, class) = (
+        column(path, "gt/state"),
+        column(path, "alignments3D/class"),
+    );
+    let (a, b): (Vec<i64>, Vec<i64>) = gt
+        .iter()
+        .zip(&class)
+        .filter(|(g, _)| **g >= 0.0)
+        .map(|(g, c)| (*g as i64, *c as i64))
+        .unzip();
+    adjusted_rand_index(&a, &b)
+}
+
+fn summary(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn recovers_two_states_and_writes_every_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    simulate(d, "sim", 1500, &[]);
+    config(d, "c.yaml", "sim/particles.h5", "out", "");
+    emclass(d, &["classify3d", "c.yaml"]).ok();
+    let out = d.join("out");
+    let a = ari(&out.join("particles.h5"));
+    assert!(a >= 0.9, "ARI {a}");
+    let s = summary(&out);
+    assert!((s["ari_vs_ground_truth_states"].as_f64().unwrap() - a).abs() < 1e-9);
+    for f in [
+        "particles.h5",
+        "particles_class_00.h5",
+        "particles_class_01.h5",
+        "consensus.mrc",
+        "solvent_mask.mrc",
+        "summary.json",
+        "config.used.yaml",
+        "volumes/class_00.mrc",
+        "volumes/class_01_half_A.mrc",
+        "volumes/class_01_half_B.mrc",
+        "plots/class_ess.png",
+        "plots/class_sizes.png",
+        "plots/class_flow_matrix.png",
+        "plots/class_flow_diagram.png",
+        "plots/difference_from_consensus.png",
+        "plots/class_volumes.png",
+        "plots/fsc.png",
+    ] {
+        assert!(out.join(f).is_file(), "missing {f}: {:?}", ls(&out));
+    }
+    // Per-class sets partition the particles; probabilities sum to 1; ESS in [1, K].
+    let n = column(&out.join("particles.h5"), "alignments3D/class").len();
+    let n0 = column(&out.join("particles_class_00.h5"), "alignments3D/class").len();
+    let n1 = column(&out.join("particles_class_01.h5"), "alignments3D/class").len();
+    assert_eq!(n0 + n1, n);
+    let probs = column(&out.join("particles.h5"), "alignments3D/class_probs");
+    for row in probs.chunks(2) {
+        assert!((row[0] + row[1] - 1.0).abs() < 1e-4, "{row:?}");
+    }
+    let ess = column(&out.join("particles.h5"), "alignments3D/class_ess");
+    assert!(ess.iter().all(|e| (0.999..=2.001).contains(e)));
+    let alpha = column(&out.join("particles.h5"), "alignments3D/alpha");
+    assert!(alpha.iter().all(|a| a.is_finite() && *a > 0.0));
+    // Volumes at the working box: filter 12 Å of a 144 Å box (shell 12) → about 6 Å/px.
+    let (v, ps) = read_volume(out.join("volumes/class_00.mrc")).unwrap();
+    let n = s["working_box_px"].as_u64().unwrap() as usize;
+    assert_eq!(v.dim(), (n, n, n));
+    assert!((24..=28).contains(&n), "{n}");
+    assert!((ps as f64 * n as f64 - 144.0).abs() < 1e-2, "{ps}");
+    // F-EM ran and recorded class flows; the stop reason is stated.
+    assert!(!s["class_flow"].as_array().unwrap().is_empty());
+    assert!(s["stop_reason"].as_str().unwrap().len() > 5);
+}
+
+#[test]
+fn similarity_one_is_uniform_and_force_hard_is_one_hot() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    simulate(d, "sim", 600, &[]);
+    let frozen = "num_classes: 3\nclass_similarity: 1.0\nclass_similarity_anneal_start: 1000\nclass_similarity_anneal_end: 1000\nfem_max_iterations: 2\n";
+    config(d, "u.yaml", "sim/particles.h5", "uniform", frozen);
+    emclass(d, &["-q", "classify3d", "u.yaml"]).ok();
+    let p = column(&d.join("uniform/particles.h5"), "alignments3D/class_probs");
+    assert!(
+        p.iter().all(|v| (v - 1.0 / 3.0).abs() < 1e-6),
+        "not uniform: {:?}",
+        &p[..6]
+    );
+    let hard = "num_classes: 3\nforce_hard_classification: true\nclass_similarity: 0.8\nfem_max_iterations: 2\n";
+    config(d, "h.yaml", "sim/particles.h5", "hard", hard);
+    emclass(d, &["-q", "classify3d", "h.yaml"]).ok();
+    let p = column(&d.join("hard/particles.h5"), "alignments3D/class_probs");
+    assert!(p.iter().all(|v| *v == 0.0 || *v == 1.0));
+    for row in p.chunks(3) {
+        assert_eq!(row.iter().sum::<f64>(), 1.0);
+    }
+    let ess = column(&d.join("hard/particles.h5"), "alignments3D/class_ess");
+    assert!(ess.iter().all(|e| (e - 1.0).abs() < 1e-6));
+    let s = summary(&d.join("hard"));
+    assert!(s["iterations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["hard_classification"] == true));
+}
+
+#[test]
+fn hard_after_anneal_switches_when_similarity_reaches_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    simulate(d, "sim", 600, &[]);
+    // 600 particles, batches of 2 × 300: one batch per epoch, 3 epochs of O-EM.
+    let extra = "oem_epochs: 3\nclass_similarity: 0.6\nclass_similarity_anneal_start: 1\nclass_similarity_anneal_end: 3\nhard_after_anneal: true\nfem_max_iterations: 3\nconvergence_switch_pct: 0\nrms_density_change_threshold: null\n";
+    config(d, "c.yaml", "sim/particles.h5", "out", extra);
+    emclass(d, &["-q", "classify3d", "c.yaml"]).ok();
+    let s = summary(&d.join("out"));
+    let it = s["iterations"].as_array().unwrap();
+    assert_eq!(it.len(), 6);
+    let sim: Vec<f64> = it.iter().map(|r| r["class_similarity"].as_f64().unwrap()).collect();
+    let hard: Vec<bool> = it.iter().map(|r| r["hard_classification"].as_bool().unwrap()).collect();
+    assert_eq!(sim, vec![0.6, 0.6, 0.3, 0.0, 0.0, 0.0]);
+    assert_eq!(hard, vec![false, false, false, true, true, true]);
+    // Soft probabilities before the switch show up as ESS > 1 in the first iteration.
+    assert!(it[0]["ess_quartiles"][4].as_f64().unwrap() > 1.01);
+    let p = column(&d.join("out/particles.h5"), "alignments3D/class_probs");
+    assert!(p.iter().all(|v| *v == 0.0 || *v == 1.0));
+}
+
+#[test]
+fn focus_mask_on_the_variable_domain_classifies_at_least_as_well() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    simulate(d, "sim", 1500, &["snr=0.08"]);
+    // The focus mask: the region where the true states differ, dilated and soft-edged.
+    let (a, ps) = read_volume(d.join("sim/volumes/state_00.mrc")).unwrap();
+    let (b, _) = read_volume(d.join("sim/volumes/state_01.mrc")).unwrap();
+    let diff = (&a - &b).mapv(f32::abs);
+    let mask = solvent_mask(diff.view(), ps as f64, 0.2, 6.0, 6.0).unwrap();
+    write_volume(d.join("focus.mrc"), mask.view(), ps).unwrap();
+    config(d, "a.yaml", "sim/particles.h5", "plain", "");
+    config(d, "b.yaml", "sim/particles.h5", "focus", "focus_mask: focus.mrc\n");
+    emclass(d, &["-q", "classify3d", "a.yaml"]).ok();
+    emclass(d, &["-q", "classify3d", "b.yaml"]).ok();
+    let (plain, focus) = (
+        ari(&d.join("plain/particles.h5")),
+        ari(&d.join("focus/particles.h5")),
+    );
+    eprintln!("ARI without focus mask {plain:.4}, with {focus:.4}");
+    assert!(focus >= plain - 1e-9, "focus {focus} < plain {plain}");
+    assert!(focus > 0.5, "{focus}");
+    assert!(d.join("focus/focus_mask.mrc").is_file());
+}
+
+#[test]
+fn symmetry_reorder_and_per_iteration_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    simulate(d, "sim", 600, &[]);
+    let extra = "symmetry: C2\noutput_every_fem_iter: true\nfem_max_iterations: 2\nconvergence_switch_pct: 0\nrms_density_change_threshold: null\n";
+    config(d, "c.yaml", "sim/particles.h5", "out", extra);
+    emclass(d, &["-q", "classify3d", "c.yaml"]).ok();
+    let out = d.join("out");
+    let (v, _) = read_volume(out.join("volumes/class_00.mrc")).unwrap();
+    // C2 about z: v(z, y, x) = v(z, n − y, n − x) around the centre n/2.
+    let n = v.dim().0;
+    let (mut e, mut p) = (0.0f64, 0.0f64);
+    for z in 0..n {
+        for y in 1..n {
+            for x in 1..n {
+                let w = v[[z, n - y, n - x]] as f64;
+                e += (v[[z, y, x]] as f64 - w).powi(2);
+                p += (v[[z, y, x]] as f64).powi(2);
+            }
+        }
+    }
+    assert!(e / p < 0.05, "not C2-symmetric: relative error {}", e / p);
+    let fem = ls(&out.join("fem_iterations"));
+    assert_eq!(fem.len(), 2, "{fem:?}");
+    assert!(out
+        .join("fem_iterations")
+        .join(&fem[0])
+        .join("volumes/class_01.mrc")
+        .is_file());
+    assert!(out.join("fem_iterations").join(&fem[1]).join("particles.h5").is_file());
+    // Reordering: class 0 is the largest.
+    config(d, "r.yaml", "sim/particles.h5", "re", "num_classes: 3\nreorder_classes_by_size: true\n");
+    emclass(d, &["-q", "classify3d", "r.yaml"]).ok();
+    let c = column(&d.join("re/particles.h5"), "alignments3D/class");
+    let count = |k: f64| c.iter().filter(|v| **v == k).count();
+    assert!(count(0.0) >= count(1.0) && count(1.0) >= count(2.0));
+}
+
+#[test]
+fn ranks_agree_under_mpirun() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    simulate(d, "sim", 1200, &[]);
+    config(d, "c1.yaml", "sim/particles.h5", "r1", "");
+    config(d, "c2.yaml", "sim/particles.h5", "r2", "");
+    config(d, "c3.yaml", "sim/particles.h5", "r3", "");
+    mpirun(d, 1, &["-q", "classify3d", "c1.yaml"]).ok();
+    mpirun(d, 2, &["-q", "classify3d", "c2.yaml"]).ok();
+    mpirun(d, 3, &["-q", "classify3d", "c3.yaml"]).ok();
+    let lab = |o: &str| -> Vec<i64> {
+        column(&d.join(o).join("particles.h5"), "alignments3D/class")
+            .iter()
+            .map(|v| *v as i64)
+            .collect()
+    };
+    let (a, b, c) = (lab("r1"), lab("r2"), lab("r3"));
+    for (name, other) in [("2 ranks", &b), ("3 ranks", &c)] {
+        let agree = matched_agreement(&a, other);
+        assert!(agree >= 0.995, "{name}: {agree}");
+    }
+}
+
+#[test]
+fn bad_inputs_fail_with_one_line_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    simulate(d, "sim", 200, &[]);
+    // A 2D set has no poses.
+    std::fs::write(d.join("v.yaml"), "output: unused\nmode: views2d\n").unwrap();
+    emclass(
+        d,
+        &["-q", "simulate", "v.yaml", "--set", "output=views", "--set", "num_particles=50", "--set", "box_px=48"],
+    )
+    .ok();
+    config(d, "p.yaml", "views/particles.h5", "o1", "");
+    emclass(d, &["classify3d", "p.yaml"]).fails_with(&["alignments3D/pose", "missing"]);
+    // No filter resolution.
+    std::fs::write(d.join("f.yaml"), "input: sim/particles.h5\noutput: o2\n").unwrap();
+    emclass(d, &["classify3d", "f.yaml"]).fails_with(&["filter_res_A", "must be set"]);
+    // Initial volumes that do not match num_classes.
+    config(d, "i.yaml", "sim/particles.h5", "o3", "init_mode: input\ninitial_volumes: [sim/volumes/state_00.mrc]\n");
+    emclass(d, &["classify3d", "i.yaml"]).fails_with(&["initial_volumes", "one volume per class"]);
+    // A mask of the wrong physical size.
+    let small = ndarray::Array3::<f32>::ones((16, 16, 16));
+    write_volume(d.join("small.mrc"), small.view(), 3.0).unwrap();
+    config(d, "m.yaml", "sim/particles.h5", "o4", "solvent_mask: small.mrc\n");
+    emclass(d, &["classify3d", "m.yaml"]).fails_with(&["solvent_mask", "spans"]);
+    // A mask with values outside [0, 1].
+    let big = ndarray::Array3::<f32>::from_elem((48, 48, 48), 3.0);
+    write_volume(d.join("bad.mrc"), big.view(), 3.0).unwrap();
+    config(d, "b.yaml", "sim/particles.h5", "o5", "focus_mask: bad.mrc\n");
+    emclass(d, &["classify3d", "b.yaml"]).fails_with(&["bad.mrc", "not in [0, 1]"]);
+    // Incompatible options.
+    config(d, "x.yaml", "sim/particles.h5", "o6", "output_every_fem_iter: true\nreorder_classes_by_size: true\n");
+    emclass(d, &["classify3d", "x.yaml"]).fails_with(&["output_every_fem_iter"]);
+    for o in ["o1", "o2", "o3", "o4", "o5", "o6"] {
+        assert!(!d.join(o).exists(), "{o} was written");
+    }
+}
+
+#[test]
+fn example_config_documents_every_key_with_its_default() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/classify3d.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let map: serde_norway::Mapping = serde_norway::from_str(&text).unwrap();
+    let cfg: emclass::classify3d::config::Classify3dConfig = serde_norway::from_str(&text).unwrap();
+    let defaults = emclass::classify3d::config::Classify3dConfig::with_paths(
+        cfg.input.clone(),
+        cfg.output.clone(),
+        10.0,
+    );
+    assert_eq!(cfg, defaults, "configs/classify3d.yaml values differ from the defaults");
+    let all: serde_norway::Value = serde_norway::to_value(&defaults).unwrap();
+    for key in all.as_mapping().unwrap().keys() {
+        let k = key.as_str().unwrap();
+        assert!(map.contains_key(k), "configs/classify3d.yaml lacks {k}");
+    }
+    for line in text.lines().filter(|l| !l.starts_with('#') && l.contains(':')) {
+        assert!(line.contains(" # "), "no explanation on: {line}");
+    }
+}
