@@ -65,10 +65,7 @@ fn column(path: &Path, field: &str) -> Vec<f64> {
 
 /// ARI of `alignments3D/class` against `gt/state` over non-junk particles.
 fn ari(path: &Path) -> f64 {
-    let (gt, class) = (
-        column(path, "gt/state"),
-        column(path, "alignments3D/class"),
-    );
+    let (gt, class) = (column(path, "gt/state"), column(path, "alignments3D/class"));
     let (a, b): (Vec<i64>, Vec<i64>) = gt
         .iter()
         .zip(&class)
@@ -183,8 +180,14 @@ fn hard_after_anneal_switches_when_similarity_reaches_zero() {
     let s = summary(&d.join("out"));
     let it = s["iterations"].as_array().unwrap();
     assert_eq!(it.len(), 6);
-    let sim: Vec<f64> = it.iter().map(|r| r["class_similarity"].as_f64().unwrap()).collect();
-    let hard: Vec<bool> = it.iter().map(|r| r["hard_classification"].as_bool().unwrap()).collect();
+    let sim: Vec<f64> = it
+        .iter()
+        .map(|r| r["class_similarity"].as_f64().unwrap())
+        .collect();
+    let hard: Vec<bool> = it
+        .iter()
+        .map(|r| r["hard_classification"].as_bool().unwrap())
+        .collect();
     assert_eq!(sim, vec![0.6, 0.6, 0.3, 0.0, 0.0, 0.0]);
     assert_eq!(hard, vec![false, false, false, true, true, true]);
     // Soft probabilities before the switch show up as ESS > 1 in the first iteration.
@@ -205,7 +208,13 @@ fn focus_mask_on_the_variable_domain_classifies_at_least_as_well() {
     let mask = solvent_mask(diff.view(), ps as f64, 0.2, 6.0, 6.0).unwrap();
     write_volume(d.join("focus.mrc"), mask.view(), ps).unwrap();
     config(d, "a.yaml", "sim/particles.h5", "plain", "");
-    config(d, "b.yaml", "sim/particles.h5", "focus", "focus_mask: focus.mrc\n");
+    config(
+        d,
+        "b.yaml",
+        "sim/particles.h5",
+        "focus",
+        "focus_mask: focus.mrc\n",
+    );
     emclass(d, &["-q", "classify3d", "a.yaml"]).ok();
     emclass(d, &["-q", "classify3d", "b.yaml"]).ok();
     let (plain, focus) = (
@@ -248,9 +257,19 @@ fn symmetry_reorder_and_per_iteration_output() {
         .join(&fem[0])
         .join("volumes/class_01.mrc")
         .is_file());
-    assert!(out.join("fem_iterations").join(&fem[1]).join("particles.h5").is_file());
+    assert!(out
+        .join("fem_iterations")
+        .join(&fem[1])
+        .join("particles.h5")
+        .is_file());
     // Reordering: class 0 is the largest.
-    config(d, "r.yaml", "sim/particles.h5", "re", "num_classes: 3\nreorder_classes_by_size: true\n");
+    config(
+        d,
+        "r.yaml",
+        "sim/particles.h5",
+        "re",
+        "num_classes: 3\nreorder_classes_by_size: true\n",
+    );
     emclass(d, &["-q", "classify3d", "r.yaml"]).ok();
     let c = column(&d.join("re/particles.h5"), "alignments3D/class");
     let count = |k: f64| c.iter().filter(|v| **v == k).count();
@@ -290,7 +309,17 @@ fn bad_inputs_fail_with_one_line_naming_the_field() {
     std::fs::write(d.join("v.yaml"), "output: unused\nmode: views2d\n").unwrap();
     emclass(
         d,
-        &["-q", "simulate", "v.yaml", "--set", "output=views", "--set", "num_particles=50", "--set", "box_px=48"],
+        &[
+            "-q",
+            "simulate",
+            "v.yaml",
+            "--set",
+            "output=views",
+            "--set",
+            "num_particles=50",
+            "--set",
+            "box_px=48",
+        ],
     )
     .ok();
     config(d, "p.yaml", "views/particles.h5", "o1", "");
@@ -299,20 +328,44 @@ fn bad_inputs_fail_with_one_line_naming_the_field() {
     std::fs::write(d.join("f.yaml"), "input: sim/particles.h5\noutput: o2\n").unwrap();
     emclass(d, &["classify3d", "f.yaml"]).fails_with(&["filter_res_A", "must be set"]);
     // Initial volumes that do not match num_classes.
-    config(d, "i.yaml", "sim/particles.h5", "o3", "init_mode: input\ninitial_volumes: [sim/volumes/state_00.mrc]\n");
+    config(
+        d,
+        "i.yaml",
+        "sim/particles.h5",
+        "o3",
+        "init_mode: input\ninitial_volumes: [sim/volumes/state_00.mrc]\n",
+    );
     emclass(d, &["classify3d", "i.yaml"]).fails_with(&["initial_volumes", "one volume per class"]);
     // A mask of the wrong physical size.
     let small = ndarray::Array3::<f32>::ones((16, 16, 16));
     write_volume(d.join("small.mrc"), small.view(), 3.0).unwrap();
-    config(d, "m.yaml", "sim/particles.h5", "o4", "solvent_mask: small.mrc\n");
+    config(
+        d,
+        "m.yaml",
+        "sim/particles.h5",
+        "o4",
+        "solvent_mask: small.mrc\n",
+    );
     emclass(d, &["classify3d", "m.yaml"]).fails_with(&["solvent_mask", "spans"]);
     // A mask with values outside [0, 1].
     let big = ndarray::Array3::<f32>::from_elem((48, 48, 48), 3.0);
     write_volume(d.join("bad.mrc"), big.view(), 3.0).unwrap();
-    config(d, "b.yaml", "sim/particles.h5", "o5", "focus_mask: bad.mrc\n");
+    config(
+        d,
+        "b.yaml",
+        "sim/particles.h5",
+        "o5",
+        "focus_mask: bad.mrc\n",
+    );
     emclass(d, &["classify3d", "b.yaml"]).fails_with(&["bad.mrc", "not in [0, 1]"]);
     // Incompatible options.
-    config(d, "x.yaml", "sim/particles.h5", "o6", "output_every_fem_iter: true\nreorder_classes_by_size: true\n");
+    config(
+        d,
+        "x.yaml",
+        "sim/particles.h5",
+        "o6",
+        "output_every_fem_iter: true\nreorder_classes_by_size: true\n",
+    );
     emclass(d, &["classify3d", "x.yaml"]).fails_with(&["output_every_fem_iter"]);
     for o in ["o1", "o2", "o3", "o4", "o5", "o6"] {
         assert!(!d.join(o).exists(), "{o} was written");
@@ -330,13 +383,19 @@ fn example_config_documents_every_key_with_its_default() {
         cfg.output.clone(),
         10.0,
     );
-    assert_eq!(cfg, defaults, "configs/classify3d.yaml values differ from the defaults");
+    assert_eq!(
+        cfg, defaults,
+        "configs/classify3d.yaml values differ from the defaults"
+    );
     let all: serde_norway::Value = serde_norway::to_value(&defaults).unwrap();
     for key in all.as_mapping().unwrap().keys() {
         let k = key.as_str().unwrap();
         assert!(map.contains_key(k), "configs/classify3d.yaml lacks {k}");
     }
-    for line in text.lines().filter(|l| !l.starts_with('#') && l.contains(':')) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains(':'))
+    {
         assert!(line.contains(" # "), "no explanation on: {line}");
     }
 }

@@ -26,11 +26,7 @@ fn help_lists_every_subcommand_of_the_design() {
 fn jobs_of_later_issues_say_not_implemented_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("job.yaml"), "output: out\n").unwrap();
-    for (job, issue) in [
-        ("subset", "5"),
-        ("select2d", "5"),
-        ("rebalance2d", "5"),
-    ] {
+    for (job, issue) in [("subset", "5"), ("select2d", "5"), ("rebalance2d", "5")] {
         let line =
             emclass(dir.path(), &[job, "job.yaml"]).fails_with(&[job, "not implemented yet"]);
         assert!(line.contains(&format!("issue {issue}")), "{line}");

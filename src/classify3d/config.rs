@@ -341,8 +341,20 @@ impl crate::config::JobConfig for Classify3dConfig {
             1e-6,
             1.0 - 1e-6,
         )?;
-        check_range(path, "solvent_mask_dilate_A", self.solvent_mask_dilate_a, 0.0, 1e4)?;
-        check_range(path, "solvent_mask_soft_A", self.solvent_mask_soft_a, 0.0, 1e4)?;
+        check_range(
+            path,
+            "solvent_mask_dilate_A",
+            self.solvent_mask_dilate_a,
+            0.0,
+            1e4,
+        )?;
+        check_range(
+            path,
+            "solvent_mask_soft_A",
+            self.solvent_mask_soft_a,
+            0.0,
+            1e4,
+        )?;
         check_range(
             path,
             "oem_learning_rate_init",
@@ -426,8 +438,8 @@ mod tests {
         assert_eq!(c.oem_iterations(20_000), 20);
         assert_eq!(c.anneal_end(20_000), 10);
         // Short name of the half-life accepted too.
-        let c = load("input: a\noutput: b\nfilter_res_A: 10\noem_learning_rate_halflife: 0\n")
-            .unwrap();
+        let c =
+            load("input: a\noutput: b\nfilter_res_A: 10\noem_learning_rate_halflife: 0\n").unwrap();
         assert_eq!(c.oem_learning_rate_halflife_pct, 0.0);
     }
 

@@ -149,7 +149,12 @@ impl<'a> Engine<'a> {
     }
 
     /// σ² per shell from the residuals of every particle against `vol`.
-    fn noise_against(&self, parts: &Particles3d, vol: &Array3<f32>, prev: &[f64]) -> Result<Vec<f64>> {
+    fn noise_against(
+        &self,
+        parts: &Particles3d,
+        vol: &Array3<f32>,
+        prev: &[f64],
+    ) -> Result<Vec<f64>> {
         let proj = Projector::new(vol.view(), PAD);
         let all: Vec<usize> = (0..parts.len()).collect();
         let sc = score(parts, self.grid, &[&proj], &all, prev);
@@ -183,7 +188,9 @@ impl<'a> Engine<'a> {
         let t0 = Instant::now();
         let ones = Array3::<f32>::ones((n, n, n));
         let all_one: Vec<Option<usize>> = vec![Some(0); n_local];
-        let mut consensus = self.reconstruct_groups(parts, &all_one, 1, &ones)?.remove(0);
+        let mut consensus = self
+            .reconstruct_groups(parts, &all_one, 1, &ones)?
+            .remove(0);
         // 2. Solvent mask (given, or from the consensus).
         let (mask, generated) = match &self.solvent_mask {
             Some(m) => (m.clone(), false),
@@ -221,7 +228,10 @@ impl<'a> Engine<'a> {
         match cfg.per_particle_scale {
             ScaleMode::None => parts.scale.iter_mut().for_each(|s| *s = 1.0),
             ScaleMode::Input => {
-                parts.scale = self.input_scales.clone().unwrap_or_else(|| vec![1.0; n_local])
+                parts.scale = self
+                    .input_scales
+                    .clone()
+                    .unwrap_or_else(|| vec![1.0; n_local])
             }
             ScaleMode::Optimal => {
                 let proj = Projector::new(consensus.vol.view(), PAD);
@@ -245,7 +255,9 @@ impl<'a> Engine<'a> {
                 // One least-squares scale for all input volumes (their mean against the
                 // consensus), so the particles' scale applies and their differences in mass
                 // are kept.
-                let mean = vols.iter().fold(Array3::<f32>::zeros((n, n, n)), |acc, v| acc + v)
+                let mean = vols
+                    .iter()
+                    .fold(Array3::<f32>::zeros((n, n, n)), |acc, v| acc + v)
                     / vols.len().max(1) as f32;
                 let (mut ab, mut bb) = (0.0f64, 0.0f64);
                 for (a, b) in consensus.vol.iter().zip(mean.iter()) {
@@ -288,7 +300,11 @@ impl<'a> Engine<'a> {
         };
 
         // 5. O-EM then F-EM.
-        let oem = if cfg.oem_epochs == 0 { 0 } else { cfg.oem_iterations(self.n_total) };
+        let oem = if cfg.oem_epochs == 0 {
+            0
+        } else {
+            cfg.oem_iterations(self.n_total)
+        };
         let halflife = cfg.oem_learning_rate_halflife_pct / 100.0 * oem as f64;
         let rate = LearningRate::new(cfg.oem_learning_rate_init, halflife)?;
         let mut driver = Driver::new(
@@ -312,7 +328,10 @@ impl<'a> Engine<'a> {
         let mut flows = Vec::new();
         let mut weights = vec![1.0 / k as f64; k];
         let mut prev_fem: Option<Vec<u32>> = None;
-        let mut stop_reason = format!("reached the iteration limit ({} O-EM + {} F-EM)", oem, cfg.fem_max_iterations);
+        let mut stop_reason = format!(
+            "reached the iteration limit ({} O-EM + {} F-EM)",
+            oem, cfg.fem_max_iterations
+        );
         let lay = self.layout(k)?;
         let ns = grid.n_shells();
         for t in 0..driver.max_iterations() {
@@ -333,7 +352,12 @@ impl<'a> Engine<'a> {
                 .map(|w| (w / tot).max(1e-3 / k as f64).ln())
                 .collect();
             let resp = responsibilities(sc.ll.view(), &log_prior, &params)?;
-            let probs = resp.probs().as_standard_layout().into_owned().into_raw_vec_and_offset().0;
+            let probs = resp
+                .probs()
+                .as_standard_layout()
+                .into_owned()
+                .into_raw_vec_and_offset()
+                .0;
             let mut assigned = vec![0u64; k];
             for (j, &i) in locals.iter().enumerate() {
                 let b = resp.best_class()[j];
@@ -394,7 +418,11 @@ impl<'a> Engine<'a> {
                 class_effective_size: weights.clone(),
                 class_res_a: classes.iter().map(|c| c.res_a).collect(),
                 switched_pct: switched,
-                rms_density_change: if phase == Phase::Full { rms_change } else { None },
+                rms_density_change: if phase == Phase::Full {
+                    rms_change
+                } else {
+                    None
+                },
                 seconds: start.elapsed().as_secs_f64(),
             };
             if comm.is_root() {
@@ -405,7 +433,11 @@ impl<'a> Engine<'a> {
                     record.phase,
                     record.particles,
                     record.class_similarity,
-                    if record.hard_classification { ", hard" } else { "" },
+                    if record.hard_classification {
+                        ", hard"
+                    } else {
+                        ""
+                    },
                     eta,
                     record.seconds
                 );
@@ -421,7 +453,9 @@ impl<'a> Engine<'a> {
                         .iter()
                         .map(|r| (r * 10.0).round() / 10.0)
                         .collect::<Vec<_>>(),
-                    switched.map(|s| format!(", switched {s:.2}%")).unwrap_or_default(),
+                    switched
+                        .map(|s| format!(", switched {s:.2}%"))
+                        .unwrap_or_default(),
                     record
                         .rms_density_change
                         .map(|r| format!(", RMS change {r:.4}"))
@@ -452,9 +486,7 @@ impl<'a> Engine<'a> {
                     }
                     if let (Some(thr), Some(r)) = (cfg.rms_density_change_threshold, rms_change) {
                         if r < thr {
-                            stop_reason = format!(
-                                "converged: RMS density change {r:.4} (< {thr})"
-                            );
+                            stop_reason = format!("converged: RMS density change {r:.4} (< {thr})");
                             break;
                         }
                     }

@@ -178,12 +178,7 @@ pub fn reconstruct_classes(
                 let t = 2 * c + h;
                 &acc[3 * v * t..3 * v * (t + 1)]
             };
-            Ok(reconstruct_one(
-                [part(0), part(1)],
-                grid,
-                mask,
-                use_fsc,
-            ))
+            Ok(reconstruct_one([part(0), part(1)], grid, mask, use_fsc))
         })
         .collect()
 }
@@ -200,12 +195,14 @@ pub fn reconstruct_one(
         let mean = shell_mean(a, n, PAD);
         reconstruct(a, n, |s| 0.01 * mean.get(s).copied().unwrap_or(0.0) + 1e-30)
     });
-    let masked: Vec<Array3<Complex32>> = half_maps
-        .iter()
-        .map(|h| rfft3((h * mask).view()))
-        .collect();
+    let masked: Vec<Array3<Complex32>> =
+        half_maps.iter().map(|h| rfft3((h * mask).view())).collect();
     let fsc = fsc_spectra(masked[0].view(), masked[1].view(), n);
-    let both: Vec<f64> = halves[0].iter().zip(halves[1]).map(|(a, b)| a + b).collect();
+    let both: Vec<f64> = halves[0]
+        .iter()
+        .zip(halves[1])
+        .map(|(a, b)| a + b)
+        .collect();
     let mean = shell_mean(&both, n, PAD);
     let lambda = |s: usize| -> f64 {
         let m = mean.get(s).copied().unwrap_or(0.0) + 1e-30;
@@ -277,7 +274,12 @@ pub fn effective_volumes(
 
 /// The size-weighted mean RMS change of the class volumes relative to the RMS of the
 /// consensus: `Σ_k w_k·rms(V_k − V'_k) / (Σ_k w_k · rms(C))`.
-pub fn rms_change(prev: &[ClassVolume], cur: &[ClassVolume], weights: &[f64], consensus: &Array3<f32>) -> f64 {
+pub fn rms_change(
+    prev: &[ClassVolume],
+    cur: &[ClassVolume],
+    weights: &[f64],
+    consensus: &Array3<f32>,
+) -> f64 {
     let tot: f64 = weights.iter().sum::<f64>().max(1e-300);
     let scale = rms(consensus.view()).max(1e-300);
     prev.iter()

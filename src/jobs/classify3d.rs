@@ -91,7 +91,8 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
     )?;
     let syms = collective(
         comm,
-        point_group(&cfg.symmetry).map_err(|e| Error::config(&args.config, "symmetry", e.to_string())),
+        point_group(&cfg.symmetry)
+            .map_err(|e| Error::config(&args.config, "symmetry", e.to_string())),
     )?;
     // The output folder (rank 0), refused before any work if it exists.
     let out = if comm.is_root() {
@@ -141,7 +142,9 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
                     flow_plots(&d.join("plots"), flow, view.record.iteration)?;
                 }
                 if cfg.output_every_fem_iter && view.phase == Phase::Full {
-                    let sub = d.join("fem_iterations").join(format!("iter_{:03}", view.record.iteration));
+                    let sub = d
+                        .join("fem_iterations")
+                        .join(format!("iter_{:03}", view.record.iteration));
                     std::fs::create_dir_all(&sub).map_err(|e| Error::io(&sub, e))?;
                     write_volumes(&sub, view.classes, grid.psize_a())?;
                     if let Some(all) = &all {
@@ -162,7 +165,15 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
             if cfg.reorder_classes_by_size {
                 reorder_by_size(&mut outcome, &mut all);
             }
-            write_outputs(&cfg, &args.config, out, &outcome, &all, &grid, focus.as_ref())
+            write_outputs(
+                &cfg,
+                &args.config,
+                out,
+                &outcome,
+                &all,
+                &grid,
+                focus.as_ref(),
+            )
         }
         _ => Ok(()),
     };
@@ -219,7 +230,10 @@ fn read_working_volume(
         ));
     }
     if let Some(v) = vol.iter().find(|v| !v.is_finite()) {
-        return Err(Error::file(p, format!("{key}: volume holds a non-finite value {v}")));
+        return Err(Error::file(
+            p,
+            format!("{key}: volume holds a non-finite value {v}"),
+        ));
     }
     if is_mask {
         check_mask(vol.view(), &p.display().to_string())?;
@@ -301,9 +315,21 @@ fn write_volumes(dir: &Path, classes: &[ClassVolume], psize_w: f64) -> Result<()
     let v = dir.join("volumes");
     std::fs::create_dir_all(&v).map_err(|e| Error::io(&v, e))?;
     for (k, c) in classes.iter().enumerate() {
-        write_volume(v.join(format!("class_{k:02}.mrc")), c.vol.view(), psize_w as f32)?;
-        write_volume(v.join(format!("class_{k:02}_half_A.mrc")), c.halves[0].view(), psize_w as f32)?;
-        write_volume(v.join(format!("class_{k:02}_half_B.mrc")), c.halves[1].view(), psize_w as f32)?;
+        write_volume(
+            v.join(format!("class_{k:02}.mrc")),
+            c.vol.view(),
+            psize_w as f32,
+        )?;
+        write_volume(
+            v.join(format!("class_{k:02}_half_A.mrc")),
+            c.halves[0].view(),
+            psize_w as f32,
+        )?;
+        write_volume(
+            v.join(format!("class_{k:02}_half_B.mrc")),
+            c.halves[1].view(),
+            psize_w as f32,
+        )?;
     }
     Ok(())
 }
@@ -320,7 +346,10 @@ fn result_table(input: &Dataset, all: &(Results, Vec<f64>)) -> ParticleTable {
         Column::new(ColumnData::F32(r.probs.clone()), r.k),
     );
     if scale.iter().all(|s| s.is_finite()) && scale.len() == r.class.len() {
-        table.set_f32("alignments3D/alpha", scale.iter().map(|s| *s as f32).collect());
+        table.set_f32(
+            "alignments3D/alpha",
+            scale.iter().map(|s| *s as f32).collect(),
+        );
     }
     table
 }
@@ -342,7 +371,9 @@ fn write_particles(
     write_referencing(&dir.join("particles.h5"), &table, &attrs, &input)?;
     if per_class {
         for k in 0..all.0.k {
-            let rows: Vec<usize> = (0..table.len()).filter(|&i| all.0.class[i] as usize == k).collect();
+            let rows: Vec<usize> = (0..table.len())
+                .filter(|&i| all.0.class[i] as usize == k)
+                .collect();
             write_referencing(
                 &dir.join(format!("particles_class_{k:02}.h5")),
                 &table.select(&rows),
@@ -357,8 +388,16 @@ fn write_particles(
 /// Class-flow matrix and diagram of one F-EM iteration (and the latest as the plain names).
 fn flow_plots(plots: &Path, flow: &[Vec<u64>], t: usize) -> Result<()> {
     let title = format!("Class flow into iteration {t}");
-    class_flow_matrix_png(&plots.join(format!("class_flow_matrix_iter{t:03}.png")), flow, &title)?;
-    class_flow_diagram_png(&plots.join(format!("class_flow_diagram_iter{t:03}.png")), flow, &title)?;
+    class_flow_matrix_png(
+        &plots.join(format!("class_flow_matrix_iter{t:03}.png")),
+        flow,
+        &title,
+    )?;
+    class_flow_diagram_png(
+        &plots.join(format!("class_flow_diagram_iter{t:03}.png")),
+        flow,
+        &title,
+    )?;
     class_flow_matrix_png(&plots.join("class_flow_matrix.png"), flow, &title)?;
     class_flow_diagram_png(&plots.join("class_flow_diagram.png"), flow, &title)
 }
@@ -399,8 +438,8 @@ fn write_outputs(
     let mut effective = vec![0.0; k];
     for (i, &c) in r.class.iter().enumerate() {
         assigned[c as usize] += 1.0;
-        for j in 0..k {
-            effective[j] += r.probs[i * k + j] as f64;
+        for (e, p) in effective.iter_mut().zip(&r.probs[i * k..(i + 1) * k]) {
+            *e += *p as f64;
         }
     }
     grouped_bars_png(
@@ -423,8 +462,18 @@ fn write_outputs(
         true,
     )?;
     let mut vols: Vec<(String, Array3<f32>)> = vec![("consensus".into(), o.consensus.vol.clone())];
-    vols.extend(o.classes.iter().enumerate().map(|(j, c)| (format!("class {j}"), c.vol.clone())));
-    volume_slices_png(&plots.join("class_volumes.png"), "Class volumes, central slices", &vols, false)?;
+    vols.extend(
+        o.classes
+            .iter()
+            .enumerate()
+            .map(|(j, c)| (format!("class {j}"), c.vol.clone())),
+    );
+    volume_slices_png(
+        &plots.join("class_volumes.png"),
+        "Class volumes, central slices",
+        &vols,
+        false,
+    )?;
     let side = grid.n as f64 * grid.psize_a();
     let curves: Vec<(String, Vec<(f64, f64)>)> = o
         .classes
@@ -437,7 +486,10 @@ fn write_outputs(
             (format!("class {j} ({:.1} Å)", c.res_a), pts)
         })
         .collect();
-    let series: Vec<(&str, &[(f64, f64)])> = curves.iter().map(|(n, p)| (n.as_str(), p.as_slice())).collect();
+    let series: Vec<(&str, &[(f64, f64)])> = curves
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.as_slice()))
+        .collect();
     lines_png(
         &plots.join("fsc.png"),
         "Half-map FSC per class (solvent-masked)",

@@ -73,7 +73,10 @@ fn corners(p: [f64; 3], m: usize) -> ([usize; 8], [f64; 8]) {
         let (x, y, z) = (x0 + dx as i64, y0 + dy as i64, z0 + dz as i64);
         if x < h && y.abs() < mi / 2 && z.abs() < mi / 2 {
             // |y|, |z| < m/2: wrapping needs one conditional add, not a division.
-            let (zw, yw) = (z + if z < 0 { mi } else { 0 }, y + if y < 0 { mi } else { 0 });
+            let (zw, yw) = (
+                z + if z < 0 { mi } else { 0 },
+                y + if y < 0 { mi } else { 0 },
+            );
             idx[c] = ((zw * mi + yw) * h + x) as usize;
             w[c] = wx[dx] * wy[dy] * wz[dz];
         }
@@ -289,7 +292,10 @@ impl PaddedSlice {
                     // A corner on the kx = 0 plane: its mirror −k gets the conjugate.
                     let i = idx[c];
                     let (z, y) = (i / (m * h), (i / h) % m);
-                    let (zm, ym) = ((mi - z as i64).rem_euclid(mi), (mi - y as i64).rem_euclid(mi));
+                    let (zm, ym) = (
+                        (mi - z as i64).rem_euclid(mi),
+                        (mi - y as i64).rem_euclid(mi),
+                    );
                     let mir = (zm as usize * m + ym as usize) * h;
                     if mir != i {
                         out.push(Contribution {
@@ -341,7 +347,11 @@ pub fn acc_side(len: usize) -> usize {
     while m * m * half_len(m) < len {
         m += 2;
     }
-    assert_eq!(m * m * half_len(m), len, "accumulator size is not m·m·(m/2+1)");
+    assert_eq!(
+        m * m * half_len(m),
+        len,
+        "accumulator size is not m·m·(m/2+1)"
+    );
     m
 }
 
@@ -517,7 +527,10 @@ mod tests {
         let n = 16;
         let (vol, _) = blobs(n);
         let other = vol.mapv(|v| v * v - 0.3);
-        let (p1, p2) = (Projector::new(vol.view(), 2), Projector::new(other.view(), 2));
+        let (p1, p2) = (
+            Projector::new(vol.view(), 2),
+            Projector::new(other.view(), 2),
+        );
         let a = euler_deg_to_matrix(40.0, 100.0, -70.0);
         let mut out = vec![Vec::new(), Vec::new()];
         Projector::project_many(&[&p1, &p2], &a, 6, &mut out);
