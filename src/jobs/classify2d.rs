@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use ndarray::{Array2, Array3, Axis};
 use serde_json::json;
 
-use crate::classify2d::config::{BackendChoice, Classify2dConfig};
+use crate::classify2d::config::Classify2dConfig;
 use crate::classify2d::duplicates;
 use crate::classify2d::engine::{Engine, IterationView, Outcome, Results};
 use crate::classify2d::grid::WorkGrid;
@@ -22,8 +22,8 @@ use crate::dataset::{Column, ColumnData, Dataset, DatasetAttrs};
 use crate::em::metrics::adjusted_rand_index;
 use crate::error::{Error, Result};
 use crate::formats::mrc::write_stack;
-use crate::jobs::collective;
 use crate::jobs::output::{check_writable, OutputDir};
+use crate::jobs::{collective, select_backend};
 use crate::numerics::fft::{irfft2, rfft2};
 use crate::numerics::frc::frc_resolution_a;
 use crate::numerics::image2d::fourier_pad;
@@ -52,7 +52,7 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
                 format!("{} classes for {n_total} particles", cfg.num_classes),
             ));
         }
-        select_backend(&args.config, cfg.backend)
+        select_backend(&args.config, cfg.backend, "classify2d")
     });
     collective(comm, checked)?;
     // The output folder (rank 0), refused before any work if it exists.
@@ -111,25 +111,6 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         _ => Ok(()),
     };
     collective(comm, written)
-}
-
-/// `auto` and `cpu` run on the CPU; `cuda` needs the CUDA backend.
-fn select_backend(path: &Path, b: BackendChoice) -> Result<()> {
-    match b {
-        BackendChoice::Cpu => Ok(()),
-        BackendChoice::Auto => {
-            log::info!(
-                "backend: CPU (rayon, {} threads)",
-                rayon::current_num_threads()
-            );
-            Ok(())
-        }
-        BackendChoice::Cuda => Err(Error::config(
-            path,
-            "backend",
-            "cuda: this build has no CUDA backend for classify2d yet; use auto or cpu",
-        )),
-    }
 }
 
 /// The class-average mask and post-processing switches.

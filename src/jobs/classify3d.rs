@@ -11,7 +11,7 @@ use ndarray::Array3;
 use serde_json::json;
 
 use crate::classify2d::grid::WorkGrid;
-use crate::classify3d::config::{BackendChoice, Classify3dConfig, InitMode, ScaleMode};
+use crate::classify3d::config::{Classify3dConfig, InitMode, ScaleMode};
 use crate::classify3d::engine::{Engine, Outcome, Results};
 use crate::classify3d::model::ClassVolume;
 use crate::classify3d::particles;
@@ -24,8 +24,8 @@ use crate::em::driver::Phase;
 use crate::error::{Error, Result};
 use crate::formats::mrc::{read_volume, write_volume};
 use crate::jobs::classify2d::table_ari;
-use crate::jobs::collective;
 use crate::jobs::output::{check_writable, OutputDir};
+use crate::jobs::{collective, select_backend};
 use crate::numerics::symmetry::point_group;
 use crate::numerics::volume::{check_mask, resample3};
 use crate::report::plot::{histogram_png, lines_png, PLOT_SIZE_PX};
@@ -48,7 +48,7 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
     let (box_px, psize) = (ds.box_px(), ds.psize_a() as f64);
     let checked = cfg
         .validate_for(&args.config, box_px, psize, n_total)
-        .and_then(|_| select_backend(&args.config, cfg.backend));
+        .and_then(|_| select_backend(&args.config, cfg.backend, "classify3d"));
     collective(comm, checked)?;
     let grid = WorkGrid::new(box_px, psize, cfg.res_a());
     // Masks and initial volumes (every rank reads them: small files).
@@ -178,25 +178,6 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         _ => Ok(()),
     };
     collective(comm, written)
-}
-
-/// `auto` and `cpu` run on the CPU; `cuda` needs the CUDA backend.
-fn select_backend(path: &Path, b: BackendChoice) -> Result<()> {
-    match b {
-        BackendChoice::Cpu => Ok(()),
-        BackendChoice::Auto => {
-            log::info!(
-                "backend: CPU (rayon, {} threads)",
-                rayon::current_num_threads()
-            );
-            Ok(())
-        }
-        BackendChoice::Cuda => Err(Error::config(
-            path,
-            "backend",
-            "cuda: this build has no CUDA backend for classify3d yet; use auto or cpu",
-        )),
-    }
 }
 
 /// Reads an MRC volume covering the particle box (`side_a` Å, within 2%) and resamples it to

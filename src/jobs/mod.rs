@@ -34,6 +34,31 @@ pub fn run(cmd: &Command, comm: &dyn Comm) -> Result<()> {
     }
 }
 
+/// `auto` and `cpu` run on the CPU (logged); `cuda` is refused until the CUDA backend lands
+/// (issue 6), naming the config file, the key and the job.
+pub(crate) fn select_backend(
+    path: &std::path::Path,
+    b: crate::classify2d::config::BackendChoice,
+    job: &str,
+) -> Result<()> {
+    use crate::classify2d::config::BackendChoice;
+    match b {
+        BackendChoice::Cpu => Ok(()),
+        BackendChoice::Auto => {
+            log::info!(
+                "backend: CPU (rayon, {} threads)",
+                rayon::current_num_threads()
+            );
+            Ok(())
+        }
+        BackendChoice::Cuda => Err(Error::config(
+            path,
+            "backend",
+            format!("cuda: this build has no CUDA backend for {job} yet; use auto or cpu"),
+        )),
+    }
+}
+
 /// A job that a later issue implements: refuse plainly, write nothing.
 fn later(job: &'static str, issue: u32) -> Result<()> {
     Err(Error::NotImplemented { job, issue })

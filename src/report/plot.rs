@@ -28,7 +28,7 @@ pub const PLOT_SIZE_PX: (u32, u32) = (800, 600);
 /// Series colours (matplotlib's tab10: blue, orange, green, red, purple, brown), so the
 /// noise-model plot has current sigma blue, current noise orange, initial sigma green as in
 /// CryoSPARC's.
-const COLOURS: [RGBColor; 6] = [
+pub(crate) const COLOURS: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),

@@ -21,19 +21,11 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::error::{Error, Result};
-use crate::report::plot::{ensure_font, finite_range, render, write_png_atomic, FONT_FAMILY};
+use crate::report::plot::{
+    ensure_font, finite_range, render, write_png_atomic, COLOURS, FONT_FAMILY,
+};
 
 type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
-
-/// Series colours (matplotlib's tab10, as in [`crate::report::plot`]).
-const SERIES_COLOURS: [RGBColor; 6] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-];
 
 /// Cells of the flow matrix whose current class is empty (no fraction to show).
 const EMPTY_CELL: RGBColor = RGBColor(225, 225, 225);
@@ -478,7 +470,7 @@ pub fn grouped_bars_png(
             .label_style((FONT_FAMILY, 14))
             .draw()?;
         for (s, (name, values)) in series.iter().enumerate() {
-            let colour = SERIES_COLOURS[s % SERIES_COLOURS.len()];
+            let colour = COLOURS[s % COLOURS.len()];
             let x_off = -0.5 * group + s as f64 * bar_w;
             chart
                 .draw_series(
@@ -887,7 +879,7 @@ mod tests {
         let img = decode(&path);
         assert_eq!(img.dimensions(), (800, 600));
         let has = |c: RGBColor| img.pixels().any(|p| p.0 == [c.0, c.1, c.2]);
-        assert!(has(SERIES_COLOURS[0]) && has(SERIES_COLOURS[1]));
+        assert!(has(COLOURS[0]) && has(COLOURS[1]));
         assert!(!dir.path().join("sizes.png.tmp").exists());
     }
 
