@@ -8,6 +8,7 @@ pub mod classify3d;
 pub mod cli;
 pub mod comm;
 pub mod config;
+pub mod curate;
 pub mod dataset;
 pub mod em;
 pub mod error;

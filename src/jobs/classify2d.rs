@@ -165,13 +165,24 @@ fn montage(
         .zip(frc05)
         .map(|(&c, &r)| class_label(c.round() as usize, Some(r)))
         .collect();
+    class_montage(path, images, &labels, psize, box_px)
+}
+
+/// Montage of class averages `(K, box, box)` with one label each, 10 per row, scale bar.
+pub(crate) fn class_montage(
+    path: &Path,
+    images: &Array3<f32>,
+    labels: &[String],
+    psize: f64,
+    box_px: usize,
+) -> Result<()> {
     let style = MontageStyle {
         ncols: 10,
         tile_px: 128,
         psize_a: psize,
         scale_bar_a: scale_bar_a(box_px as f64 * psize),
     };
-    montage_png(path, images.view(), &labels, &style)
+    montage_png(path, images.view(), labels, &style)
 }
 
 /// A round scale-bar length of about a quarter of the box.

@@ -2,6 +2,7 @@
 //! (import, export, simulate) run on rank 0 while the other ranks wait, and every rank ends
 //! with the same success or failure.
 
+pub mod classes2d;
 pub mod classify2d;
 pub mod classify3d;
 pub mod comm_check;
@@ -9,8 +10,11 @@ pub mod export;
 pub mod import;
 pub mod info;
 pub mod output;
+pub mod select2d;
+pub mod selection;
 pub mod simulate;
 pub mod staged;
+pub mod subset;
 
 use crate::cli::Command;
 use crate::comm::Comm;
@@ -24,8 +28,8 @@ pub fn run(cmd: &Command, comm: &dyn Comm) -> Result<()> {
         Command::Simulate(args) => on_root(comm, || simulate::run(args)),
         Command::Classify2d(args) => classify2d::run(args, comm),
         Command::Classify3d(args) => classify3d::run(args, comm),
-        Command::Subset(_) => later("subset", 5),
-        Command::Select2d(_) => later("select2d", 5),
+        Command::Subset(args) => on_root(comm, || subset::run(args)),
+        Command::Select2d(args) => on_root(comm, || select2d::run(args)),
         Command::Rebalance2d(_) => later("rebalance2d", 5),
         Command::Info { dataset } => on_root(comm, || info::run(dataset)),
         Command::CommCheck { particles, dataset } => {

@@ -119,6 +119,26 @@ pub fn histogram_png(
     markers: &[f64],
     size_px: (u32, u32),
 ) -> Result<()> {
+    histogram_overlay_png(path, title, x_label, values, bins, markers, &[], size_px)
+}
+
+/// A probability density over x (per unit x) drawn over a histogram, with its legend name.
+pub type Density<'a> = (&'a str, &'a dyn Fn(f64) -> f64);
+
+/// As [`histogram_png`], with `curves` (densities integrating to the fraction of the values
+/// they describe, e.g. the weighted components of a fitted mixture) drawn over the bars,
+/// scaled to counts per bin, with a legend.
+#[allow(clippy::too_many_arguments)]
+pub fn histogram_overlay_png(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    values: &[f64],
+    bins: usize,
+    markers: &[f64],
+    curves: &[Density],
+    size_px: (u32, u32),
+) -> Result<()> {
     let bins = bins.max(1);
     let (lo, hi) = finite_range(values.iter().copied().chain(markers.iter().copied()));
     let width = (hi - lo) / bins as f64;
@@ -128,7 +148,23 @@ pub fn histogram_png(
         let b = (((v - lo) / width).floor() as usize).min(bins - 1);
         counts[b] += 1;
     }
-    let y_max = counts.iter().copied().max().unwrap_or(0).max(1) as f64 * 1.08;
+    // Curves in counts per bin: n · width · density, sampled at 400 points.
+    let n = values.iter().filter(|v| v.is_finite()).count() as f64;
+    let curve_pts: Vec<Vec<(f64, f64)>> = curves
+        .iter()
+        .map(|(_, f)| {
+            (0..=400)
+                .map(|i| lo + (hi - lo) * i as f64 / 400.0)
+                .map(|x| (x, n * width * f(x)))
+                .filter(|(_, y)| y.is_finite())
+                .collect()
+        })
+        .collect();
+    let c_max = curve_pts.iter().flatten().map(|p| p.1).fold(0.0, f64::max);
+    let y_max = (counts.iter().copied().max().unwrap_or(0) as f64)
+        .max(c_max)
+        .max(1.0)
+        * 1.08;
     render(path, size_px, |root| {
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(root)
@@ -153,6 +189,23 @@ pub fn histogram_png(
                 vec![(*m, 0.0), (*m, y_max)],
                 COLOURS[3].stroke_width(2),
             ))?;
+        }
+        for (i, ((name, _), pts)) in curves.iter().zip(&curve_pts).enumerate() {
+            let colour = COLOURS[(i + 1) % COLOURS.len()];
+            chart
+                .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))?
+                .label(*name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
+                });
+        }
+        if !curves.is_empty() {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .label_font((FONT_FAMILY, 14))
+                .draw()?;
         }
         Ok(())
     })

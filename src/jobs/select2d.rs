@@ -1,0 +1,146 @@
+//! `emclass select2d`: keep or drop particles by 2D class. The kept classes are `keep` (or
+//! every class but `drop`), minus the classes with fewer than `min_class_size` particles and,
+//! with `max_frc_res_A`, those whose FRC = 0.5 resolution is worse (a larger number) than it.
+//! Writes `selected.h5` / `excluded.h5`, the kept class averages as `classes_selected.mrcs`
+//! (in increasing class order) with a montage, `summary.json` and `config.used.yaml`.
+
+use ndarray::{Array3, Axis};
+use serde_json::json;
+
+use crate::cli::JobArgs;
+use crate::config;
+use crate::curate::config::Select2dConfig;
+use crate::curate::statistic::check_class_list;
+use crate::dataset::Dataset;
+use crate::error::{Error, Result};
+use crate::formats::mrc::write_stack;
+use crate::jobs::classes2d::{self, Classes2d};
+use crate::jobs::classify2d::class_montage;
+use crate::jobs::output::{check_writable, OutputDir};
+use crate::jobs::selection::{
+    finish, plots_dir, selected_excluded, true_particle_count, write_subsets,
+};
+
+/// Why a class is not kept.
+fn drop_reason(cfg: &Select2dConfig, c: usize, size: usize, frc: Option<f64>) -> Option<String> {
+    if !cfg.keep.is_empty() && !cfg.keep.contains(&c) {
+        return Some("not in keep".into());
+    }
+    if cfg.drop.contains(&c) {
+        return Some("in drop".into());
+    }
+    if size < cfg.min_class_size {
+        return Some(format!(
+            "{size} particles < min_class_size {}",
+            cfg.min_class_size
+        ));
+    }
+    match (cfg.max_frc_res_a, frc) {
+        (Some(max), Some(r)) if r.is_nan() || r > max => {
+            Some(format!("FRC resolution {r:.1} Å worse than {max} Å"))
+        }
+        _ => None,
+    }
+}
+
+/// Runs the job (on one process).
+pub fn run(args: &JobArgs) -> Result<()> {
+    let cfg: Select2dConfig = config::load(&args.config, &args.set)?;
+    check_writable(&cfg.output, args.overwrite)?;
+    let input = Dataset::open(&cfg.input)?;
+    let classes = classes2d::load(&input, cfg.classes_file.as_deref(), false, &args.config)?;
+    let k = classes.k;
+    let what = format!("the input's {k} 2D classes");
+    if !cfg.keep.is_empty() {
+        check_class_list(&cfg.keep, k, &args.config, "keep", &what)?;
+    }
+    if !cfg.drop.is_empty() {
+        check_class_list(&cfg.drop, k, &args.config, "drop", &what)?;
+    }
+    let frc = match (cfg.max_frc_res_a, &classes.averages) {
+        (Some(_), Some(a)) => Some(classes2d::frc_resolutions(&a.path, k)?),
+        (Some(_), None) => {
+            return Err(Error::config(
+                &args.config,
+                "max_frc_res_A",
+                "needs the class averages and their summary.json (set classes_file)",
+            ))
+        }
+        (None, _) => None,
+    };
+    let kept: Vec<bool> = (0..k)
+        .map(|c| {
+            let reason = drop_reason(&cfg, c, classes.sizes[c], frc.as_ref().map(|f| f[c]));
+            if let Some(r) = &reason {
+                log::debug!("class {c} dropped: {r}");
+            }
+            reason.is_none()
+        })
+        .collect();
+    let kept_classes: Vec<usize> = (0..k).filter(|&c| kept[c]).collect();
+    log::info!(
+        "select2d: keeping {} of {k} classes: {kept_classes:?}",
+        kept_classes.len()
+    );
+    let keep: Vec<bool> = classes.class.iter().map(|&c| kept[c]).collect();
+    let subsets = selected_excluded(
+        &keep,
+        "particles of the kept classes",
+        "particles of the other classes",
+    );
+    let out = OutputDir::create(&cfg.output, args.overwrite)?;
+    let dir = out.path().to_path_buf();
+    let source = format!("emclass select2d {}", args.config.display());
+    let counts = write_subsets(&dir, &input, input.table(), &subsets, &source)?;
+    write_kept_averages(&dir, &classes, &kept_classes, frc.as_deref())?;
+    let summary = json!({
+        "job": "select2d",
+        "input": cfg.input,
+        "class_averages": classes.averages.as_ref().map(|a| &a.path),
+        "num_particles": classes.class.len(),
+        "num_true_particles": true_particle_count(input.table()),
+        "num_classes": k,
+        "class_sizes": classes.sizes,
+        "class_frc05_res_A": frc,
+        "kept_classes": kept_classes,
+        "subsets": counts,
+    });
+    finish(out, &summary, &cfg, "select2d")
+}
+
+/// `classes_selected.mrcs` and `plots/classes_selected.png` (labels: original index, size,
+/// FRC resolution). Nothing when there are no averages or no kept class.
+fn write_kept_averages(
+    dir: &std::path::Path,
+    classes: &Classes2d,
+    kept: &[usize],
+    frc: Option<&[f64]>,
+) -> Result<()> {
+    let Some(a) = &classes.averages else {
+        return Ok(());
+    };
+    if kept.is_empty() {
+        log::info!("no class kept: no classes_selected.mrcs written");
+        return Ok(());
+    }
+    let imgs: Array3<f32> = a.images.select(Axis(0), kept);
+    write_stack(
+        dir.join("classes_selected.mrcs"),
+        imgs.view(),
+        a.psize_a as f32,
+    )?;
+    let labels: Vec<String> = kept
+        .iter()
+        .map(|&c| match frc.map(|f| f[c]) {
+            Some(r) if r.is_finite() => format!("#{c}  {} ptcls  {r:.1} Å", classes.sizes[c]),
+            _ => format!("#{c}  {} ptcls", classes.sizes[c]),
+        })
+        .collect();
+    class_montage(
+        &plots_dir(dir)?.join("classes_selected.png"),
+        &imgs,
+        &labels,
+        a.psize_a,
+        imgs.dim().1,
+    )
+}

@@ -1,0 +1,557 @@
+//! The curation jobs end to end on constructed inputs: `subset` (the seed's 2D and 3D worked
+//! examples, several thresholds, GMM clustering, edge cases, errors naming what is missing),
+//! `select2d` (keep/drop, minimum size, FRC resolution, kept averages) — with the outputs
+//! referencing the input images, carrying every input field and exporting like any dataset.
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+
+use emclass::dataset::store::write_referencing;
+use emclass::dataset::{Column, ColumnData, Dataset, DatasetAttrs, ParticleTable};
+
+/// Simulates `n` small particles (box 32, no junk, no duplicates) into `dir/sim_<n>` once and
+/// writes `dir/<name>` referencing their images with the table changed by `edit`.
+pub fn dataset(dir: &Path, name: &str, n: usize, edit: impl FnOnce(&mut ParticleTable)) -> PathBuf {
+    let sim = format!("sim_{n}");
+    if !dir.join(&sim).exists() {
+        std::fs::write(dir.join("sim.yaml"), "output: unused\nmode: views2d\n").unwrap();
+        let set = [
+            format!("output={sim}"),
+            format!("num_particles={n}"),
+            "box_px=32".into(),
+            "psize_A=4.0".into(),
+            "junk_fraction=0".into(),
+            "duplicate_fraction=0".into(),
+            "num_views=2".into(),
+            "snr=1".into(),
+        ];
+        let mut args = vec!["-q", "simulate", "sim.yaml"];
+        for s in &set {
+            args.extend(["--set", s.as_str()]);
+        }
+        emclass(dir, &args).ok();
+    }
+    let src = Dataset::open(&dir.join(&sim).join("particles.h5")).unwrap();
+    let mut t = src.table().clone();
+    edit(&mut t);
+    let path = dir.join(name);
+    let attrs = DatasetAttrs {
+        blob_root: None,
+        source: "test".into(),
+    };
+    write_referencing(&path, &t, &attrs, &src).unwrap();
+    path
+}
+
+fn f32_col(t: &mut ParticleTable, name: &str, values: Vec<f32>, width: usize) {
+    t.set(name, Column::new(ColumnData::F32(values), width));
+}
+
+fn uids(path: &Path) -> Vec<u64> {
+    Dataset::open(path).unwrap().table().uid().to_vec()
+}
+
+fn summary(dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
+}
+
+/// Writes `name` with the `key: value` lines and runs `emclass <job> name`.
+fn run_job(dir: &Path, job: &str, name: &str, lines: &str) -> Run {
+    std::fs::write(dir.join(name), lines).unwrap();
+    emclass(dir, &["-q", job, name])
+}
+
+#[test]
+fn subset_2d_keeps_the_seeds_example_and_ties_and_outputs_reference_the_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The seed's example at threshold 0.9: 0.95/0.01/0.01/0.00 kept, 0.4/0.3/0.2/0.0 dropped;
+    // a tie (0.9 stored as f32) is kept ("this value or greater").
+    let input = dataset(d, "in.h5", 3, |t| {
+        f32_col(
+            t,
+            "alignments2D/class_probs",
+            vec![
+                0.95, 0.01, 0.01, 0.0, 0.4, 0.3, 0.2, 0.0, 0.9, 0.1, 0.0, 0.0,
+            ],
+            4,
+        );
+        t.set_u32("alignments2D/class", vec![0, 0, 0]);
+    });
+    let all = uids(&input);
+    run_job(
+        d,
+        "subset",
+        "s.yaml",
+        "input: in.h5\noutput: out\nthresholds: [0.9]\n",
+    )
+    .ok();
+    let out = d.join("out");
+    assert_eq!(uids(&out.join("selected.h5")), vec![all[0], all[2]]);
+    assert_eq!(uids(&out.join("excluded.h5")), vec![all[1]]);
+    for f in [
+        "selected.h5",
+        "excluded.h5",
+        "summary.json",
+        "config.used.yaml",
+        "plots",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    assert!(
+        std::fs::metadata(out.join("plots/statistic.png"))
+            .unwrap()
+            .len()
+            > 1000
+    );
+    // Every input field is carried, and the images are the input's (referenced, not copied).
+    let src = Dataset::open(&input).unwrap();
+    let sel = Dataset::open(&out.join("selected.h5")).unwrap();
+    let mut a: Vec<&str> = src.table().names().collect();
+    let mut b: Vec<&str> = sel.table().names().collect();
+    a.sort_unstable();
+    b.sort_unstable();
+    assert_eq!(a, b);
+    let img_in = src.read_images(0..3).unwrap();
+    let img_sel = sel.read_images(0..2).unwrap();
+    assert_eq!(
+        img_sel.index_axis(ndarray::Axis(0), 1),
+        img_in.index_axis(ndarray::Axis(0), 2)
+    );
+    assert!(std::fs::metadata(out.join("selected.h5")).unwrap().len() < 64 * 1024);
+    let s = summary(&out);
+    assert_eq!(s["subsets"][0]["num_particles"], 2);
+    assert_eq!(s["subsets"][1]["num_particles"], 1);
+    // The subsets export like any dataset.
+    emclass(
+        d,
+        &[
+            "-q",
+            "export",
+            "--in",
+            "out/selected.h5",
+            "--star",
+            "sel.star",
+            "--mrcs",
+            "sel.mrcs",
+        ],
+    )
+    .ok();
+    let star = std::fs::read_to_string(d.join("sel.star")).unwrap();
+    assert_eq!(
+        star.lines().filter(|l| l.contains("@")).count(),
+        2,
+        "{star}"
+    );
+    emclass(
+        d,
+        &[
+            "-q",
+            "export",
+            "--in",
+            "out/excluded.h5",
+            "--cs",
+            "exc.cs",
+            "--mrcs",
+            "exc.mrcs",
+        ],
+    )
+    .ok();
+}
+
+#[test]
+fn subset_3d_sums_the_chosen_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The seed's example: classes 1 and 2 good, threshold 0.6; no single probability reaches
+    // 0.6 but particles 2 and 3 do in total (particle 3 exactly: kept).
+    let input = dataset(d, "in.h5", 3, |t| {
+        f32_col(
+            t,
+            "alignments3D/class_probs",
+            vec![0.5, 0.3, 0.1, 0.1, 0.1, 0.35, 0.3, 0.25, 0.2, 0.3, 0.3, 0.2],
+            4,
+        );
+    });
+    let all = uids(&input);
+    run_job(
+        d,
+        "subset",
+        "s.yaml",
+        "input: in.h5\noutput: out\nmode: class_probability_3d\nclasses: [1, 2]\nthresholds: [0.6]\n",
+    )
+    .ok();
+    assert_eq!(uids(&d.join("out/selected.h5")), vec![all[1], all[2]]);
+    assert_eq!(uids(&d.join("out/excluded.h5")), vec![all[0]]);
+}
+
+#[test]
+fn subset_by_field_with_several_thresholds_keep_below_and_gmm() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Two well separated groups of a statistic: 30 around 1.0 and 50 around 5.0.
+    let stat: Vec<f32> = (0..80)
+        .map(|i| {
+            if i % 8 < 3 {
+                1.0 + 0.01 * (i % 5) as f32
+            } else {
+                5.0 + 0.02 * (i % 7) as f32
+            }
+        })
+        .collect();
+    let low: Vec<usize> = (0..80).filter(|i| i % 8 < 3).collect();
+    let st = stat.clone();
+    let input = dataset(d, "in.h5", 80, move |t| f32_col(t, "my/stat", st, 1));
+    let all = uids(&input);
+    let pick = |rows: &[usize]| rows.iter().map(|&i| all[i]).collect::<Vec<u64>>();
+    let high: Vec<usize> = (0..80).filter(|i| !low.contains(i)).collect();
+    // GMM with 2 components: subset_00 = the low group, subset_01 = the high group.
+    run_job(
+        d,
+        "subset",
+        "g.yaml",
+        "input: in.h5\noutput: gmm\nmode: statistic\nfield: my/stat\nmethod: gmm\n",
+    )
+    .ok();
+    assert_eq!(uids(&d.join("gmm/subset_00.h5")), pick(&low));
+    assert_eq!(uids(&d.join("gmm/subset_01.h5")), pick(&high));
+    let s = summary(&d.join("gmm"));
+    let means = s["split"]["gmm"]["means"].as_array().unwrap();
+    assert!(
+        (means[0].as_f64().unwrap() - 1.02).abs() < 0.05,
+        "{means:?}"
+    );
+    assert!((means[1].as_f64().unwrap() - 5.06).abs() < 0.1, "{means:?}");
+    // Three thresholds → four intervals (the middle ones empty here).
+    run_job(
+        d,
+        "subset",
+        "t.yaml",
+        "input: in.h5\noutput: thr\nmode: statistic\nfield: my/stat\nthresholds: [2, 3, 5.05]\n",
+    )
+    .ok();
+    let n = |f: &str| Dataset::count(&d.join("thr").join(f)).unwrap();
+    let mid = stat.iter().filter(|&&v| (5.0..5.05).contains(&v)).count();
+    assert!(mid > 0 && mid < 50);
+    assert_eq!(
+        [
+            n("subset_00.h5"),
+            n("subset_01.h5"),
+            n("subset_02.h5"),
+            n("subset_03.h5")
+        ],
+        [30, 0, mid, 50 - mid]
+    );
+    // keep: below — the low group is selected.
+    run_job(
+        d,
+        "subset",
+        "b.yaml",
+        "input: in.h5\noutput: below\nmode: statistic\nfield: my/stat\nthresholds: [3]\nkeep: below\n",
+    )
+    .ok();
+    assert_eq!(uids(&d.join("below/selected.h5")), pick(&low));
+}
+
+#[test]
+fn subset_edge_cases_empty_all_and_one_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // K = 1: every probability is 1, every particle is kept even at threshold 1.
+    dataset(d, "k1.h5", 4, |t| {
+        f32_col(t, "alignments2D/class_probs", vec![1.0; 4], 1)
+    });
+    run_job(
+        d,
+        "subset",
+        "a.yaml",
+        "input: k1.h5\noutput: all\nthresholds: [1.0]\n",
+    )
+    .ok();
+    assert_eq!(Dataset::count(&d.join("all/selected.h5")).unwrap(), 4);
+    // Nothing passes: selected.h5 exists with no particles, and can be opened and exported.
+    dataset(d, "flat.h5", 4, |t| {
+        f32_col(t, "alignments2D/class_probs", vec![0.5; 8], 2)
+    });
+    run_job(
+        d,
+        "subset",
+        "e.yaml",
+        "input: flat.h5\noutput: none\nthresholds: [0.9]\n",
+    )
+    .ok();
+    assert_eq!(Dataset::count(&d.join("none/selected.h5")).unwrap(), 0);
+    assert_eq!(Dataset::count(&d.join("none/excluded.h5")).unwrap(), 4);
+    emclass(d, &["-q", "info", "none/selected.h5"]).ok();
+    // Ties in a GMM: all values identical → everything in one component, nothing lost.
+    dataset(d, "same.h5", 4, |t| f32_col(t, "my/x", vec![2.0; 4], 1));
+    run_job(
+        d,
+        "subset",
+        "g.yaml",
+        "input: same.h5\noutput: same\nmode: statistic\nfield: my/x\nmethod: gmm\n",
+    )
+    .ok();
+    let total = Dataset::count(&d.join("same/subset_00.h5")).unwrap()
+        + Dataset::count(&d.join("same/subset_01.h5")).unwrap();
+    assert_eq!(total, 4);
+}
+
+#[test]
+fn subset_errors_name_what_is_missing_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    dataset(d, "in.h5", 3, |t| {
+        f32_col(t, "alignments2D/class_probs", vec![0.5; 6], 2);
+        f32_col(t, "my/bad", vec![1.0, f32::NAN, 2.0], 1);
+    });
+    let before = tree_snapshot(d);
+    let cases: &[(&str, &[&str])] = &[
+        // 3D mode on 2D-only particles.
+        (
+            "mode: class_probability_3d\nclasses: [0]\n",
+            &[
+                "in.h5",
+                "alignments3D/class_probs",
+                "only alignments2D",
+                "classify3d",
+            ],
+        ),
+        (
+            "mode: statistic\nfield: ctf/nope\nthresholds: [1]\n",
+            &["ctf/nope", "no such field"],
+        ),
+        (
+            "mode: statistic\nfield: my/bad\nthresholds: [1]\n",
+            &["my/bad", "NaN"],
+        ),
+        (
+            "mode: statistic\nfield: alignments2D/class_probs\nthresholds: [1]\n",
+            &["component"],
+        ),
+        (
+            "mode: statistic\nfield: my/bad\n",
+            &["thresholds", "needs thresholds"],
+        ),
+        (
+            "mode: class_probability_3d\n",
+            &["classes", "good 3D classes"],
+        ),
+        (
+            "thresholds: [0.9, 0.5]\n",
+            &["thresholds", "increase strictly"],
+        ),
+        ("thresholds: [1.5]\n", &["thresholds", "outside"]),
+        ("classes: [1]\n", &["classes", "only used with"]),
+        (
+            "method: gmm\nthresholds: [0.5]\n",
+            &["thresholds", "only used with"],
+        ),
+        (
+            "method: gmm\ngmm_components: 5\n",
+            &["gmm_components", "cannot be clustered"],
+        ),
+        ("bogus: 1\n", &["bogus"]),
+    ];
+    for (extra, needles) in cases {
+        let r = run_job(
+            d,
+            "subset",
+            "s.yaml",
+            &format!("input: in.h5\noutput: out\n{extra}"),
+        );
+        r.fails_with(needles);
+        assert!(!d.join("out").exists());
+    }
+    std::fs::remove_file(d.join("s.yaml")).unwrap();
+    assert_same_tree(&before, &tree_snapshot(d));
+}
+
+/// A classify2d-like folder: `particles.h5` with `alignments2D/class`, `classes.mrcs` (one
+/// recognisable image per class: constant value = the class index) and `summary.json`.
+fn classified(d: &Path, classes: &[u32], k: usize, frc: &[f64]) -> PathBuf {
+    let c2d = d.join("c2d");
+    std::fs::create_dir_all(&c2d).unwrap();
+    let cls = classes.to_vec();
+    let p = dataset(d, "c2d/particles.h5", classes.len(), move |t| {
+        t.set_u32("alignments2D/class", cls)
+    });
+    let imgs: Vec<Vec<f32>> = (0..k).map(|c| vec![c as f32; 16 * 16]).collect();
+    write_mrc_stack(&c2d.join("classes.mrcs"), 16, 16, 8.0, &imgs);
+    std::fs::write(
+        c2d.join("summary.json"),
+        serde_json::json!({"class_frc05_res_A": frc}).to_string(),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn select2d_keep_drop_size_and_resolution() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 4 classes with 4, 3, 2, 1 particles; FRC resolutions 8, 20, 9, 10 Å.
+    let classes = [0, 1, 0, 2, 1, 0, 3, 2, 1, 0];
+    let input = classified(d, &classes, 4, &[8.0, 20.0, 9.0, 10.0]);
+    let all = uids(&input);
+    let of = |set: &[u32]| -> Vec<u64> {
+        (0..classes.len())
+            .filter(|&i| set.contains(&classes[i]))
+            .map(|i| all[i])
+            .collect()
+    };
+    let go = |out: &str, extra: &str| {
+        run_job(
+            d,
+            "select2d",
+            "s.yaml",
+            &format!("input: c2d/particles.h5\noutput: {out}\n{extra}"),
+        )
+        .ok();
+        d.join(out)
+    };
+    let o = go("keep", "keep: [2, 0]\n");
+    assert_eq!(uids(&o.join("selected.h5")), of(&[0, 2]));
+    assert_eq!(uids(&o.join("excluded.h5")), of(&[1, 3]));
+    // The kept averages, in increasing class order, and their montage.
+    let (avg, _) = read_mrc(&o.join("classes_selected.mrcs"));
+    assert_eq!(avg.len(), 2);
+    assert_eq!((avg[0][0], avg[1][0]), (0.0, 2.0));
+    assert!(o.join("plots/classes_selected.png").exists());
+    assert_eq!(summary(&o)["kept_classes"], serde_json::json!([0, 2]));
+    let o = go("drop", "drop: [1]\n");
+    assert_eq!(uids(&o.join("selected.h5")), of(&[0, 2, 3]));
+    let o = go("size", "min_class_size: 2\n");
+    assert_eq!(uids(&o.join("selected.h5")), of(&[0, 1, 2]));
+    let o = go("res", "max_frc_res_A: 9.5\ndrop: [0]\n");
+    assert_eq!(uids(&o.join("selected.h5")), of(&[2]));
+    // Everything dropped: an empty selected.h5 and no averages file.
+    let o = go("none", "min_class_size: 100\n");
+    assert_eq!(Dataset::count(&o.join("selected.h5")).unwrap(), 0);
+    assert!(!o.join("classes_selected.mrcs").exists());
+    // Errors.
+    let bad: &[(&str, &[&str])] = &[
+        ("keep: [0]\ndrop: [1]\n", &["drop", "not both"]),
+        ("keep: [4]\n", &["keep", "class 4 does not exist"]),
+        ("classes_file: nope.mrcs\n", &["nope.mrcs"]),
+    ];
+    for (extra, needles) in bad {
+        run_job(
+            d,
+            "select2d",
+            "s.yaml",
+            &format!("input: c2d/particles.h5\noutput: bad\n{extra}"),
+        )
+        .fails_with(needles);
+        assert!(!d.join("bad").exists());
+    }
+    // Particles without classes; averages that do not match the classes.
+    dataset(d, "plain.h5", 3, |_| {});
+    run_job(d, "select2d", "s.yaml", "input: plain.h5\noutput: bad\n").fails_with(&[
+        "plain.h5",
+        "alignments2D/class",
+        "classify2d",
+    ]);
+    write_mrc_stack(
+        &d.join("two.mrcs"),
+        16,
+        16,
+        8.0,
+        &[vec![0.0; 256], vec![1.0; 256]],
+    );
+    run_job(
+        d,
+        "select2d",
+        "s.yaml",
+        "input: c2d/particles.h5\noutput: bad\nclasses_file: two.mrcs\n",
+    )
+    .fails_with(&["alignments2D/class", "only 2 class averages"]);
+}
+
+#[test]
+fn curation_jobs_under_mpirun_match_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    dataset(d, "in.h5", 6, |t| {
+        f32_col(
+            t,
+            "alignments2D/class_probs",
+            vec![
+                0.95, 0.05, 0.5, 0.5, 0.2, 0.8, 1.0, 0.0, 0.6, 0.4, 0.91, 0.09,
+            ],
+            2,
+        )
+    });
+    std::fs::write(d.join("s.yaml"), "input: in.h5\noutput: one\n").unwrap();
+    emclass(d, &["-q", "subset", "s.yaml"]).ok();
+    for n in [2, 3] {
+        let out = format!("output=mpi{n}");
+        mpirun(d, n, &["-q", "subset", "s.yaml", "--set", &out]).ok();
+        for f in ["selected.h5", "excluded.h5"] {
+            assert_eq!(
+                uids(&d.join("one").join(f)),
+                uids(&d.join(format!("mpi{n}")).join(f))
+            );
+        }
+    }
+    assert_eq!(Dataset::count(&d.join("one/selected.h5")).unwrap(), 3);
+    // A failure under mpirun is one error line and a non-zero exit on every rank.
+    mpirun(d, 2, &["-q", "subset", "s.yaml", "--set", "output=one"])
+        .fails_with(&["already exists"]);
+}
+
+#[test]
+fn example_configs_document_every_key_with_its_default() {
+    use emclass::curate::config::{Rebalance2dConfig, Select2dConfig, SubsetConfig};
+    fn check<T: serde::de::DeserializeOwned + serde::Serialize + PartialEq + std::fmt::Debug>(
+        name: &str,
+    ) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("configs")
+            .join(name);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let map: serde_norway::Mapping = serde_norway::from_str(&text).unwrap();
+        let cfg: T = serde_norway::from_str(&text).unwrap();
+        let (i, o) = (
+            map["input"].as_str().unwrap(),
+            map["output"].as_str().unwrap(),
+        );
+        let defaults: T = serde_norway::from_str(&format!("input: {i}\noutput: {o}\n")).unwrap();
+        assert_eq!(
+            cfg, defaults,
+            "configs/{name} values differ from the defaults"
+        );
+        let all: serde_norway::Value = serde_norway::to_value(&defaults).unwrap();
+        for key in all.as_mapping().unwrap().keys() {
+            let k = key.as_str().unwrap();
+            assert!(map.contains_key(k), "configs/{name} lacks {k}");
+        }
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains(':'))
+        {
+            assert!(
+                line.contains(" # "),
+                "configs/{name}: no explanation on: {line}"
+            );
+        }
+    }
+    check::<SubsetConfig>("subset.yaml");
+    check::<Select2dConfig>("select2d.yaml");
+    check::<Rebalance2dConfig>("rebalance2d.yaml");
+}
+
+/// Images of an MRC stack written by the tests' or the program's writer (float32 only).
+fn read_mrc(path: &Path) -> (Vec<Vec<f32>>, usize) {
+    let s = emclass::formats::mrc::MrcStack::open(path).unwrap();
+    let a = s.read_all().unwrap();
+    let n = a.dim().1;
+    (
+        a.outer_iter()
+            .map(|im| im.iter().copied().collect())
+            .collect(),
+        n,
+    )
+}
