@@ -36,9 +36,6 @@ pub enum Error {
     /// Another rank failed; its own message says why (printed by that rank).
     #[error("another rank failed; see its message above")]
     Peer,
-    /// A job that a later issue implements.
-    #[error("`emclass {job}` is not implemented yet (see issue {issue}); nothing was written")]
-    NotImplemented { job: &'static str, issue: u32 },
 }
 
 /// Shorthand used throughout the crate.

@@ -11,29 +11,35 @@ use std::path::{Path, PathBuf};
 use emclass::dataset::store::write_referencing;
 use emclass::dataset::{Column, ColumnData, Dataset, DatasetAttrs, ParticleTable};
 
-/// Simulates `n` small particles (box 32, no junk, no duplicates) into `dir/sim_<n>` once and
-/// writes `dir/<name>` referencing their images with the table changed by `edit`.
-pub fn dataset(dir: &Path, name: &str, n: usize, edit: impl FnOnce(&mut ParticleTable)) -> PathBuf {
-    let sim = format!("sim_{n}");
-    if !dir.join(&sim).exists() {
+/// Simulates `n` particles into `dir/<name>` (views2d, no junk, no duplicates, then `set`).
+pub fn simulated(dir: &Path, name: &str, n: usize, set: &[&str]) -> PathBuf {
+    if !dir.join(name).exists() {
         std::fs::write(dir.join("sim.yaml"), "output: unused\nmode: views2d\n").unwrap();
-        let set = [
-            format!("output={sim}"),
+        let mut all = vec![
+            format!("output={name}"),
             format!("num_particles={n}"),
-            "box_px=32".into(),
-            "psize_A=4.0".into(),
             "junk_fraction=0".into(),
             "duplicate_fraction=0".into(),
-            "num_views=2".into(),
-            "snr=1".into(),
         ];
+        all.extend(set.iter().map(|s| s.to_string()));
         let mut args = vec!["-q", "simulate", "sim.yaml"];
-        for s in &set {
+        for s in &all {
             args.extend(["--set", s.as_str()]);
         }
         emclass(dir, &args).ok();
+        std::fs::remove_file(dir.join("sim.yaml")).unwrap();
     }
-    let src = Dataset::open(&dir.join(&sim).join("particles.h5")).unwrap();
+    dir.join(name).join("particles.h5")
+}
+
+/// Writes `dir/<name>` referencing the images of `src` with its table changed by `edit`.
+pub fn derived(
+    dir: &Path,
+    src: &Path,
+    name: &str,
+    edit: impl FnOnce(&mut ParticleTable),
+) -> PathBuf {
+    let src = Dataset::open(src).unwrap();
     let mut t = src.table().clone();
     edit(&mut t);
     let path = dir.join(name);
@@ -43,6 +49,17 @@ pub fn dataset(dir: &Path, name: &str, n: usize, edit: impl FnOnce(&mut Particle
     };
     write_referencing(&path, &t, &attrs, &src).unwrap();
     path
+}
+
+/// `n` small particles (box 32, 2 views) with the table changed by `edit`, as `dir/<name>`.
+pub fn dataset(dir: &Path, name: &str, n: usize, edit: impl FnOnce(&mut ParticleTable)) -> PathBuf {
+    let sim = simulated(
+        dir,
+        &format!("sim_{n}"),
+        n,
+        &["box_px=32", "psize_A=4.0", "num_views=2", "snr=1"],
+    );
+    derived(dir, &sim, name, edit)
 }
 
 fn f32_col(t: &mut ParticleTable, name: &str, values: Vec<f32>, width: usize) {
@@ -554,4 +571,260 @@ fn read_mrc(path: &Path) -> (Vec<Vec<f32>>, usize) {
             .collect(),
         n,
     )
+}
+
+/// A 6-view set at populations 50/20/10/10/5/5 % of 400 particles, classified into 18
+/// classes: 3 class averages per view (clean simulated images of that view at different
+/// in-plane rotations and shifts), the class indexes shuffled. Returns the input and the
+/// view of each class.
+fn six_views(d: &Path) -> (PathBuf, Vec<usize>) {
+    let sim = simulated(
+        d,
+        "views",
+        400,
+        &[
+            "box_px=64",
+            "psize_A=3.0",
+            "num_views=6",
+            "snr=20",
+            "ctf=false",
+            "max_shift_px=3",
+        ],
+    );
+    let src = Dataset::open(&sim).unwrap();
+    let gt: Vec<usize> = src
+        .table()
+        .get("gt/view")
+        .unwrap()
+        .data
+        .to_f64()
+        .unwrap()
+        .iter()
+        .map(|&v| v as usize)
+        .collect();
+    let images = src.read_images(0..400).unwrap();
+    // Class 7·(3v + j) mod 18 is the j-th image of view v.
+    let class_of = |v: usize, j: usize| (7 * (3 * v + j)) % 18;
+    let mut view_of_class = vec![0; 18];
+    let mut rows = vec![0; 18];
+    for v in 0..6 {
+        let of_v: Vec<usize> = (0..400).filter(|&i| gt[i] == v).take(3).collect();
+        for (j, &r) in of_v.iter().enumerate() {
+            rows[class_of(v, j)] = r;
+            view_of_class[class_of(v, j)] = v;
+        }
+    }
+    let c2d = d.join("c2d");
+    std::fs::create_dir_all(&c2d).unwrap();
+    let avg = images.select(ndarray::Axis(0), &rows);
+    emclass::formats::mrc::write_stack(c2d.join("classes.mrcs"), avg.view(), 3.0).unwrap();
+    // Particle i belongs to view v (populations 200/80/40/40/20/20) and class (v, i mod 3).
+    let pops = [200, 80, 40, 40, 20, 20];
+    let view: Vec<usize> = (0..6)
+        .flat_map(|v| std::iter::repeat_n(v, pops[v]))
+        .collect();
+    let input = derived(d, &sim, "c2d/particles.h5", |t| {
+        t.set_u32(
+            "alignments2D/class",
+            (0..400).map(|i| class_of(view[i], i % 3) as u32).collect(),
+        );
+        t.set(
+            "gt/view",
+            Column::scalar(ColumnData::I32(view.iter().map(|&v| v as i32).collect())),
+        );
+    });
+    (input, view_of_class)
+}
+
+fn sorted(v: &serde_json::Value) -> Vec<u64> {
+    let mut s: Vec<u64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    s.sort_unstable();
+    s
+}
+
+#[test]
+fn rebalance2d_groups_views_and_drops_to_the_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_, view_of_class) = six_views(d);
+    let go = |out: &str, extra: &str| {
+        let m = if extra.contains("num_superclasses") {
+            ""
+        } else {
+            "num_superclasses: 6\n"
+        };
+        run_job(
+            d,
+            "rebalance2d",
+            "r.yaml",
+            &format!("input: c2d/particles.h5\noutput: {out}\n{m}{extra}"),
+        )
+        .ok();
+        summary(&d.join(out))
+    };
+    // Superclasses: the classes of each view together.
+    let s = go("plain", "");
+    let labels: Vec<usize> = s["superclass_of_class"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as usize)
+        .collect();
+    for a in 0..18 {
+        for b in 0..18 {
+            assert_eq!(
+                labels[a] == labels[b],
+                view_of_class[a] == view_of_class[b],
+                "classes {a} {b}: {labels:?} vs views {view_of_class:?}"
+            );
+        }
+    }
+    assert!(
+        s["superclasses_vs_ground_truth_views"]["purity"]
+            .as_f64()
+            .unwrap()
+            >= 0.9
+    );
+    assert_eq!(
+        sorted(&s["superclass_sizes_before"]),
+        vec![20, 20, 40, 40, 80, 200]
+    );
+    assert_eq!(s["superclass_sizes_after"], s["superclass_sizes_before"]);
+    assert_eq!(Dataset::count(&d.join("plain/excluded.h5")).unwrap(), 0);
+    let out = d.join("plain");
+    for f in [
+        "affinity.csv",
+        "superclasses.csv",
+        "plots/affinity.png",
+        "plots/affinity_sorted.png",
+        "plots/superclass_sizes.png",
+        "plots/superclasses.png",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let csv = std::fs::read_to_string(out.join("affinity.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 19);
+    for (i, line) in csv.lines().skip(1).enumerate() {
+        let v: Vec<f64> = line
+            .split(',')
+            .skip(1)
+            .map(|x| x.parse().unwrap())
+            .collect();
+        assert!(
+            (v[i] - 1.0).abs() < 1e-9 && v.iter().all(|x| (0.0..=1.0).contains(x)),
+            "{line}"
+        );
+    }
+    let sel = Dataset::open(&out.join("selected.h5")).unwrap();
+    assert!(sel.table().has("alignments2D/superclass"));
+    // Factor 1: every superclass as small as the smallest.
+    assert_eq!(
+        sorted(&go("f1", "rebalance_factor: 1.0\n")["superclass_sizes_after"]),
+        vec![20; 6]
+    );
+    assert_eq!(Dataset::count(&d.join("f1/selected.h5")).unwrap(), 120);
+    // Factor 0.5: the smallest (20) at least half the largest → cap 40.
+    assert_eq!(
+        sorted(&go("f05", "rebalance_factor: 0.5\n")["superclass_sizes_after"]),
+        vec![20, 20, 40, 40, 40, 40]
+    );
+    assert_eq!(
+        Dataset::count(&d.join("f05/excluded.h5")).unwrap(),
+        400 - 200
+    );
+    // The override: at most 60 per superclass.
+    let s = go("max", "rebalance_factor: 0.5\nmax_superclass_size: 60\n");
+    assert_eq!(
+        sorted(&s["superclass_sizes_after"]),
+        vec![20, 20, 40, 40, 60, 60]
+    );
+    // Seeded: the same seed drops the same particles, another seed others.
+    go("f05b", "rebalance_factor: 0.5\n");
+    go("f05c", "rebalance_factor: 0.5\nseed: 1\n");
+    assert_eq!(
+        uids(&d.join("f05/selected.h5")),
+        uids(&d.join("f05b/selected.h5"))
+    );
+    assert_ne!(
+        uids(&d.join("f05/selected.h5")),
+        uids(&d.join("f05c/selected.h5"))
+    );
+    // Without superclassification each class is its own superclass.
+    let s = go(
+        "own",
+        "num_superclasses: 18\ndo_superclassification: false\nrebalance_factor: 1.0\n",
+    );
+    assert_eq!(
+        sorted(&s["superclass_of_class"]),
+        (0..18).collect::<Vec<u64>>()
+    );
+    assert!(
+        s["superclass_sizes_after"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x.as_u64() == Some(6)),
+        "{}",
+        s["superclass_sizes_after"]
+    );
+}
+
+#[test]
+fn rebalance2d_one_class_and_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    six_views(d);
+    let bad: &[(&str, &[&str])] = &[
+        (
+            "do_superclassification: false\n",
+            &["num_superclasses", "is 6", "18 classes"],
+        ),
+        (
+            "num_superclasses: 19\n",
+            &["num_superclasses", "more than the 18 classes"],
+        ),
+        ("rebalance_factor: 1.5\n", &["rebalance_factor", "outside"]),
+        ("max_superclass_size: 0\n", &["max_superclass_size"]),
+        ("classes_file: none.mrcs\n", &["none.mrcs"]),
+    ];
+    for (extra, needles) in bad {
+        let n = if extra.starts_with("num_") {
+            ""
+        } else {
+            "num_superclasses: 6\n"
+        };
+        run_job(
+            d,
+            "rebalance2d",
+            "r.yaml",
+            &format!("input: c2d/particles.h5\noutput: bad\n{n}{extra}"),
+        )
+        .fails_with(needles);
+        assert!(!d.join("bad").exists());
+    }
+    // K = 1: one class, one superclass, nothing to rebalance.
+    std::fs::create_dir_all(d.join("one")).unwrap();
+    let one = dataset(d, "one/particles.h5", 5, |t| {
+        t.set_u32("alignments2D/class", vec![0; 5])
+    });
+    write_mrc_stack(
+        &one.parent().unwrap().join("classes.mrcs"),
+        16,
+        16,
+        8.0,
+        &[(0..256).map(|i| (i % 7) as f32).collect()],
+    );
+    run_job(
+        d,
+        "rebalance2d",
+        "r.yaml",
+        "input: one/particles.h5\noutput: k1\nnum_superclasses: 1\nrebalance_factor: 1.0\n",
+    )
+    .ok();
+    assert_eq!(Dataset::count(&d.join("k1/selected.h5")).unwrap(), 5);
 }

@@ -30,7 +30,8 @@ fn a_failing_job_fails_on_every_rank_without_hanging() {
     std::fs::write(dir.path().join("job.yaml"), "output: out\n").unwrap();
     let r = mpirun(dir.path(), 2, &["subset", "job.yaml"]);
     assert_ne!(r.code, Some(0), "{}", r.stderr);
-    assert!(r.stderr.contains("not implemented yet"), "{}", r.stderr);
+    assert!(r.stderr.contains("missing field `input`"), "{}", r.stderr);
+    assert!(!dir.path().join("out").exists());
 }
 
 /// Writes a minimal simulate config and runs it (single process) into `dir/name`.

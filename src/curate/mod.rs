@@ -4,7 +4,10 @@
 //! rebalancing rule. Pure computation: the jobs in `jobs::{subset, select2d, rebalance2d}`
 //! read the inputs and write the outputs.
 
+pub mod affinity;
+pub mod cluster;
 pub mod config;
 pub mod gmm;
+pub mod rebalance;
 pub mod statistic;
 pub mod thresholds;

@@ -10,6 +10,7 @@ pub mod export;
 pub mod import;
 pub mod info;
 pub mod output;
+pub mod rebalance2d;
 pub mod select2d;
 pub mod selection;
 pub mod simulate;
@@ -30,7 +31,7 @@ pub fn run(cmd: &Command, comm: &dyn Comm) -> Result<()> {
         Command::Classify3d(args) => classify3d::run(args, comm),
         Command::Subset(args) => on_root(comm, || subset::run(args)),
         Command::Select2d(args) => on_root(comm, || select2d::run(args)),
-        Command::Rebalance2d(_) => later("rebalance2d", 5),
+        Command::Rebalance2d(args) => on_root(comm, || rebalance2d::run(args)),
         Command::Info { dataset } => on_root(comm, || info::run(dataset)),
         Command::CommCheck { particles, dataset } => {
             comm_check::run(comm, *particles, dataset.as_deref())
@@ -61,11 +62,6 @@ pub(crate) fn select_backend(
             format!("cuda: this build has no CUDA backend for {job} yet; use auto or cpu"),
         )),
     }
-}
-
-/// A job that a later issue implements: refuse plainly, write nothing.
-fn later(job: &'static str, issue: u32) -> Result<()> {
-    Err(Error::NotImplemented { job, issue })
 }
 
 /// Runs `job` on rank 0 only; the other ranks wait for it. Every rank returns `Ok` when the
