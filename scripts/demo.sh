@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's first command: installs everything emclass needs, builds it, and runs a small
 # end-to-end demo in demo_out/: simulate particles with ground truth, classify them in 2D
-# under mpirun -n 2 (class averages, plots, accuracy against the ground truth), export them to
+# under mpirun -n 2 (class averages, plots, accuracy against the ground truth), curate them
+# (subset by class probability, rebalance superclasses), export them to
 # RELION (STAR + MRC stack) and CryoSPARC (.cs), import the STAR back, check that the round
 # trip is lossless, check MPI, and print a report of the datasets.
 set -euo pipefail
@@ -23,6 +24,15 @@ mpirun --oversubscribe -n 2 $B classify2d configs/classify2d.yaml --set input=$O
     --set output=$OUT/classify2d --set num_classes=10 --set remove_duplicates=true
 echo "   class averages: $OUT/classify2d/plots/classes.png, classes.mrcs; plots/: ESS, best-class probability, noise model"
 grep -E '"(ari_vs_ground_truth_views|duplicates_removed)"' $OUT/classify2d/summary.json
+
+echo "== curate: keep particles whose best 2D class probability is >= 0.9; group the classes into superclasses and rebalance"
+$B -q subset configs/subset.yaml --set input=$OUT/classify2d/particles.h5 --set output=$OUT/subset \
+    --set "thresholds=[0.9]"
+grep -A3 '"file"' $OUT/subset/summary.json | grep -E '"(file|num_particles)"' | paste - - | tr -s ' '
+$B -q rebalance2d configs/rebalance2d.yaml --set input=$OUT/classify2d/particles.h5 \
+    --set output=$OUT/rebalance2d --set num_superclasses=8 --set rebalance_factor=0.5
+echo "   superclasses: $OUT/rebalance2d/plots/affinity_sorted.png, superclasses.png, superclass_sizes.png"
+python3 -c "import json; s = json.load(open('$OUT/rebalance2d/summary.json')); print('   superclass sizes before', s['superclass_sizes_before'], 'after', s['superclass_sizes_after'])"
 
 echo "== export to RELION and CryoSPARC"
 $B export --in $OUT/classify2d/particles.h5 --star $OUT/relion/particles.star \
