@@ -373,6 +373,7 @@ fn export_of_a_file_that_is_not_an_emclass_dataset_names_it() {
     );
     // A valid HDF5 file that some other program wrote.
     {
+        let _g = HDF5_OR_SPAWN.lock().unwrap_or_else(|e| e.into_inner());
         let f = hdf5::File::create(d.join("other.h5")).unwrap();
         f.new_dataset::<f32>()
             .shape([4, 4])

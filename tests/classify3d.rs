@@ -374,28 +374,8 @@ fn bad_inputs_fail_with_one_line_naming_the_field() {
 
 #[test]
 fn example_config_documents_every_key_with_its_default() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/classify3d.yaml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let map: serde_norway::Mapping = serde_norway::from_str(&text).unwrap();
-    let cfg: emclass::classify3d::config::Classify3dConfig = serde_norway::from_str(&text).unwrap();
-    let defaults = emclass::classify3d::config::Classify3dConfig::with_paths(
-        cfg.input.clone(),
-        cfg.output.clone(),
-        10.0,
-    );
-    assert_eq!(
-        cfg, defaults,
-        "configs/classify3d.yaml values differ from the defaults"
-    );
-    let all: serde_norway::Value = serde_norway::to_value(&defaults).unwrap();
-    for key in all.as_mapping().unwrap().keys() {
-        let k = key.as_str().unwrap();
-        assert!(map.contains_key(k), "configs/classify3d.yaml lacks {k}");
-    }
-    for line in text
-        .lines()
-        .filter(|l| !l.starts_with('#') && l.contains(':'))
-    {
-        assert!(line.contains(" # "), "no explanation on: {line}");
-    }
+    use emclass::classify3d::config::Classify3dConfig;
+    assert_example_config("classify3d.yaml", |c: &Classify3dConfig| {
+        Classify3dConfig::with_paths(c.input.clone(), c.output.clone(), 10.0)
+    });
 }

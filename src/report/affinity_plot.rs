@@ -125,14 +125,8 @@ fn viridis(t: f64) -> RGBColor {
         [170, 220, 50],
         [253, 231, 37],
     ];
-    let x = t.clamp(0.0, 1.0) * (STOPS.len() - 1) as f64;
-    let i = (x.floor() as usize).min(STOPS.len() - 2);
-    let f = x - i as f64;
-    let ch = |c: usize| {
-        let (a, b) = (STOPS[i][c] as f64, STOPS[i + 1][c] as f64);
-        (a + f * (b - a)).round() as u8
-    };
-    RGBColor(ch(0), ch(1), ch(2))
+    let [r, g, b] = crate::report::plots3d::interpolate(&STOPS, t);
+    RGBColor(r, g, b)
 }
 
 /// Colour of one affinity value.

@@ -62,7 +62,7 @@ fn diverging(t: f64) -> [u8; 3] {
 }
 
 /// Piecewise-linear colour through equally spaced `stops` at `t ∈ [0, 1]` (clamped; NaN → 0).
-fn interpolate(stops: &[[u8; 3]], t: f64) -> [u8; 3] {
+pub(crate) fn interpolate(stops: &[[u8; 3]], t: f64) -> [u8; 3] {
     let t = if t.is_nan() { 0.0 } else { t.clamp(0.0, 1.0) };
     let x = t * (stops.len() - 1) as f64;
     let i = (x.floor() as usize).min(stops.len() - 2);

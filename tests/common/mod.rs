@@ -69,14 +69,33 @@ impl Run {
     }
 }
 
+/// Held while a test process writes HDF5 files itself, and while it starts a child process.
+/// A child started while the test holds an HDF5 file open for writing inherits that file's
+/// descriptor, and with it HDF5's lock on the file, until the child exits: a later open of the
+/// file in the test then fails with "unable to lock file". Starting children only while no
+/// such file is open prevents that.
+pub static HDF5_OR_SPAWN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Starts `cmd` (under [`HDF5_OR_SPAWN`]) and waits for it.
+pub fn run_command(cmd: &mut Command) -> std::io::Result<Output> {
+    let child = {
+        let _g = HDF5_OR_SPAWN.lock().unwrap_or_else(|e| e.into_inner());
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?
+    };
+    child.wait_with_output()
+}
+
 /// Runs `emclass args...` in `dir`.
 pub fn emclass(dir: &Path, args: &[&str]) -> Run {
-    let out = Command::new(bin())
-        .args(args)
-        .current_dir(dir)
-        .env_remove("EMCLASS_MPI")
-        .output()
-        .expect("start emclass");
+    let out = run_command(
+        Command::new(bin())
+            .args(args)
+            .current_dir(dir)
+            .env_remove("EMCLASS_MPI"),
+    )
+    .expect("start emclass");
     Run::from(out)
 }
 
@@ -85,22 +104,23 @@ pub fn emclass(dir: &Path, args: &[&str]) -> Run {
 /// fail with "orte_session_dir failed" when tests run in parallel.
 pub fn mpirun(dir: &Path, ranks: usize, args: &[&str]) -> Run {
     let session = tempfile::tempdir().expect("session folder");
-    let out = Command::new("mpirun")
-        .args([
-            "--oversubscribe",
-            "--allow-run-as-root",
-            "-n",
-            &ranks.to_string(),
-        ])
-        .arg(bin())
-        .args(args)
-        .current_dir(dir)
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-        .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
-        .env("OMPI_MCA_orte_tmpdir_base", session.path())
-        .output()
-        .expect("start mpirun (install openmpi-bin)");
+    let out = run_command(
+        Command::new("mpirun")
+            .args([
+                "--oversubscribe",
+                "--allow-run-as-root",
+                "-n",
+                &ranks.to_string(),
+            ])
+            .arg(bin())
+            .args(args)
+            .current_dir(dir)
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .env("OMPI_MCA_rmaps_base_oversubscribe", "1")
+            .env("OMPI_MCA_orte_tmpdir_base", session.path()),
+    )
+    .expect("start mpirun (install openmpi-bin)");
     Run::from(out)
 }
 
@@ -371,5 +391,39 @@ pub fn assert_same_tree(
         let (b2, m2) = &after[k];
         assert!(bytes == b2, "{k}: contents changed");
         assert_eq!(mtime, m2, "{k}: modification time changed");
+    }
+}
+
+/// Checks `configs/<name>`: its values equal `defaults(parsed file)` (the job's defaults with
+/// the file's required values), it lists every key of the config, and every key line has a
+/// ` # ` explanation.
+pub fn assert_example_config<T>(name: &str, defaults: impl FnOnce(&T) -> T)
+where
+    T: serde::de::DeserializeOwned + serde::Serialize + PartialEq + std::fmt::Debug,
+{
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("configs")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let map: serde_norway::Mapping = serde_norway::from_str(&text).unwrap();
+    let cfg: T = serde_norway::from_str(&text).unwrap();
+    let defaults = defaults(&cfg);
+    assert_eq!(
+        cfg, defaults,
+        "configs/{name} values differ from the defaults"
+    );
+    let all: serde_norway::Value = serde_norway::to_value(&defaults).unwrap();
+    for key in all.as_mapping().unwrap().keys() {
+        let k = key.as_str().unwrap();
+        assert!(map.contains_key(k), "configs/{name} lacks {k}");
+    }
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains(':'))
+    {
+        assert!(
+            line.contains(" # "),
+            "configs/{name}: no explanation on: {line}"
+        );
     }
 }
