@@ -3,6 +3,7 @@
 //! Layers (see DESIGN.md): `cli` → `jobs` → engines; `comm` (ranks), `dataset` and
 //! `formats` (I/O), `numerics`, `report` (logs, progress, plots), `simulate`.
 
+pub mod backend;
 pub mod classify2d;
 pub mod classify3d;
 pub mod cli;

@@ -231,6 +231,57 @@ fn one_and_two_ranks_agree() {
     assert!(agree >= 0.995, "1 vs 3 ranks agree on {agree}");
 }
 
+/// `backend: cuda` and `backend: cpu` give the same classes where a GPU is usable; without
+/// one, `cuda` is a one-line config error and `auto` runs on the CPU saying so.
+#[test]
+fn cuda_backend_matches_the_cpu_or_is_refused_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    simulate(d, "sim", 800, &[]);
+    config(d, "sim/particles.h5", "cpu", "backend: cpu\n");
+    emclass(d, &["classify2d", "c2d.yaml"]).ok();
+    let r = emclass(
+        d,
+        &[
+            "classify2d",
+            "c2d.yaml",
+            "--set",
+            "backend=cuda",
+            "--set",
+            "output=gpu",
+        ],
+    );
+    if r.code == Some(0) {
+        let a = labels(&d.join("cpu/particles.h5"), "alignments2D/class");
+        let b = labels(&d.join("gpu/particles.h5"), "alignments2D/class");
+        let agree = matched_agreement(&a, &b);
+        assert!(agree >= 0.995, "CPU vs CUDA classes agree on {agree}");
+        return;
+    }
+    eprintln!("no usable CUDA device here: checking the refusal and the fallback instead");
+    r.fails_with(&["c2d.yaml", "backend", "cuda:"]);
+    assert!(!d.join("gpu").exists());
+    let auto = emclass(
+        d,
+        &[
+            "classify2d",
+            "c2d.yaml",
+            "--set",
+            "backend=auto",
+            "--set",
+            "output=auto",
+            "--set",
+            "online_em_iterations=2",
+        ],
+    )
+    .ok();
+    assert!(
+        auto.stderr.contains("no usable CUDA device") && auto.stderr.contains("using the CPU"),
+        "{}",
+        auto.stderr
+    );
+}
+
 #[test]
 fn marginalised_poses_hard_final_and_no_ctf() {
     let dir = tempfile::tempdir().unwrap();

@@ -110,6 +110,8 @@ pub struct Engine<'a> {
     /// Particles in the whole dataset.
     pub n_total: usize,
     pub post: PostProcess,
+    /// Where the E-step's matrix products run.
+    pub backend: &'a dyn crate::backend::Backend,
 }
 
 /// Per-iteration view of the engine's state passed to the caller (plots).
@@ -258,7 +260,14 @@ impl<'a> Engine<'a> {
                 .collect();
             let templates = Templates::build(&classes.images, &poses, &band, Some(&noise_power));
             icuf.sigma2(t, &sigma2_init, &sigma2_cur, &mut sigma2_used)?;
-            let scorer = Scorer::new(self.grid, &band, &poses, &templates, &sigma2_used);
+            let scorer = Scorer::new(
+                self.grid,
+                &band,
+                &poses,
+                &templates,
+                &sigma2_used,
+                self.backend,
+            )?;
             let hard = cfg.final_hard_classification && t + 1 >= total;
             let params = EStepParams::new(1.0, 0.0, hard)?;
             let ramps = self.full_ramps(&poses);
@@ -488,7 +497,7 @@ impl<'a> Local<'a> {
         let np = poses.len();
         let nt = poses.n_shift();
         let len = self.grid.len();
-        let ll = scorer.score(self.particles, chunk);
+        let ll = scorer.score(self.particles, chunk)?;
         let marg = marginalize_poses(&ll, chunk.len(), k, np, 1.0)?;
         let resp = responsibilities(marg.log_marginal().view(), log_prior, params)?;
         let mut wbuf = vec![0.0f64; np];

@@ -22,6 +22,8 @@
 use ndarray::Array2;
 use rayon::prelude::*;
 
+use crate::backend::{Backend, RightOperand};
+use crate::error::Result;
 use crate::numerics::ctf::Ctf;
 use crate::numerics::fft::{rfft2, Complex32};
 use crate::numerics::image2d::rotate_image;
@@ -97,6 +99,9 @@ pub struct Scorer<'a> {
     conj_ramps: Vec<Complex32>,
     /// Band frequencies in Å⁻¹ (for the CTF).
     freq_a: Vec<(f64, f64)>,
+    /// `templates.mat` and `templates.pow` held by the backend (on the GPU for CUDA).
+    mat_op: Box<dyn RightOperand>,
+    pow_op: Box<dyn RightOperand>,
 }
 
 impl<'a> Scorer<'a> {
@@ -107,7 +112,8 @@ impl<'a> Scorer<'a> {
         poses: &'a PoseGrid,
         templates: &'a Templates,
         sigma2: &[f64],
-    ) -> Scorer<'a> {
+        backend: &dyn Backend,
+    ) -> Result<Scorer<'a>> {
         let inv_sigma2 = band
             .shell
             .iter()
@@ -126,7 +132,7 @@ impl<'a> Scorer<'a> {
             }
         }
         let freq_a = band.idx.iter().map(|&c| grid.freq_a(c as usize)).collect();
-        Scorer {
+        Ok(Scorer {
             grid,
             band,
             poses,
@@ -134,7 +140,9 @@ impl<'a> Scorer<'a> {
             inv_sigma2,
             conj_ramps,
             freq_a,
-        }
+            mat_op: backend.right_operand(templates.mat.view())?,
+            pow_op: backend.right_operand(templates.pow.view())?,
+        })
     }
 
     /// CTF of a particle on the band (1 without CTF).
@@ -151,7 +159,7 @@ impl<'a> Scorer<'a> {
 
     /// Log-likelihoods of local particles `locals`, laid out `[(i·K + k)·P + j]` with pose
     /// `j = r·T + t` (the layout of `em::responsibilities::marginalize_poses`).
-    pub fn score(&self, particles: &Particles, locals: &[usize]) -> Vec<f64> {
+    pub fn score(&self, particles: &Particles, locals: &[usize]) -> Result<Vec<f64>> {
         let b = locals.len();
         let d = self.band.len();
         let nt = self.poses.n_shift();
@@ -180,8 +188,8 @@ impl<'a> Scorer<'a> {
                 }
             }
         }
-        let g = p.dot(&self.templates.mat);
-        let h = q.dot(&self.templates.pow);
+        let g = self.mat_op.left_mul(p.view())?;
+        let h = self.pow_op.left_mul(q.view())?;
         let mut ll = vec![0.0f64; b * k * np];
         for bi in 0..b {
             for kk in 0..k {
@@ -195,7 +203,7 @@ impl<'a> Scorer<'a> {
                 }
             }
         }
-        ll
+        Ok(ll)
     }
 }
 
@@ -245,8 +253,16 @@ mod tests {
         let img = shift_image(rotated.view(), -s_true[1], -s_true[0]);
         let particles = Particles::from_images(&[img], None, 0, &grid, false);
         let sigma2 = vec![1.0; grid.n_shells()];
-        let scorer = Scorer::new(&grid, &band, &poses, &templates, &sigma2);
-        let ll = scorer.score(&particles, &[0]);
+        let scorer = Scorer::new(
+            &grid,
+            &band,
+            &poses,
+            &templates,
+            &sigma2,
+            &crate::backend::Cpu,
+        )
+        .unwrap();
+        let ll = scorer.score(&particles, &[0]).unwrap();
         let np = poses.len();
         let best = (0..ll.len())
             .max_by(|&a, &b| ll[a].partial_cmp(&ll[b]).unwrap())

@@ -22,8 +22,8 @@ use crate::dataset::{Column, ColumnData, Dataset, DatasetAttrs};
 use crate::em::metrics::adjusted_rand_index;
 use crate::error::{Error, Result};
 use crate::formats::mrc::write_stack;
+use crate::jobs::collective;
 use crate::jobs::output::{check_writable, OutputDir};
-use crate::jobs::{collective, select_backend};
 use crate::numerics::fft::{irfft2, rfft2};
 use crate::numerics::frc::frc_resolution_a;
 use crate::numerics::image2d::fourier_pad;
@@ -52,9 +52,9 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
                 format!("{} classes for {n_total} particles", cfg.num_classes),
             ));
         }
-        select_backend(&args.config, cfg.backend, "classify2d")
+        crate::backend::select(cfg.backend, &args.config, "classify2d")
     });
-    collective(comm, checked)?;
+    let backend = collective(comm, checked)?;
     // The output folder (rank 0), refused before any work if it exists.
     let out = if comm.is_root() {
         collective(
@@ -86,6 +86,7 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         comm,
         n_total,
         post,
+        backend: backend.as_ref(),
     };
     let plots = out.as_ref().map(|o| o.path().join("plots"));
     if let Some(p) = &plots {

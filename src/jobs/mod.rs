@@ -39,8 +39,9 @@ pub fn run(cmd: &Command, comm: &dyn Comm) -> Result<()> {
     }
 }
 
-/// `auto` and `cpu` run on the CPU (logged); `cuda` is refused until the CUDA backend lands
-/// (issue 6), naming the config file, the key and the job.
+/// For jobs without CUDA kernels (classify3d: its projection and back-projection have no GPU
+/// version yet): `auto` and `cpu` run on the CPU (logged); `cuda` is refused, naming the
+/// config file, the key and the job.
 pub(crate) fn select_backend(
     path: &std::path::Path,
     b: crate::classify2d::config::BackendChoice,
