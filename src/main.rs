@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use emclass::cli::Cli;
-use emclass::comm::mpi_comm::{launched_by_mpi, MpiComm};
+use emclass::comm::mpi_comm::{abort_job_on_panic, launched_by_mpi, MpiComm};
 use emclass::comm::{Comm, Single};
 use emclass::{jobs, report, Error};
 
@@ -24,6 +24,7 @@ fn main() -> ExitCode {
     report::logger::init(comm.rank(), comm.size(), cli.verbosity());
     if comm.size() > 1 {
         log::info!("running on {} MPI ranks", comm.size());
+        abort_job_on_panic();
     }
     match jobs::run(&cli.command, comm) {
         Ok(()) => ExitCode::SUCCESS,

@@ -153,3 +153,82 @@ fn export_under_mpirun_writes_once() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A rank killed in the middle of a classification (as by the out-of-memory killer) ends the
+/// whole job within a minute with a message naming it, a non-zero exit and no final output —
+/// never a hang of the surviving rank in its next all-reduce.
+#[test]
+fn a_killed_rank_ends_the_job_within_a_minute() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    simulate(d, "sim", 2000);
+    std::fs::write(
+        d.join("c2d.yaml"),
+        "input: sim/particles.h5\noutput: out\nnum_classes: 8\nmax_res_A: 8\nonline_em_iterations: 400\nbatch_size_per_class: 100\n",
+    )
+    .unwrap();
+    let session = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["--oversubscribe", "--allow-run-as-root", "-n", "2"])
+        .arg(bin())
+        .args(["classify2d", "c2d.yaml"])
+        .current_dir(d)
+        .env("OMPI_MCA_orte_tmpdir_base", session.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut job = {
+        let _g = HDF5_OR_SPAWN.lock().unwrap_or_else(|e| e.into_inner());
+        cmd.spawn().expect("start mpirun")
+    };
+    // Wait until both ranks are iterating (the staging folder exists), then kill rank 1's
+    // process (the higher PID of mpirun's two emclass children).
+    let t0 = Instant::now();
+    while !d.join(".out.emclass-tmp").exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the job did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let children = Command::new("pgrep")
+        .args(["-P", &job.id().to_string()])
+        .output()
+        .unwrap();
+    let mut pids: Vec<u32> = String::from_utf8_lossy(&children.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    assert_eq!(pids.len(), 2, "expected two ranks under mpirun: {pids:?}");
+    let killed_at = Instant::now();
+    Command::new("kill")
+        .args(["-9", &pids[1].to_string()])
+        .status()
+        .unwrap();
+    let status = loop {
+        if let Some(s) = job.try_wait().unwrap() {
+            break s;
+        }
+        if killed_at.elapsed() > Duration::from_secs(60) {
+            job.kill().ok();
+            panic!("the job still ran 60 s after one rank was killed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(job.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("signal 9") || stderr.contains("Killed"),
+        "{stderr}"
+    );
+    assert!(!d.join("out").exists());
+    // The killed run's staging folder does not block a new run.
+    assert!(d.join(".out.emclass-tmp").exists());
+    let quick = ["classify2d", "c2d.yaml", "--set", "online_em_iterations=2"];
+    mpirun(d, 2, &quick).ok();
+    assert!(d.join("out/particles.h5").exists() && !d.join(".out.emclass-tmp").exists());
+}

@@ -57,6 +57,27 @@ impl MpiComm {
     }
 }
 
+/// Makes a panic on any rank end the whole job at once: the panic message is printed as one
+/// `error:` line naming the rank, then `MPI_Abort` stops every rank (otherwise the others
+/// would wait forever in their next collective, and this one in `MPI_Finalize`).
+pub fn abort_job_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let rank = mpi::topology::SimpleCommunicator::world().rank();
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("error: rank {rank}: internal error: {msg}{at}; ending every rank");
+        mpi::topology::SimpleCommunicator::world().abort(70)
+    }));
+}
+
 impl Comm for MpiComm {
     fn rank(&self) -> usize {
         self.world.rank() as usize
