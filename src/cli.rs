@@ -66,6 +66,21 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The config-driven job's arguments, if this is one.
+    pub fn job_args(&self) -> Option<&JobArgs> {
+        match self {
+            Command::Simulate(a)
+            | Command::Classify2d(a)
+            | Command::Classify3d(a)
+            | Command::Subset(a)
+            | Command::Select2d(a)
+            | Command::Rebalance2d(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
 /// Arguments shared by config-driven jobs.
 #[derive(Debug, Args)]
 pub struct JobArgs {
@@ -77,6 +92,10 @@ pub struct JobArgs {
     /// Replace the output folder if it exists.
     #[arg(long)]
     pub overwrite: bool,
+    /// Continue a killed run from the checkpoint in OUTPUT_DIR's staging folder (the same
+    /// config; the number of ranks may differ). classify2d only.
+    #[arg(long, value_name = "OUTPUT_DIR", conflicts_with = "overwrite")]
+    pub resume: Option<PathBuf>,
 }
 
 /// Storage precision of imported images.

@@ -390,3 +390,139 @@ fn shipped_config_documents_every_parameter() {
         assert!(line.contains(" # "), "undocumented: {line}");
     }
 }
+
+/// Starts `cmd` (emclass or mpirun) in the background, waits until the run has written the
+/// per-iteration montage of `iteration` (so checkpoints exist), and SIGKILLs it (for mpirun:
+/// its rank 1, which makes mpirun end the job). Returns once everything has exited.
+fn kill_mid_run(d: &Path, mut cmd: std::process::Command, out: &str, iteration: usize, mpi: bool) {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    cmd.current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = {
+        let _g = HDF5_OR_SPAWN.lock().unwrap_or_else(|e| e.into_inner());
+        cmd.spawn().unwrap()
+    };
+    let plot = d.join(format!(
+        ".{out}.emclass-tmp/plots/classes_iter{iteration:03}.png"
+    ));
+    let t0 = Instant::now();
+    while !plot.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(300), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let victim = if mpi {
+        let c = std::process::Command::new("pgrep")
+            .args(["-P", &child.id().to_string()])
+            .output()
+            .unwrap();
+        let mut pids: Vec<u32> = String::from_utf8_lossy(&c.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        pids.sort_unstable();
+        pids[pids.len() - 1]
+    } else {
+        child.id()
+    };
+    std::process::Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    assert!(!d.join(out).exists(), "a killed run left a final output");
+}
+
+/// Per-particle results and class averages of two runs, compared bit for bit.
+fn assert_same_results(a: &Path, b: &Path) {
+    let (ta, tb) = (
+        Dataset::open(&a.join("particles.h5")).unwrap(),
+        Dataset::open(&b.join("particles.h5")).unwrap(),
+    );
+    for f in [
+        "alignments2D/class",
+        "alignments2D/class_probs",
+        "alignments2D/pose",
+        "alignments2D/shift",
+        "alignments2D/class_ess",
+    ] {
+        assert_eq!(
+            ta.table().get(f),
+            tb.table().get(f),
+            "{f} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
+    assert_eq!(
+        std::fs::read(a.join("classes.mrcs")).unwrap(),
+        std::fs::read(b.join("classes.mrcs")).unwrap(),
+        "class averages differ"
+    );
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_uninterrupted_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    simulate(d, "sim", 1200, &[]);
+    config(d, "sim/particles.h5", "whole", "online_em_iterations: 14\n");
+    emclass(d, &["-q", "classify2d", "c2d.yaml"]).ok();
+    // One process: killed after iteration 6, resumed.
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["-q", "classify2d", "c2d.yaml", "--set", "output=killed"]);
+    kill_mid_run(d, cmd, "killed", 6, false);
+    let r = emclass(d, &["classify2d", "c2d.yaml", "--resume", "killed"]).ok();
+    assert!(r.stderr.contains("resuming at iteration"), "{}", r.stderr);
+    assert_same_results(&d.join("whole"), &d.join("killed"));
+    // Two ranks: rank 1 killed after iteration 4, the job resumed on two ranks.
+    mpirun(
+        d,
+        2,
+        &["-q", "classify2d", "c2d.yaml", "--set", "output=whole2"],
+    )
+    .ok();
+    let session = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new("mpirun");
+    cmd.env("OMPI_MCA_orte_tmpdir_base", session.path())
+        .args(["--oversubscribe", "--allow-run-as-root", "-n", "2"])
+        .arg(bin())
+        .args(["-q", "classify2d", "c2d.yaml", "--set", "output=killed2"]);
+    kill_mid_run(d, cmd, "killed2", 4, true);
+    mpirun(
+        d,
+        2,
+        &["-q", "classify2d", "c2d.yaml", "--resume", "killed2"],
+    )
+    .ok();
+    assert_same_results(&d.join("whole2"), &d.join("killed2"));
+    // Nothing to resume, a finished run, another configuration (the checkpoint is kept).
+    emclass(d, &["classify2d", "c2d.yaml", "--resume", "nowhere"])
+        .fails_with(&["nowhere", "nothing to resume"]);
+    emclass(d, &["classify2d", "c2d.yaml", "--resume", "whole"])
+        .fails_with(&["whole", "already finished"]);
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["-q", "classify2d", "c2d.yaml", "--set", "output=again"]);
+    kill_mid_run(d, cmd, "again", 3, false);
+    emclass(
+        d,
+        &[
+            "classify2d",
+            "c2d.yaml",
+            "--resume",
+            "again",
+            "--set",
+            "num_classes=5",
+        ],
+    )
+    .fails_with(&["again", "another configuration"]);
+    assert!(d.join(".again.emclass-tmp/checkpoint.bin").exists());
+    emclass(d, &["subset", "c2d.yaml", "--resume", "again"])
+        .fails_with(&["--resume", "only classify2d"]);
+}

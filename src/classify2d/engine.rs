@@ -25,6 +25,7 @@ use crate::error::Result;
 use crate::numerics::fft::Complex32;
 use crate::numerics::frc::frc_resolution_a;
 
+use super::checkpoint::{self, Checkpoint};
 use super::config::Classify2dConfig;
 use super::estep::{rotated_spectrum, Scorer, Templates};
 use super::grid::{Band, PoseGrid, WorkGrid};
@@ -69,10 +70,10 @@ impl Results {
 }
 
 /// One row of the per-iteration record (summary.json, log).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct IterationRecord {
     pub iteration: usize,
-    pub phase: &'static str,
+    pub phase: String,
     pub particles: usize,
     #[serde(rename = "align_res_A")]
     pub align_res_a: f64,
@@ -124,6 +125,9 @@ pub struct IterationView<'a> {
     /// Root only: ESS and best probability of the particles of this iteration.
     pub ess: &'a [f64],
     pub best_prob: &'a [f64],
+    /// Root only, and not after the last pass: the state to continue from (its
+    /// `config_yaml` is left for the job to fill).
+    pub checkpoint: Option<Checkpoint>,
 }
 
 impl<'a> Engine<'a> {
@@ -204,6 +208,7 @@ impl<'a> Engine<'a> {
     /// iteration's M-step.
     pub fn run(
         &self,
+        resume: Option<Checkpoint>,
         mut on_iteration: impl FnMut(&IterationView) -> Result<()>,
     ) -> Result<Outcome> {
         let cfg = self.cfg;
@@ -224,15 +229,48 @@ impl<'a> Engine<'a> {
             .shell_at(START_ALIGN_RES_A)
             .clamp((k_lo + 2).min(k_align), k_align);
         let mut k_hi = k_start;
+        let layout = self.layout()?;
 
-        let sigma2_init = self.initial_noise()?;
-        let mut sigma2_cur = sigma2_init.clone();
+        let (sigma2_init, mut sigma2_cur, mut classes, mut running, mut history, t0) = match resume
+        {
+            Some(c) => {
+                let running = match &c.running {
+                    Some(buf) => Some(Stats::from_slice(&layout, buf)?),
+                    None => None,
+                };
+                k_hi = c.k_hi;
+                log::info!(
+                    "resuming at iteration {} of {}",
+                    c.next_iteration + 1,
+                    total
+                );
+                let classes = c.classes()?;
+                (
+                    c.sigma2_init,
+                    c.sigma2_current,
+                    classes,
+                    running,
+                    c.history,
+                    c.next_iteration,
+                )
+            }
+            None => {
+                let sigma2_init = self.initial_noise()?;
+                let first = batches.batch(0);
+                let classes =
+                    self.initial_classes(&first, &PoseGrid::new(k_hi, cfg.max_shift_px))?;
+                (
+                    sigma2_init.clone(),
+                    sigma2_init,
+                    classes,
+                    None,
+                    Vec::with_capacity(total),
+                    0,
+                )
+            }
+        };
         let mut sigma2_used = sigma2_init.clone();
-        let first = batches.batch(0);
-        let mut classes = self.initial_classes(&first, &PoseGrid::new(k_hi, cfg.max_shift_px))?;
-        let mut running: Option<Stats> = None;
         let mut results = Results::new(n_local, k);
-        let mut history = Vec::with_capacity(total);
         let (mut all_ess, mut all_best) = (Vec::new(), Vec::new());
         // With no full iteration, a last E-step-only pass over all particles gives every
         // particle its assignment.
@@ -241,7 +279,7 @@ impl<'a> Engine<'a> {
         } else {
             total
         };
-        for t in 0..passes {
+        for t in t0..passes {
             let start = Instant::now();
             let online = t < cfg.online_em_iterations;
             let estep_only = t >= total;
@@ -317,7 +355,8 @@ impl<'a> Engine<'a> {
                     "online"
                 } else {
                     "full"
-                },
+                }
+                .to_string(),
                 particles: if online { batch_size } else { self.n_total },
                 align_res_a: self.grid.shell_res_a(k_hi),
                 n_rotations: poses.n_rot(),
@@ -355,21 +394,41 @@ impl<'a> Engine<'a> {
                     log::info!("  probability of best class:                {b}");
                 }
             }
+            // Raise the alignment limit to where the class averages have signal.
+            let k_est = signal_shell(&classes, 0.143);
+            k_hi = k_hi.max(k_est.min(k_align)).max(k_start);
+            history.push(record);
+            let checkpoint = (self.comm.is_root() && t + 1 < passes).then(|| Checkpoint {
+                version: checkpoint::VERSION,
+                config_yaml: String::new(),
+                next_iteration: t + 1,
+                k_hi,
+                box_px: self.grid.n,
+                images: classes
+                    .images
+                    .iter()
+                    .map(|a| a.iter().copied().collect())
+                    .collect(),
+                frc: classes.frc.clone(),
+                counts: classes.counts.clone(),
+                noise_gain: classes.noise_gain.clone(),
+                running: running.as_ref().map(|r| r.as_slice().to_vec()),
+                sigma2_init: sigma2_init.clone(),
+                sigma2_current: sigma2_cur.clone(),
+                history: history.clone(),
+            });
             on_iteration(&IterationView {
-                record: &record,
+                record: history.last().expect("pushed above"),
                 classes: &classes,
                 sigma2_used: &sigma2_used,
                 sigma2_current: &sigma2_cur,
                 sigma2_init: &sigma2_init,
                 ess: &ess_g,
                 best_prob: &best_g,
+                checkpoint,
             })?;
-            history.push(record);
             all_ess = ess_g;
             all_best = best_g;
-            // Raise the alignment limit to where the class averages have signal.
-            let k_est = signal_shell(&classes, 0.143);
-            k_hi = k_hi.max(k_est.min(k_align)).max(k_start);
         }
         Ok(Outcome {
             classes,

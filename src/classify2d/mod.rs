@@ -9,7 +9,9 @@
 //! - [`model`]: sufficient statistics and class averages (M-step).
 //! - [`engine`]: the iteration driver (through `Comm`, never MPI directly).
 //! - [`duplicates`]: duplicate-pick removal after classification.
+//! - [`checkpoint`]: the state between iterations, for `--resume`.
 
+pub mod checkpoint;
 pub mod config;
 pub mod duplicates;
 pub mod engine;

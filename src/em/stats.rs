@@ -79,6 +79,23 @@ impl Stats {
             buf: vec![0.0; layout.len()],
         }
     }
+    /// Statistics with `layout` holding `buf` (e.g. from a checkpoint); the lengths must agree.
+    pub fn from_slice(layout: &StatsLayout, buf: &[f64]) -> Result<Self> {
+        if buf.len() != layout.len() {
+            return Err(invalid(
+                "statistics",
+                format!(
+                    "{} values do not fit a layout of {}",
+                    buf.len(),
+                    layout.len()
+                ),
+            ));
+        }
+        Ok(Self {
+            layout: layout.clone(),
+            buf: buf.to_vec(),
+        })
+    }
     pub fn layout(&self) -> &StatsLayout {
         &self.layout
     }

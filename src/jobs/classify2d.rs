@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use ndarray::{Array2, Array3, Axis};
 use serde_json::json;
 
+use crate::classify2d::checkpoint::{self, Checkpoint};
 use crate::classify2d::config::Classify2dConfig;
 use crate::classify2d::duplicates;
 use crate::classify2d::engine::{Engine, IterationView, Outcome, Results};
@@ -33,7 +34,10 @@ use crate::report::plot::{histogram_png, lines_png, PLOT_SIZE_PX};
 
 /// Runs the job on every rank.
 pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
-    let cfg: Classify2dConfig = collective(comm, config::load(&args.config, &args.set))?;
+    let mut cfg: Classify2dConfig = collective(comm, config::load(&args.config, &args.set))?;
+    if let Some(dir) = &args.resume {
+        cfg.output = dir.clone();
+    }
     let n_total = collective(comm, Dataset::count(&cfg.input))?;
     if n_total == 0 {
         return collective(
@@ -55,16 +59,28 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         crate::backend::select(cfg.backend, &args.config, "classify2d")
     });
     let backend = collective(comm, checked)?;
-    // The output folder (rank 0), refused before any work if it exists.
+    // The output folder (rank 0), refused before any work if it exists; or, with --resume,
+    // the staging folder of the killed run and its checkpoint (read by rank 0, sent to all).
     let out = if comm.is_root() {
         collective(
             comm,
-            check_writable(&cfg.output, args.overwrite)
-                .and_then(|_| OutputDir::create(cfg.output(), args.overwrite))
-                .map(Some),
+            match &args.resume {
+                Some(dir) => OutputDir::resume(dir),
+                None => check_writable(&cfg.output, args.overwrite)
+                    .and_then(|_| OutputDir::create(cfg.output(), args.overwrite)),
+            }
+            .map(Some),
         )?
     } else {
         collective(comm, Ok(None))?
+    };
+    let config_yaml = config_without_output(&cfg);
+    let resume = match &args.resume {
+        Some(dir) => Some(collective(
+            comm,
+            read_checkpoint(comm, out.as_ref().map(|o| o.path()), dir, &config_yaml),
+        )?),
+        None => None,
     };
     let grid = WorkGrid::new(box_px, psize, cfg.max_res_a);
     log::info!(
@@ -92,9 +108,19 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
     if let Some(p) = &plots {
         std::fs::create_dir_all(p).map_err(|e| Error::io(p, e))?;
     }
-    let outcome = engine.run(|view| match &plots {
-        Some(dir) => iteration_plots(dir, view, &grid, box_px, psize),
-        None => Ok(()),
+    let staging = out.as_ref().map(|o| o.path().to_path_buf());
+    let outcome = engine.run(resume, |view| {
+        if let Some(dir) = &plots {
+            iteration_plots(dir, view, &grid, box_px, psize)?;
+        }
+        match (&view.checkpoint, &staging) {
+            (Some(c), Some(dir)) => {
+                let mut c = c.clone();
+                c.config_yaml = config_yaml.clone();
+                c.write(dir)
+            }
+            _ => Ok(()),
+        }
     });
     let outcome = collective(comm, outcome)?;
     let gathered = gather_results(comm, &outcome.results);
@@ -138,6 +164,45 @@ fn post_process(
         nonnegative: cfg.nonnegative,
         clamp_solvent: cfg.clamp_solvent,
     })
+}
+
+/// The configuration as YAML without `output` (what a resumed run must match).
+fn config_without_output(cfg: &Classify2dConfig) -> String {
+    let mut v = serde_norway::to_value(cfg).unwrap_or(serde_norway::Value::Null);
+    if let Some(m) = v.as_mapping_mut() {
+        m.remove("output");
+    }
+    serde_norway::to_string(&v).unwrap_or_default()
+}
+
+/// Rank 0 reads the checkpoint in `staging` and sends it to every rank; each checks that it
+/// was made with the same configuration.
+fn read_checkpoint(
+    comm: &dyn Comm,
+    staging: Option<&Path>,
+    dir: &Path,
+    config_yaml: &str,
+) -> Result<Checkpoint> {
+    let path = staging.map(|s| s.join(checkpoint::FILE));
+    let mut bytes = match &path {
+        Some(p) if p.exists() => std::fs::read(p).map_err(|e| Error::io(p, e))?,
+        _ => Vec::new(),
+    };
+    comm.broadcast_bytes(0, &mut bytes);
+    if bytes.is_empty() {
+        return Err(Error::file(
+            dir,
+            "nothing to resume: the killed run wrote no checkpoint yet (it ended in its first iteration)",
+        ));
+    }
+    let c = Checkpoint::from_bytes(&bytes, &dir.join(checkpoint::FILE))?;
+    if c.config_yaml != config_yaml {
+        return Err(Error::file(
+            dir,
+            "the checkpoint was made with another configuration (apart from output); resume with the same config and --set values",
+        ));
+    }
+    Ok(c)
 }
 
 /// Class averages padded back to the input box and pixel size.

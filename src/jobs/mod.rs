@@ -23,6 +23,15 @@ use crate::error::{Error, Result};
 
 /// Runs the job named by `cmd` on every rank of `comm`.
 pub fn run(cmd: &Command, comm: &dyn Comm) -> Result<()> {
+    let resuming = cmd.job_args().is_some_and(|a| a.resume.is_some());
+    if resuming && !matches!(cmd, Command::Classify2d(_)) {
+        return collective(
+            comm,
+            Err(Error::Usage(
+                "--resume: only classify2d can continue a killed run so far".into(),
+            )),
+        );
+    }
     match cmd {
         Command::Import(args) => on_root(comm, || import::run(args)),
         Command::Export(args) => on_root(comm, || export::run(args)),

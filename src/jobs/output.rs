@@ -12,6 +12,8 @@ pub struct OutputDir {
     tmp_path: PathBuf,
     overwrite: bool,
     committed: bool,
+    /// A resumed run keeps its staging folder (and checkpoint) if it fails again.
+    keep_on_failure: bool,
 }
 
 /// The temporary sibling of `path` used while writing it.
@@ -57,6 +59,34 @@ impl OutputDir {
             tmp_path,
             overwrite,
             committed: false,
+            keep_on_failure: false,
+        })
+    }
+    /// Continues writing the staging folder of a killed run of `path` (it must exist; the
+    /// finished folder must not).
+    pub fn resume(path: &Path) -> Result<OutputDir> {
+        if path.exists() {
+            return Err(Error::file(
+                path,
+                "this run already finished; nothing to resume",
+            ));
+        }
+        let tmp_path = tmp_sibling(path);
+        if !tmp_path.is_dir() {
+            return Err(Error::file(
+                path,
+                format!(
+                    "nothing to resume: no staging folder {} (the run never started here)",
+                    tmp_path.display()
+                ),
+            ));
+        }
+        Ok(OutputDir {
+            final_path: path.to_path_buf(),
+            tmp_path,
+            overwrite: false,
+            committed: false,
+            keep_on_failure: true,
         })
     }
     /// Where to write now (the temporary folder).
@@ -94,7 +124,7 @@ impl OutputDir {
 
 impl Drop for OutputDir {
     fn drop(&mut self) {
-        if !self.committed {
+        if !self.committed && !self.keep_on_failure {
             let _ = std::fs::remove_dir_all(&self.tmp_path);
         }
     }
