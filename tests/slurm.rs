@@ -88,3 +88,59 @@ fn templates_run_emclass_through_srun() {
         assert!(String::from_utf8_lossy(&st.stderr).contains("usage"));
     }
 }
+
+/// The scaling study script runs end to end on a tiny problem (mpirun, 1 and 2 ranks) and
+/// writes its table, CSV and plot.
+#[test]
+fn scaling_study_script_writes_table_and_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("slurm/scaling.sh");
+    let st = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let session = tempfile::tempdir().unwrap();
+    let out = run_command(
+        Command::new("bash")
+            .arg(&script)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("EMCLASS", bin())
+            .env("WORK", dir.path())
+            .env("MAX_RANKS", "2")
+            .env("N", "400")
+            .env("PER_RANK", "200")
+            .env("BOX", "32")
+            .env("K", "2")
+            .env("ITERS", "2")
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .env("OMPI_MCA_orte_tmpdir_base", session.path())
+            .env_remove("SLURM_JOB_ID"),
+    )
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let md = std::fs::read_to_string(dir.path().join("scaling.md")).unwrap();
+    for row in [
+        "| strong | 1 | 400 |",
+        "| strong | 2 | 400 |",
+        "| weak | 1 | 200 |",
+        "| weak | 2 | 400 |",
+    ] {
+        assert!(md.contains(row), "{md}");
+    }
+    let svg = std::fs::read_to_string(dir.path().join("scaling.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.matches("<polyline").count() == 2,
+        "{svg}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("scaling.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        5
+    );
+}
