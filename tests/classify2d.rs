@@ -225,6 +225,23 @@ fn one_and_two_ranks_agree() {
     let b = labels(&d.join("two/particles.h5"), "alignments2D/class");
     let agree = matched_agreement(&a, &b);
     assert!(agree >= 0.995, "1 vs 2 ranks agree on {agree}");
+    // Per-iteration timing split and all-reduce size: the same buffer on 1 and 2 ranks.
+    let iters = |o: &str| -> Vec<serde_json::Value> {
+        let s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join(o).join("summary.json")).unwrap())
+                .unwrap();
+        s["iterations"].as_array().unwrap().clone()
+    };
+    for (x, y) in iters("one").iter().zip(iters("two").iter()) {
+        assert_eq!(x["allreduce_bytes"], y["allreduce_bytes"]);
+        assert!(y["allreduce_bytes"].as_u64().unwrap() > 0 || y["phase"] == "assign");
+        let (e, c, t) = (
+            y["estep_seconds"].as_f64().unwrap(),
+            y["comm_seconds"].as_f64().unwrap(),
+            y["seconds"].as_f64().unwrap(),
+        );
+        assert!(e >= 0.0 && c >= 0.0 && e + c <= t + 1e-6, "{y}");
+    }
     mpirun(d, 3, &["classify2d", "c2d.yaml", "--set", "output=three"]).ok();
     let c = labels(&d.join("three/particles.h5"), "alignments2D/class");
     let agree = matched_agreement(&a, &c);

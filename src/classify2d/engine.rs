@@ -87,6 +87,13 @@ pub struct IterationRecord {
     #[serde(rename = "class_frc05_res_A")]
     pub class_frc05_res_a: Vec<f64>,
     pub seconds: f64,
+    /// Of which this rank's E-step (scoring and its M-step contributions).
+    pub estep_seconds: f64,
+    /// Of which communication: the all-reduce of the statistics and the gather of the
+    /// per-particle diagnostics (including waiting for the slowest rank).
+    pub comm_seconds: f64,
+    /// Bytes of the statistics all-reduce (each rank's buffer).
+    pub allreduce_bytes: usize,
 }
 
 /// What the run produced.
@@ -309,6 +316,7 @@ impl<'a> Engine<'a> {
             let hard = cfg.final_hard_classification && t + 1 >= total;
             let params = EStepParams::new(1.0, 0.0, hard)?;
             let ramps = self.full_ramps(&poses);
+            let t_e = Instant::now();
             let (mut batch_stats, rows) =
                 self.e_and_m(&scorer, &locals, &classes.images, &params, &ramps)?;
             for (i, row) in rows {
@@ -319,10 +327,17 @@ impl<'a> Engine<'a> {
                 results.shift_px[i] = row.shift;
                 results.probs[i * k..(i + 1) * k].copy_from_slice(&row.probs);
             }
+            let estep_seconds = t_e.elapsed().as_secs_f64();
+            let t_c = Instant::now();
             let (ess_g, best_g) = self.gather_diagnostics(&results, &locals);
             let eta_t = if online { eta.at(t) } else { 1.0 };
+            let mut allreduce_bytes = 0;
             if !estep_only {
                 batch_stats.all_reduce(self.comm);
+                allreduce_bytes = 8 * batch_stats.as_slice().len();
+            }
+            let comm_seconds = t_c.elapsed().as_secs_f64();
+            if !estep_only {
                 match running.as_mut() {
                     Some(r) => r.blend(&batch_stats, eta_t)?,
                     None => running = Some(batch_stats),
@@ -376,10 +391,13 @@ impl<'a> Engine<'a> {
                 class_counts: classes.counts.clone(),
                 class_frc05_res_a: frc05,
                 seconds: start.elapsed().as_secs_f64(),
+                estep_seconds,
+                comm_seconds,
+                allreduce_bytes,
             };
             if self.comm.is_root() {
                 log::info!(
-                    "iteration {}/{} ({}, {} particles, align {:.1} Å, {} angles × {} shifts): {:.1} s",
+                    "iteration {}/{} ({}, {} particles, align {:.1} Å, {} angles × {} shifts): {:.1} s (E-step {:.1} s, communication {:.2} s, all-reduce {:.1} MB)",
                     t + 1,
                     passes,
                     record.phase,
@@ -387,7 +405,10 @@ impl<'a> Engine<'a> {
                     record.align_res_a,
                     record.n_rotations,
                     record.n_shifts,
-                    record.seconds
+                    record.seconds,
+                    record.estep_seconds,
+                    record.comm_seconds,
+                    record.allreduce_bytes as f64 / 1e6
                 );
                 if let (Ok(e), Ok(b)) = (Quartiles::of(&ess_g), Quartiles::of(&best_g)) {
                     log::info!("  effective number of classes per particle: {e}");
