@@ -434,16 +434,7 @@ fn kill_mid_run(d: &Path, mut cmd: std::process::Command, out: &str, iteration: 
         std::thread::sleep(Duration::from_millis(20));
     }
     let victim = if mpi {
-        let c = std::process::Command::new("pgrep")
-            .args(["-P", &child.id().to_string()])
-            .output()
-            .unwrap();
-        let mut pids: Vec<u32> = String::from_utf8_lossy(&c.stdout)
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect();
-        pids.sort_unstable();
-        pids[pids.len() - 1]
+        *child_pids(child.id()).last().expect("a rank under mpirun")
     } else {
         child.id()
     };

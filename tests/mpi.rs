@@ -193,15 +193,7 @@ fn a_killed_rank_ends_the_job_within_a_minute() {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_secs(2));
-    let children = Command::new("pgrep")
-        .args(["-P", &job.id().to_string()])
-        .output()
-        .unwrap();
-    let mut pids: Vec<u32> = String::from_utf8_lossy(&children.stdout)
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect();
-    pids.sort_unstable();
+    let pids = child_pids(job.id());
     assert_eq!(pids.len(), 2, "expected two ranks under mpirun: {pids:?}");
     let killed_at = Instant::now();
     Command::new("kill")

@@ -154,17 +154,18 @@ mod tests {
     use super::*;
     use crate::backend::Cpu;
 
+    /// The GPU, or `None` after saying why the test is skipped.
+    fn gpu_or_skip() -> Option<Cuda> {
+        Cuda::for_rank(0)
+            .map_err(|why| eprintln!("skipped: no usable CUDA device ({why})"))
+            .ok()
+    }
+
     /// CPU and CUDA products agree to f32 rounding. Runs where a GPU is usable; elsewhere it
     /// says why it is skipped.
     #[test]
     fn cuda_gemm_matches_the_cpu() {
-        let gpu = match Cuda::for_rank(0) {
-            Ok(g) => g,
-            Err(why) => {
-                eprintln!("skipped: no usable CUDA device ({why})");
-                return;
-            }
-        };
+        let Some(gpu) = gpu_or_skip() else { return };
         for (m, k, n) in [(1, 1, 1), (7, 33, 5), (300, 2216, 1120), (0, 4, 3)] {
             let a = Array2::from_shape_fn((m, k), |(i, j)| {
                 ((i * 31 + j * 17) % 23) as f32 / 23.0 - 0.5
@@ -199,13 +200,7 @@ mod tests {
     #[test]
     #[ignore]
     fn sgemm_throughput() {
-        let gpu = match Cuda::for_rank(0) {
-            Ok(g) => g,
-            Err(why) => {
-                eprintln!("skipped: no usable CUDA device ({why})");
-                return;
-            }
-        };
+        let Some(gpu) = gpu_or_skip() else { return };
         let n = 8192;
         let a = Array2::from_elem((n, n), 0.5f32);
         let op = gpu.right_operand(a.view()).unwrap();

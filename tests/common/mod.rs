@@ -427,3 +427,17 @@ where
         );
     }
 }
+
+/// The PIDs of the direct children of process `pid` (e.g. the ranks under mpirun), sorted.
+pub fn child_pids(pid: u32) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args(["-P", &pid.to_string()])
+        .output()
+        .expect("run pgrep");
+    let mut pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids
+}
