@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools clang libclang-dev pkg-config time python3-venv)
+# procps: pgrep and kill, used by the tests that kill a run mid-way.
+pkgs=(libopenmpi-dev openmpi-bin libhdf5-dev hdf5-tools clang libclang-dev pkg-config time python3-venv procps)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
