@@ -11,17 +11,7 @@ use emclass::em::metrics::{adjusted_rand_index, matched_agreement};
 
 /// A small, quick views2d set: box 64 at 3 Å, 4 views, 10% junk, 5% duplicates.
 fn simulate(dir: &Path, name: &str, n: usize, extra: &[&str]) {
-    std::fs::write(dir.join("sim.yaml"), "output: unused\nmode: views2d\n").unwrap();
-    let mut args = vec![
-        "-q".to_string(),
-        "simulate".into(),
-        "sim.yaml".into(),
-        "--set".into(),
-        format!("output={name}"),
-        "--set".into(),
-        format!("num_particles={n}"),
-    ];
-    for s in [
+    let base = [
         "box_px=64",
         "psize_A=3.0",
         "num_views=4",
@@ -29,15 +19,9 @@ fn simulate(dir: &Path, name: &str, n: usize, extra: &[&str]) {
         "snr=0.08",
         "max_shift_px=2",
         "seed=7",
-    ]
-    .iter()
-    .chain(extra)
-    {
-        args.push("--set".into());
-        args.push(s.to_string());
-    }
-    let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    emclass(dir, &a).ok();
+    ];
+    let sets: Vec<&str> = base.iter().chain(extra).copied().collect();
+    simulate_with(dir, "views2d", name, n, &sets);
 }
 
 /// A config for the small set: 6 classes, coarse resolution; `extra` lines (`key: value`)

@@ -15,17 +15,7 @@ use emclass::numerics::volume::solvent_mask;
 /// A small, quick hetero3d set: box 48 at 3 Å, two states differing by a domain of 20% of
 /// the mass, SNR 0.15, 5% junk.
 fn simulate(dir: &Path, name: &str, n: usize, extra: &[&str]) {
-    std::fs::write(dir.join("sim.yaml"), "output: unused\nmode: hetero3d\n").unwrap();
-    let mut args = vec![
-        "-q".to_string(),
-        "simulate".into(),
-        "sim.yaml".into(),
-        "--set".into(),
-        format!("output={name}"),
-        "--set".into(),
-        format!("num_particles={n}"),
-    ];
-    for s in [
+    let base = [
         "box_px=48",
         "psize_A=3.0",
         "snr=0.15",
@@ -34,15 +24,9 @@ fn simulate(dir: &Path, name: &str, n: usize, extra: &[&str]) {
         "duplicate_fraction=0",
         "max_shift_px=2",
         "seed=5",
-    ]
-    .iter()
-    .chain(extra)
-    {
-        args.push("--set".into());
-        args.push(s.to_string());
-    }
-    let a: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
-    emclass(dir, &a).ok();
+    ];
+    let sets: Vec<&str> = base.iter().chain(extra).copied().collect();
+    simulate_with(dir, "hetero3d", name, n, &sets);
 }
 
 /// A config for the small set; `extra` lines (`key: value`) are appended.

@@ -14,20 +14,9 @@ use emclass::dataset::{Column, ColumnData, Dataset, DatasetAttrs, ParticleTable}
 /// Simulates `n` particles into `dir/<name>` (views2d, no junk, no duplicates, then `set`).
 pub fn simulated(dir: &Path, name: &str, n: usize, set: &[&str]) -> PathBuf {
     if !dir.join(name).exists() {
-        std::fs::write(dir.join("sim.yaml"), "output: unused\nmode: views2d\n").unwrap();
-        let mut all = vec![
-            format!("output={name}"),
-            format!("num_particles={n}"),
-            "junk_fraction=0".into(),
-            "duplicate_fraction=0".into(),
-        ];
-        all.extend(set.iter().map(|s| s.to_string()));
-        let mut args = vec!["-q", "simulate", "sim.yaml"];
-        for s in &all {
-            args.extend(["--set", s.as_str()]);
-        }
-        emclass(dir, &args).ok();
-        std::fs::remove_file(dir.join("sim.yaml")).unwrap();
+        let mut sets = vec!["junk_fraction=0", "duplicate_fraction=0"];
+        sets.extend(set);
+        simulate_with(dir, "views2d", name, n, &sets);
     }
     dir.join(name).join("particles.h5")
 }

@@ -36,22 +36,7 @@ fn a_failing_job_fails_on_every_rank_without_hanging() {
 
 /// Writes a minimal simulate config and runs it (single process) into `dir/name`.
 fn simulate(dir: &std::path::Path, name: &str, n: usize) {
-    std::fs::write(dir.join("sim.yaml"), "output: unused\nmode: views2d\n").unwrap();
-    emclass(
-        dir,
-        &[
-            "-q",
-            "simulate",
-            "sim.yaml",
-            "--set",
-            &format!("output={name}"),
-            "--set",
-            &format!("num_particles={n}"),
-            "--set",
-            "box_px=32",
-        ],
-    )
-    .ok();
+    simulate_with(dir, "views2d", name, n, &["box_px=32"]);
 }
 
 #[test]

@@ -29,8 +29,9 @@ pub trait RightOperand: Send + Sync {
 pub trait Backend: Send + Sync {
     /// What runs, for the log ("CPU (rayon, 2 threads)", "CUDA device 0: NVIDIA H100").
     fn describe(&self) -> String;
-    /// Keeps `b` (k × n) for products [`RightOperand::left_mul`].
-    fn right_operand(&self, b: ArrayView2<f32>) -> Result<Box<dyn RightOperand>>;
+    /// Takes `b` (k × n) for products [`RightOperand::left_mul`] (kept as is on the CPU,
+    /// moved to the device for CUDA).
+    fn right_operand(&self, b: Array2<f32>) -> Result<Box<dyn RightOperand>>;
 }
 
 /// The CPU reference.
@@ -49,8 +50,8 @@ impl Backend for Cpu {
     fn describe(&self) -> String {
         format!("CPU (rayon, {} threads)", rayon::current_num_threads())
     }
-    fn right_operand(&self, b: ArrayView2<f32>) -> Result<Box<dyn RightOperand>> {
-        Ok(Box::new(CpuOperand(b.to_owned())))
+    fn right_operand(&self, b: Array2<f32>) -> Result<Box<dyn RightOperand>> {
+        Ok(Box::new(CpuOperand(b)))
     }
 }
 
@@ -125,7 +126,7 @@ mod tests {
     #[test]
     fn cpu_operand_is_the_plain_product_and_checks_shapes() {
         let (a, b) = mats(5, 4, 3);
-        let op = Cpu.right_operand(b.view()).unwrap();
+        let op = Cpu.right_operand(b.clone()).unwrap();
         assert_eq!(op.left_mul(a.view()).unwrap(), a.dot(&b));
         let e = op.left_mul(b.view()).unwrap_err().to_string();
         assert!(e.contains("3 columns on the left, 4 rows"), "{e}");

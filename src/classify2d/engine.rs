@@ -309,7 +309,7 @@ impl<'a> Engine<'a> {
                 self.grid,
                 &band,
                 &poses,
-                &templates,
+                templates,
                 &sigma2_used,
                 self.backend,
             )?;

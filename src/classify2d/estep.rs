@@ -92,7 +92,9 @@ pub struct Scorer<'a> {
     pub grid: &'a WorkGrid,
     pub band: &'a Band,
     pub poses: &'a PoseGrid,
-    pub templates: &'a Templates,
+    /// Classes K and rotations R of the template matrices (columns `k·R + r`).
+    n_classes: usize,
+    n_rot: usize,
     /// 1/σ²(f) for each band coefficient.
     inv_sigma2: Vec<f32>,
     /// Phase ramps `ρ_t(f)` conjugated, `T × |B|`.
@@ -110,7 +112,7 @@ impl<'a> Scorer<'a> {
         grid: &'a WorkGrid,
         band: &'a Band,
         poses: &'a PoseGrid,
-        templates: &'a Templates,
+        templates: Templates,
         sigma2: &[f64],
         backend: &dyn Backend,
     ) -> Result<Scorer<'a>> {
@@ -136,12 +138,14 @@ impl<'a> Scorer<'a> {
             grid,
             band,
             poses,
-            templates,
+            n_classes: templates.n_classes,
+            n_rot: templates.n_rot,
             inv_sigma2,
             conj_ramps,
             freq_a,
-            mat_op: backend.right_operand(templates.mat.view())?,
-            pow_op: backend.right_operand(templates.pow.view())?,
+            // The matrices move into the backend (no copy on the CPU).
+            mat_op: backend.right_operand(templates.mat)?,
+            pow_op: backend.right_operand(templates.pow)?,
         })
     }
 
@@ -163,7 +167,7 @@ impl<'a> Scorer<'a> {
         let b = locals.len();
         let d = self.band.len();
         let nt = self.poses.n_shift();
-        let (k, r) = (self.templates.n_classes, self.templates.n_rot);
+        let (k, r) = (self.n_classes, self.n_rot);
         let np = r * nt;
         let mut p = Array2::<f32>::zeros((b * nt, 2 * d));
         let mut q = Array2::<f32>::zeros((b, d));
@@ -257,7 +261,7 @@ mod tests {
             &grid,
             &band,
             &poses,
-            &templates,
+            templates,
             &sigma2,
             &crate::backend::Cpu,
         )

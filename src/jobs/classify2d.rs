@@ -492,18 +492,7 @@ fn write_outputs(
     if let Some(a) = ari {
         log::info!("adjusted Rand index vs simulated views (non-junk): {a:.4}");
     }
-    let write = |name: &str, text: String| {
-        let p = dir.join(name);
-        std::fs::write(&p, text).map_err(|e| Error::io(&p, e))
-    };
-    write(
-        "summary.json",
-        serde_json::to_string_pretty(&summary).map_err(|e| Error::Usage(e.to_string()))? + "\n",
-    )?;
-    write("config.used.yaml", config::to_yaml(cfg))?;
-    let done = out.commit()?;
-    log::info!("classify2d: wrote {}", done.display());
-    Ok(())
+    out.finish(&summary, cfg, "classify2d")
 }
 
 /// ARI between the ground-truth `field` (`gt/view`, `gt/state`; −1 = junk) and the classes

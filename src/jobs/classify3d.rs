@@ -506,16 +506,5 @@ fn write_outputs(
         "class_flow": o.flows.iter().map(|(t, f)| json!({"iteration": t, "counts": f})).collect::<Vec<_>>(),
         "sigma2": o.sigma2,
     });
-    let write = |name: &str, text: String| {
-        let p = dir.join(name);
-        std::fs::write(&p, text).map_err(|e| Error::io(&p, e))
-    };
-    write(
-        "summary.json",
-        serde_json::to_string_pretty(&summary).map_err(|e| Error::Usage(e.to_string()))? + "\n",
-    )?;
-    write("config.used.yaml", config::to_yaml(cfg))?;
-    let done = out.commit()?;
-    log::info!("classify3d: wrote {}", done.display());
-    Ok(())
+    out.finish(&summary, cfg, "classify3d")
 }

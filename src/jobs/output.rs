@@ -97,6 +97,26 @@ impl OutputDir {
     pub fn final_path(&self) -> &Path {
         &self.final_path
     }
+    /// Writes `summary.json` and the effective config (`config.used.yaml`) of job `job`,
+    /// then moves the folder into place.
+    pub fn finish<C: serde::Serialize>(
+        self,
+        summary: &serde_json::Value,
+        cfg: &C,
+        job: &str,
+    ) -> Result<()> {
+        let write = |name: &str, text: String| {
+            let p = self.tmp_path.join(name);
+            std::fs::write(&p, text).map_err(|e| Error::io(&p, e))
+        };
+        let json =
+            serde_json::to_string_pretty(summary).map_err(|e| Error::Usage(e.to_string()))?;
+        write("summary.json", json + "\n")?;
+        write("config.used.yaml", crate::config::to_yaml(cfg))?;
+        let done = self.commit()?;
+        log::info!("{job}: wrote {}", done.display());
+        Ok(())
+    }
     /// Moves the finished folder into place (replacing an old one when overwriting).
     pub fn commit(mut self) -> Result<PathBuf> {
         if self.final_path.exists() {

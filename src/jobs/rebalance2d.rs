@@ -24,9 +24,7 @@ use crate::error::{Error, Result};
 use crate::jobs::classes2d::{self, Classes2d};
 use crate::jobs::classify2d::class_montage;
 use crate::jobs::output::{check_writable, OutputDir};
-use crate::jobs::selection::{
-    finish, plots_dir, selected_excluded, true_particle_count, write_subsets,
-};
+use crate::jobs::selection::{plots_dir, selected_excluded, true_particle_count, write_subsets};
 use crate::report::affinity_plot::affinity_matrix_png;
 use crate::report::plots3d::grouped_bars_png;
 
@@ -139,7 +137,7 @@ pub fn run(args: &JobArgs) -> Result<()> {
         "superclasses_vs_ground_truth_views": truth,
         "subsets": counts,
     });
-    finish(out, &summary, &cfg, "rebalance2d")
+    out.finish(&summary, &cfg, "rebalance2d")
 }
 
 fn write_csv(path: &Path, text: &str) -> Result<()> {

@@ -17,9 +17,7 @@ use crate::formats::mrc::write_stack;
 use crate::jobs::classes2d::{self, Classes2d};
 use crate::jobs::classify2d::class_montage;
 use crate::jobs::output::{check_writable, OutputDir};
-use crate::jobs::selection::{
-    finish, plots_dir, selected_excluded, true_particle_count, write_subsets,
-};
+use crate::jobs::selection::{plots_dir, selected_excluded, true_particle_count, write_subsets};
 
 /// Why a class is not kept.
 fn drop_reason(cfg: &Select2dConfig, c: usize, size: usize, frc: Option<f64>) -> Option<String> {
@@ -105,7 +103,7 @@ pub fn run(args: &JobArgs) -> Result<()> {
         "kept_classes": kept_classes,
         "subsets": counts,
     });
-    finish(out, &summary, &cfg, "select2d")
+    out.finish(&summary, &cfg, "select2d")
 }
 
 /// `classes_selected.mrcs` and `plots/classes_selected.png` (labels: original index, size,

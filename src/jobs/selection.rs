@@ -5,14 +5,11 @@
 
 use std::path::Path;
 
-use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::config;
 use crate::dataset::store::write_referencing;
 use crate::dataset::{Dataset, DatasetAttrs, ParticleTable};
 use crate::error::{Error, Result};
-use crate::jobs::output::OutputDir;
 
 /// One output subset: `<name>.h5` holding `rows` of the input, described by `label`.
 #[derive(Clone, Debug)]
@@ -106,23 +103,6 @@ pub fn plots_dir(dir: &Path) -> Result<std::path::PathBuf> {
     let p = dir.join("plots");
     std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
     Ok(p)
-}
-
-/// Writes `summary.json` and `config.used.yaml` into the output and moves it into place.
-pub fn finish<C: Serialize>(out: OutputDir, summary: &Value, cfg: &C, job: &str) -> Result<()> {
-    let dir = out.path().to_path_buf();
-    let write = |name: &str, text: String| {
-        let p = dir.join(name);
-        std::fs::write(&p, text).map_err(|e| Error::io(&p, e))
-    };
-    write(
-        "summary.json",
-        serde_json::to_string_pretty(summary).map_err(|e| Error::Usage(e.to_string()))? + "\n",
-    )?;
-    write("config.used.yaml", config::to_yaml(cfg))?;
-    let done = out.commit()?;
-    log::info!("{job}: wrote {}", done.display());
-    Ok(())
 }
 
 #[cfg(test)]

@@ -18,8 +18,7 @@ use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::jobs::output::{check_writable, OutputDir};
 use crate::jobs::selection::{
-    finish, plots_dir, selected_excluded, subsets_by_group, true_particle_count, write_subsets,
-    Subset,
+    plots_dir, selected_excluded, subsets_by_group, true_particle_count, write_subsets, Subset,
 };
 use crate::report::plot::{histogram_overlay_png, Density, PLOT_SIZE_PX};
 
@@ -53,7 +52,7 @@ pub fn run(args: &JobArgs) -> Result<()> {
         "split": split_summary,
         "subsets": counts,
     });
-    finish(out, &summary, &cfg, "subset")
+    out.finish(&summary, &cfg, "subset")
 }
 
 /// The statistic per particle and a description of it (axis label, summary).

@@ -441,3 +441,20 @@ pub fn child_pids(pid: u32) -> Vec<u32> {
     pids.sort_unstable();
     pids
 }
+
+/// Runs `emclass simulate` in `dir` (single process) into `dir/<name>`: `mode` (views2d or
+/// hetero3d), `n` particles, then the `key=value` settings in `sets` (later ones win).
+/// Leaves the config it used as `dir/sim.yaml`.
+pub fn simulate_with(dir: &Path, mode: &str, name: &str, n: usize, sets: &[&str]) {
+    std::fs::write(
+        dir.join("sim.yaml"),
+        format!("output: unused\nmode: {mode}\n"),
+    )
+    .unwrap();
+    let (out, count) = (format!("output={name}"), format!("num_particles={n}"));
+    let mut args = vec!["-q", "simulate", "sim.yaml", "--set", &out, "--set", &count];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    emclass(dir, &args).ok();
+}
