@@ -101,6 +101,15 @@ pub struct Classify2dConfig {
     /// auto | cpu | cuda. Default auto.
     #[serde(default)]
     pub backend: BackendChoice,
+    /// Memory budget per rank for its pre-processed particles, GiB. A rank whose share does
+    /// not fit streams its particles from the file every iteration (in blocks, with
+    /// read-ahead) instead of holding them; 0 always streams. Default 4.
+    #[serde(default = "d_max_resident_gb")]
+    pub max_resident_gb: f64,
+}
+
+fn d_max_resident_gb() -> f64 {
+    4.0
 }
 
 fn d_num_classes() -> usize {
@@ -163,6 +172,7 @@ impl Classify2dConfig {
             max_shift_px: d_max_shift_px(),
             seed: 0,
             backend: BackendChoice::Auto,
+            max_resident_gb: d_max_resident_gb(),
         }
     }
 
@@ -298,6 +308,7 @@ impl crate::config::JobConfig for Classify2dConfig {
             ));
         }
         check_range(path, "max_shift_px", self.max_shift_px, 0.0, 1e4)?;
+        check_range(path, "max_resident_gb", self.max_resident_gb, 0.0, 1e6)?;
         Ok(())
     }
     fn output(&self) -> &Path {

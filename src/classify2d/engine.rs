@@ -14,7 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::comm::Comm;
+use crate::comm::{agree, Comm};
 use crate::em::batches::{permutation, OnlineBatches};
 use crate::em::responsibilities::{
     marginalize_poses, pose_weights, responsibilities, EStepParams, Quartiles,
@@ -31,6 +31,8 @@ use super::estep::{rotated_spectrum, Scorer, Templates};
 use super::grid::{Band, PoseGrid, WorkGrid};
 use super::model::{self, ClassUpdate, PostProcess};
 use super::particles::Particles;
+use super::results::ResultRow;
+use super::source::ParticleSource;
 
 /// Coarsest alignment limit of the first iteration, Å (raised as the classes improve).
 pub const START_ALIGN_RES_A: f64 = 25.0;
@@ -40,34 +42,6 @@ const CHUNK: usize = 16;
 const MIN_WEIGHT: f64 = 1e-3;
 /// Number of random particles of the initial noise estimate (the seed's "100 random images").
 const NOISE_PARTICLES: usize = 100;
-
-/// Per-particle results of the last iteration that saw the particle (local rows).
-#[derive(Clone, Debug)]
-pub struct Results {
-    pub k: usize,
-    /// `len × K` class probabilities.
-    pub probs: Vec<f32>,
-    pub class: Vec<u32>,
-    pub class_posterior: Vec<f32>,
-    pub class_ess: Vec<f32>,
-    pub psi_rad: Vec<f32>,
-    /// Shift that centres the particle, input pixels, (x, y).
-    pub shift_px: Vec<[f32; 2]>,
-}
-
-impl Results {
-    fn new(n: usize, k: usize) -> Results {
-        Results {
-            k,
-            probs: vec![0.0; n * k],
-            class: vec![0; n],
-            class_posterior: vec![0.0; n],
-            class_ess: vec![0.0; n],
-            psi_rad: vec![0.0; n],
-            shift_px: vec![[0.0; 2]; n],
-        }
-    }
-}
 
 /// One row of the per-iteration record (summary.json, log).
 #[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
@@ -99,7 +73,6 @@ pub struct IterationRecord {
 /// What the run produced.
 pub struct Outcome {
     pub classes: ClassUpdate,
-    pub results: Results,
     pub history: Vec<IterationRecord>,
     pub sigma2_init: Vec<f64>,
     pub sigma2_current: Vec<f64>,
@@ -113,7 +86,8 @@ pub struct Outcome {
 pub struct Engine<'a> {
     pub cfg: &'a Classify2dConfig,
     pub grid: &'a WorkGrid,
-    pub particles: &'a Particles,
+    /// This rank's particles (resident or streamed).
+    pub source: &'a ParticleSource,
     pub comm: &'a dyn Comm,
     /// Particles in the whole dataset.
     pub n_total: usize,
@@ -138,11 +112,14 @@ pub struct IterationView<'a> {
 }
 
 impl<'a> Engine<'a> {
-    fn local(&self) -> Local<'a> {
+    fn local<'b>(&self, block: &'b Particles) -> Local<'b>
+    where
+        'a: 'b,
+    {
         Local {
             cfg: self.cfg,
             grid: self.grid,
-            particles: self.particles,
+            particles: block,
         }
     }
 
@@ -155,24 +132,30 @@ impl<'a> Engine<'a> {
     fn initial_classes(&self, batch: &[usize], poses: &PoseGrid) -> Result<ClassUpdate> {
         let mut st = Stats::zeros(&self.layout()?);
         let k = self.cfg.num_classes;
-        for i in self.particles.local(batch) {
-            let g = self.particles.first_row + i;
-            let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed ^ 0x5eed_c1a5);
-            rng.set_stream(g as u64);
-            let c = rng.gen_range(0..k);
-            let psi = poses.psi_rad[rng.gen_range(0..poses.n_rot())];
-            let y = self.local().ctf_times_x(i, None);
-            model::add_contribution(
-                &mut st,
-                self.grid,
-                c,
-                self.particles.half[i],
-                &y,
-                self.local().ctf(i),
-                psi,
-                1.0,
-            );
-        }
+        let first = self.source.first_row();
+        let read = self.source
+            .for_each_block(&self.source.local(batch), |idx, ids, block| {
+                let local = self.local(block);
+                for (&i, &l) in idx.iter().zip(ids) {
+                    let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed ^ 0x5eed_c1a5);
+                    rng.set_stream((first + l) as u64);
+                    let c = rng.gen_range(0..k);
+                    let psi = poses.psi_rad[rng.gen_range(0..poses.n_rot())];
+                    let y = local.ctf_times_x(i, None);
+                    model::add_contribution(
+                        &mut st,
+                        self.grid,
+                        c,
+                        block.half[i],
+                        &y,
+                        local.ctf(i),
+                        psi,
+                        1.0,
+                    );
+                }
+                Ok(())
+            });
+        agree(self.comm, read)?;
         st.all_reduce(self.comm);
         Ok(model::update_classes(&st, self.grid, k, &self.post, None))
     }
@@ -188,9 +171,15 @@ impl<'a> Engine<'a> {
             .into_iter()
             .take(NOISE_PARTICLES)
             .collect();
-        for i in self.particles.local(&pick) {
-            model::add_noise(&mut st, self.grid, self.particles.spectrum(i));
-        }
+        let mut pick = self.source.local(&pick);
+        pick.sort_unstable();
+        let read = self.source.for_each_block(&pick, |idx, _, block| {
+            for &i in idx {
+                model::add_noise(&mut st, self.grid, block.spectrum(i));
+            }
+            Ok(())
+        });
+        agree(self.comm, read)?;
         st.all_reduce(self.comm);
         let noise = model::noise_per_shell(&st);
         Ok(noise.iter().map(|v| v.unwrap_or(1.0).max(1e-12)).collect())
@@ -212,15 +201,17 @@ impl<'a> Engine<'a> {
     }
 
     /// Runs the whole classification. `on_iteration` is called on every rank after each
-    /// iteration's M-step.
+    /// iteration's M-step; `on_result` receives the final pass's result of every local
+    /// particle, in local row order.
     pub fn run(
         &self,
         resume: Option<Checkpoint>,
         mut on_iteration: impl FnMut(&IterationView) -> Result<()>,
+        mut on_result: impl FnMut(&ResultRow) -> Result<()>,
     ) -> Result<Outcome> {
         let cfg = self.cfg;
         let k = cfg.num_classes;
-        let n_local = self.particles.len();
+        let n_local = self.source.len();
         let total = cfg.total_iterations();
         let batch_size = (cfg.batch_size_per_class * k).min(self.n_total);
         let mut batches = OnlineBatches::new(self.n_total, batch_size, cfg.seed)?;
@@ -277,7 +268,6 @@ impl<'a> Engine<'a> {
             }
         };
         let mut sigma2_used = sigma2_init.clone();
-        let mut results = Results::new(n_local, k);
         let (mut all_ess, mut all_best) = (Vec::new(), Vec::new());
         // With no full iteration, a last E-step-only pass over all particles gives every
         // particle its assignment.
@@ -290,9 +280,11 @@ impl<'a> Engine<'a> {
             let start = Instant::now();
             let online = t < cfg.online_em_iterations;
             let estep_only = t >= total;
+            let last = t + 1 == passes;
             let locals: Vec<usize> = if online {
-                let b = batches.batch(t + 1);
-                self.particles.local(&b)
+                let mut b = self.source.local(&batches.batch(t + 1));
+                b.sort_unstable();
+                b
             } else {
                 (0..n_local).collect()
             };
@@ -317,19 +309,32 @@ impl<'a> Engine<'a> {
             let params = EStepParams::new(1.0, 0.0, hard)?;
             let ramps = self.full_ramps(&poses);
             let t_e = Instant::now();
-            let (mut batch_stats, rows) =
-                self.e_and_m(&scorer, &locals, &classes.images, &params, &ramps)?;
-            for (i, row) in rows {
-                results.class[i] = row.class;
-                results.class_posterior[i] = row.prob;
-                results.class_ess[i] = row.ess;
-                results.psi_rad[i] = row.psi;
-                results.shift_px[i] = row.shift;
-                results.probs[i * k..(i + 1) * k].copy_from_slice(&row.probs);
-            }
+            let mut batch_stats = Stats::zeros(&layout);
+            let (mut ess_l, mut best_l) = (
+                Vec::with_capacity(locals.len()),
+                Vec::with_capacity(locals.len()),
+            );
+            let scored = self.source.for_each_block(&locals, |idx, _, block| {
+                let (st, mut rows) =
+                    self.e_and_m(&scorer, block, idx, &classes.images, &params, &ramps)?;
+                batch_stats.add(&st)?;
+                // Block indices increase with the local row: this is local row order.
+                rows.sort_unstable_by_key(|(i, _)| *i);
+                for (_, row) in rows {
+                    ess_l.push(row.ess);
+                    best_l.push(row.prob);
+                    if last {
+                        on_result(&row)?;
+                    }
+                }
+                Ok(())
+            });
+            // Every rank learns whether every rank scored its particles (a bad block of the
+            // file, a full disk) before the collectives below, so none waits forever.
+            agree(self.comm, scored)?;
             let estep_seconds = t_e.elapsed().as_secs_f64();
             let t_c = Instant::now();
-            let (ess_g, best_g) = self.gather_diagnostics(&results, &locals);
+            let (ess_g, best_g) = self.gather_diagnostics(&ess_l, &best_l);
             let eta_t = if online { eta.at(t) } else { 1.0 };
             let mut allreduce_bytes = 0;
             if !estep_only {
@@ -438,7 +443,7 @@ impl<'a> Engine<'a> {
                 sigma2_current: sigma2_cur.clone(),
                 history: history.clone(),
             });
-            on_iteration(&IterationView {
+            let reported = on_iteration(&IterationView {
                 record: history.last().expect("pushed above"),
                 classes: &classes,
                 sigma2_used: &sigma2_used,
@@ -447,13 +452,13 @@ impl<'a> Engine<'a> {
                 ess: &ess_g,
                 best_prob: &best_g,
                 checkpoint,
-            })?;
+            });
+            agree(self.comm, reported)?;
             all_ess = ess_g;
             all_best = best_g;
         }
         Ok(Outcome {
             classes,
-            results,
             history,
             sigma2_init,
             sigma2_current: sigma2_cur,
@@ -463,44 +468,47 @@ impl<'a> Engine<'a> {
         })
     }
 
-    /// ESS and best-class probability of `locals`, gathered on the root (rank order).
-    fn gather_diagnostics(&self, r: &Results, locals: &[usize]) -> (Vec<f64>, Vec<f64>) {
-        let mut mine = Vec::with_capacity(locals.len() * 16);
-        for &i in locals {
-            mine.extend_from_slice(&(r.class_ess[i] as f64).to_le_bytes());
-            mine.extend_from_slice(&(r.class_posterior[i] as f64).to_le_bytes());
+    /// ESS and best-class probability of this rank's particles of the iteration, gathered
+    /// on the root (rank order; 8 bytes per particle).
+    fn gather_diagnostics(&self, ess: &[f32], best: &[f32]) -> (Vec<f64>, Vec<f64>) {
+        let mut mine = Vec::with_capacity(ess.len() * 8);
+        for (e, b) in ess.iter().zip(best) {
+            mine.extend_from_slice(&e.to_le_bytes());
+            mine.extend_from_slice(&b.to_le_bytes());
         }
         let (mut ess, mut best) = (Vec::new(), Vec::new());
         if let Some(all) = self.comm.gather_bytes(0, &mine) {
             for part in all {
-                for c in part.chunks_exact(16) {
-                    ess.push(f64::from_le_bytes(c[..8].try_into().expect("8 bytes")));
-                    best.push(f64::from_le_bytes(c[8..].try_into().expect("8 bytes")));
+                for c in part.chunks_exact(8) {
+                    ess.push(f32::from_le_bytes(c[..4].try_into().expect("4 bytes")) as f64);
+                    best.push(f32::from_le_bytes(c[4..].try_into().expect("4 bytes")) as f64);
                 }
             }
         }
         (ess, best)
     }
 
-    /// E-step over `locals` and the M-step contributions of those particles.
+    /// E-step over particles `locals` of `block` and the M-step contributions of those
+    /// particles; each result is keyed by its index in `block`.
     fn e_and_m(
         &self,
         scorer: &Scorer,
+        block: &Particles,
         locals: &[usize],
         images: &[Array2<f32>],
         params: &EStepParams,
         ramps: &[Complex32],
-    ) -> Result<(Stats, Vec<(usize, Row)>)> {
+    ) -> Result<(Stats, Vec<(usize, ResultRow)>)> {
         let layout = self.layout()?;
         let k = self.cfg.num_classes;
         let log_prior = vec![0.0; k];
-        let local = self.local();
-        type Partial = Result<(Stats, Vec<(usize, Row)>)>;
+        let local = self.local(block);
+        type Partial = Result<(Stats, Vec<(usize, ResultRow)>)>;
         let folded: Vec<Partial> = locals
             .par_chunks(CHUNK)
             .fold(
                 || Ok((Stats::zeros(&layout), Vec::new())),
-                |acc: Result<(Stats, Vec<(usize, Row)>)>, chunk| {
+                |acc: Partial, chunk| {
                     let (mut st, mut rows) = acc?;
                     local.chunk(
                         scorer, chunk, images, params, &log_prior, ramps, &mut st, &mut rows,
@@ -570,7 +578,7 @@ impl<'a> Local<'a> {
         log_prior: &[f64],
         ramps: &[Complex32],
         st: &mut Stats,
-        rows: &mut Vec<(usize, Row)>,
+        rows: &mut Vec<(usize, ResultRow)>,
     ) -> Result<()> {
         let k = self.cfg.num_classes;
         let poses = scorer.poses;
@@ -643,7 +651,7 @@ impl<'a> Local<'a> {
             let s = poses.shifts_px[bt];
             rows.push((
                 i,
-                Row {
+                ResultRow {
                     probs: probs.iter().map(|&v| v as f32).collect(),
                     class: best_k as u32,
                     prob: resp.best_prob()[bi] as f32,
@@ -655,16 +663,6 @@ impl<'a> Local<'a> {
         }
         Ok(())
     }
-}
-
-/// One particle's E-step result.
-struct Row {
-    probs: Vec<f32>,
-    class: u32,
-    prob: f32,
-    ess: f32,
-    psi: f32,
-    shift: [f32; 2],
 }
 
 /// `C·X·Σ_t w_t ρ_t` on the working half plane.

@@ -4,7 +4,9 @@
 //!
 //! - [`config`]: the job's parameters.
 //! - [`grid`]: working Fourier grid, alignment band, pose grid.
-//! - [`particles`]: a rank's pre-processed particles.
+//! - [`particles`]: pre-processing of particle images.
+//! - [`source`]: a rank's particles, resident or streamed block by block.
+//! - [`results`]: per-particle results and their rank-local spill file.
 //! - [`estep`]: templates and the batched GEMM scoring.
 //! - [`model`]: sufficient statistics and class averages (M-step).
 //! - [`engine`]: the iteration driver (through `Comm`, never MPI directly).
@@ -19,3 +21,5 @@ pub mod estep;
 pub mod grid;
 pub mod model;
 pub mod particles;
+pub mod results;
+pub mod source;

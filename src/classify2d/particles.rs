@@ -11,7 +11,6 @@ use std::ops::Range;
 use ndarray::ArrayView2;
 
 use crate::dataset::Dataset;
-use crate::em::batches::local_part;
 use crate::error::{Error, Result};
 use crate::numerics::ctf::{Ctf, CtfParams};
 use crate::numerics::fft::{rfft2, Complex32};
@@ -54,13 +53,21 @@ impl Particles {
     pub fn spectrum(&self, i: usize) -> &[Complex32] {
         &self.spectra[i * self.per..(i + 1) * self.per]
     }
-    /// Local indices of the global rows in `rows` that this rank owns.
-    pub fn local(&self, global: &[usize]) -> Vec<usize> {
-        let mine = self.first_row..self.first_row + self.len();
-        local_part(global, &mine)
-            .into_iter()
-            .map(|g| g - self.first_row)
-            .collect()
+    /// A block of already pre-processed particles (`spectra` is `half.len() × grid.len()`).
+    pub fn from_spectra(
+        spectra: Vec<Complex32>,
+        ctf: Option<Vec<Ctf>>,
+        half: Vec<u8>,
+        grid: &WorkGrid,
+    ) -> Particles {
+        debug_assert_eq!(spectra.len(), half.len() * grid.len());
+        Particles {
+            first_row: 0,
+            spectra,
+            ctf,
+            half,
+            per: grid.len(),
+        }
     }
     /// Pre-processed particles from in-memory images (tests, benchmarks); `normalize` off
     /// keeps the grey levels (noise-free test images have no background to normalise by).
@@ -171,15 +178,7 @@ pub fn load(
     let mut start = 0;
     while start < n {
         let end = (start + chunk).min(n);
-        let imgs = ds.read_images(start..end)?;
-        use rayon::prelude::*;
-        let out: Vec<Vec<Complex32>> = (0..end - start)
-            .into_par_iter()
-            .map(|i| preprocess(imgs.index_axis(ndarray::Axis(0), i), grid))
-            .collect();
-        for s in out {
-            spectra.extend(s);
-        }
+        spectra.extend(preprocess_stack(&ds.read_images(start..end)?, grid));
         start = end;
     }
     Ok(Particles {
@@ -189,6 +188,16 @@ pub fn load(
         half: rows.map(|g| (g % 2) as u8).collect(),
         per: grid.len(),
     })
+}
+
+/// Pre-processes a stack of images `(n, box, box)` in parallel, spectra concatenated.
+pub fn preprocess_stack(imgs: &ndarray::Array3<f32>, grid: &WorkGrid) -> Vec<Complex32> {
+    use rayon::prelude::*;
+    let out: Vec<Vec<Complex32>> = (0..imgs.dim().0)
+        .into_par_iter()
+        .map(|i| preprocess(imgs.index_axis(ndarray::Axis(0), i), grid))
+        .collect();
+    out.concat()
 }
 
 /// Normalises one image (background mean 0, standard deviation 1), transforms it and crops

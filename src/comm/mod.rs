@@ -8,6 +8,8 @@ mod partition;
 
 pub use partition::partition;
 
+use crate::error::{Error, Result};
+
 /// What ranks can ask of each other. Every method is collective: all ranks call it, in the
 /// same order, or the job deadlocks (the MPI semantics).
 pub trait Comm {
@@ -35,6 +37,22 @@ pub trait Comm {
     /// Is this the rank that does serial work (import, export, final writes)?
     fn is_root(&self) -> bool {
         self.rank() == 0
+    }
+}
+
+/// Ends every rank with the same outcome: this rank's error, or [`Error::Peer`] (quiet) when
+/// another rank failed. When every rank failed (the same bad input, seen by all), only rank 0
+/// reports it, so the user reads one error line. Algorithm code calls it before a
+/// collective that a failing rank would otherwise never reach, so a rank that fails (a bad
+/// block of particles, a full disk) ends the job instead of hanging the others.
+pub fn agree<T>(comm: &dyn Comm, r: Result<T>) -> Result<T> {
+    let mut failed = [u64::from(r.is_err())];
+    comm.all_reduce_sum_u64(&mut failed);
+    match r {
+        Err(_) if failed[0] == comm.size() as u64 && !comm.is_root() => Err(Error::Peer),
+        Err(e) => Err(e),
+        Ok(_) if failed[0] > 0 => Err(Error::Peer),
+        Ok(v) => Ok(v),
     }
 }
 

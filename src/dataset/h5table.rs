@@ -175,7 +175,7 @@ pub(super) fn read_num_attr<T: H5Type>(
 }
 
 /// Checks that a column name can be stored as an HDF5 path next to `/uid` and `/images`.
-fn check_column_name(path: &Path, name: &str) -> Result<()> {
+pub(super) fn check_column_name(path: &Path, name: &str) -> Result<()> {
     if name == UID || name == IMAGES {
         return Err(Error::field(
             path,

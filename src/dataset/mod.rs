@@ -2,10 +2,12 @@
 //! `table` is the in-memory metadata; `store` reads and writes the HDF5 file (hyperslab
 //! reads of a particle range, streamed image writes, atomic temp-then-rename).
 
+pub mod append;
 mod h5table;
 pub mod store;
 pub mod table;
 
+pub use append::{AppendTarget, TableAppender};
 pub use store::{Dataset, DatasetAttrs, DatasetWriter, ImageDtype, ImageSpec};
 pub use table::{Column, ColumnData, ParticleTable};
 

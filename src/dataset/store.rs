@@ -166,7 +166,7 @@ fn read_header(file: &hdf5::File, path: &Path) -> Result<Header> {
 }
 
 /// Writes the root attributes of a dataset.
-fn write_header(
+pub(super) fn write_header(
     file: &hdf5::File,
     path: &Path,
     attrs: &DatasetAttrs,
@@ -674,28 +674,7 @@ pub fn write_referencing(
         images_from.image_count,
         images_from.images_file(),
     )?;
-    let images_abs = images_from
-        .images_file()
-        .canonicalize()
-        .map_err(|e| Error::io(images_from.images_file(), e))?;
-    let folder = folder_of(path);
-    let folder_abs = folder.canonicalize().map_err(|e| Error::io(&folder, e))?;
-    if let Ok(p) = path.canonicalize() {
-        if p == images_abs {
-            return Err(Error::file(path, "would overwrite the file that holds the images it references; write to another path"));
-        }
-    }
-    let rel = relative_to(&images_abs, &folder_abs);
-    let rel = rel
-        .to_str()
-        .ok_or_else(|| {
-            Error::field(
-                path,
-                "images_file",
-                format!("{} is not valid UTF-8", rel.display()),
-            )
-        })?
-        .to_string();
+    let rel = images_reference(path, images_from)?;
     let (guard, file) = TmpGuard::create(path)?;
     h5table::write_table(&file, path, table)?;
     write_header(
@@ -709,6 +688,34 @@ pub fn write_referencing(
     file.flush().ctx(path, "flush")?;
     file.close().ctx(path, "close")?;
     guard.commit()
+}
+
+/// The `images_file` attribute of a dataset at `path` that references the images of
+/// `images_from`: its images file relative to `path`'s folder. Refuses to overwrite that
+/// images file.
+pub(super) fn images_reference(path: &Path, images_from: &Dataset) -> Result<String> {
+    let images_abs = images_from
+        .images_file()
+        .canonicalize()
+        .map_err(|e| Error::io(images_from.images_file(), e))?;
+    let folder = folder_of(path);
+    let folder_abs = folder.canonicalize().map_err(|e| Error::io(&folder, e))?;
+    if let Ok(p) = path.canonicalize() {
+        if p == images_abs {
+            return Err(Error::file(path, "would overwrite the file that holds the images it references; write to another path"));
+        }
+    }
+    let rel = relative_to(&images_abs, &folder_abs);
+    Ok(rel
+        .to_str()
+        .ok_or_else(|| {
+            Error::field(
+                path,
+                "images_file",
+                format!("{} is not valid UTF-8", rel.display()),
+            )
+        })?
+        .to_string())
 }
 
 #[cfg(test)]

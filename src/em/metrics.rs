@@ -29,10 +29,15 @@ fn choose2(n: u64) -> f64 {
 /// partitions (everything in one group on both sides) give 1.
 pub fn adjusted_rand_index(a: &[i64], b: &[i64]) -> f64 {
     assert_eq!(a.len(), b.len(), "ARI: labelings differ in length");
-    let n = a.len() as u64;
-    let cont = contingency(a, b);
+    adjusted_rand_index_of(&contingency(a, b))
+}
+
+/// The ARI from the contingency counts of label pairs `(a, b)` (which can be summed over
+/// ranks, so the labels never need to be gathered in one place).
+pub fn adjusted_rand_index_of(cont: &HashMap<(i64, i64), u64>) -> f64 {
+    let n: u64 = cont.values().sum();
     let (mut ra, mut rb): (HashMap<i64, u64>, HashMap<i64, u64>) = (HashMap::new(), HashMap::new());
-    for (&(x, y), &c) in &cont {
+    for (&(x, y), &c) in cont {
         *ra.entry(x).or_insert(0) += c;
         *rb.entry(y).or_insert(0) += c;
     }

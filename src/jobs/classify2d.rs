@@ -1,8 +1,10 @@
 //! `emclass classify2d`: loads the config and each rank's share of the particles, runs the
-//! 2D classification engine, and writes the output folder on rank 0: `particles.h5`
+//! 2D classification engine, and writes the output folder: `particles.h5`
 //! (input fields + `alignments2D/*`, referencing the input images), `duplicates.h5` when
 //! duplicates are removed, `classes.mrcs`, `plots/`, `summary.json`, `config.used.yaml`.
 
+use std::collections::HashMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use ndarray::{Array2, Array3, Axis};
@@ -11,16 +13,18 @@ use serde_json::json;
 use crate::classify2d::checkpoint::{self, Checkpoint};
 use crate::classify2d::config::Classify2dConfig;
 use crate::classify2d::duplicates;
-use crate::classify2d::engine::{Engine, IterationView, Outcome, Results};
+use crate::classify2d::engine::{Engine, IterationView, Outcome};
+use crate::classify2d::results::{self, ResultRow, SpillReader, SpillWriter};
+use crate::classify2d::source::{MemoryPlan, ParticleSource};
 use crate::classify2d::grid::WorkGrid;
 use crate::classify2d::model::PostProcess;
 use crate::classify2d::particles;
 use crate::cli::JobArgs;
 use crate::comm::{partition, Comm};
 use crate::config::{self, JobConfig};
-use crate::dataset::store::write_referencing;
-use crate::dataset::{Column, ColumnData, Dataset, DatasetAttrs};
-use crate::em::metrics::adjusted_rand_index;
+use crate::dataset::{Dataset, DatasetAttrs, ParticleTable};
+use crate::em::metrics::{adjusted_rand_index, adjusted_rand_index_of};
+use crate::jobs::turns::{shared_dir, write_in_turns};
 use crate::error::{Error, Result};
 use crate::formats::mrc::write_stack;
 use crate::jobs::collective;
@@ -90,15 +94,30 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         grid.psize_a(),
         grid.shell_res_a(grid.k_max)
     );
-    let parts = collective(
-        comm,
-        particles::load(&ds, rows.clone(), &grid, cfg.ctf_correct),
-    )?;
+    let plan = MemoryPlan::new(rows.len(), &grid, cfg.ctf_correct, cfg.max_resident_gb);
+    log::info!("memory plan (rank {}): {}", comm.rank(), plan.describe(rows.len()));
+    let source = if plan.streamed {
+        // The CTF fields are checked once here; a bad block found later ends the job.
+        let checked = if cfg.ctf_correct {
+            particles::read_ctfs(&ds).map(|_| ())
+        } else {
+            Ok(())
+        };
+        collective(comm, checked)?;
+        ParticleSource::streamed(&cfg.input, rows.clone(), &grid, cfg.ctf_correct)
+    } else {
+        collective(
+            comm,
+            ParticleSource::resident(&ds, rows.clone(), &grid, cfg.ctf_correct),
+        )?
+    };
+    // The rank's metadata table is not kept: the output re-reads it block by block.
+    drop(ds);
     let post = collective(comm, post_process(&cfg, &args.config, &grid, box_px, psize))?;
     let engine = Engine {
         cfg: &cfg,
         grid: &grid,
-        particles: &parts,
+        source: &source,
         comm,
         n_total,
         post,
@@ -108,36 +127,48 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
     if let Some(p) = &plots {
         std::fs::create_dir_all(p).map_err(|e| Error::io(p, e))?;
     }
-    let staging = out.as_ref().map(|o| o.path().to_path_buf());
-    let outcome = engine.run(resume, |view| {
-        if let Some(dir) = &plots {
-            iteration_plots(dir, view, &grid, box_px, psize)?;
-        }
-        match (&view.checkpoint, &staging) {
-            (Some(c), Some(dir)) => {
-                let mut c = c.clone();
-                c.config_yaml = config_yaml.clone();
-                c.write(dir)
+    let staging = shared_dir(comm, out.as_ref().map(|o| o.path()))?;
+    let spill_path = results::spill_path(&staging, comm.rank());
+    let mut spill = collective(comm, SpillWriter::create(&spill_path, cfg.num_classes))?;
+    let outcome = engine.run(
+        resume,
+        |view| {
+            if let Some(dir) = &plots {
+                iteration_plots(dir, view, &grid, box_px, psize)?;
             }
-            _ => Ok(()),
+            match &view.checkpoint {
+                Some(c) if comm.is_root() => {
+                    let mut c = c.clone();
+                    c.config_yaml = config_yaml.clone();
+                    c.write(&staging)
+                }
+                _ => Ok(()),
+            }
+        },
+        |row| spill.push(row),
+    );
+    let outcome = collective(comm, outcome)?;
+    let spilled = spill.finish().and_then(|n| {
+        if n == rows.len() {
+            Ok(())
+        } else {
+            Err(Error::file(
+                &spill_path,
+                format!("{n} results for {} particles", rows.len()),
+            ))
         }
     });
-    let outcome = collective(comm, outcome)?;
-    let gathered = gather_results(comm, &outcome.results);
-    let written = match (out, gathered) {
-        (Some(out), Some(all)) => write_outputs(
-            &cfg,
-            &args.config,
-            out,
-            &outcome,
-            &all,
-            &grid,
-            box_px,
-            psize,
-        ),
-        _ => Ok(()),
-    };
-    collective(comm, written)
+    collective(comm, spilled)?;
+    let written = write_particles(comm, &cfg, &args.config, &staging, rows, &spill_path, psize)?;
+    collective(
+        comm,
+        match out {
+            Some(out) => write_outputs(
+                &cfg, out, &outcome, &written, &grid, box_px, psize, n_total,
+            ),
+            None => Ok(()),
+        },
+    )
 }
 
 /// The class-average mask and post-processing switches.
@@ -281,133 +312,232 @@ fn iteration_plots(
     )
 }
 
-/// Every rank's results, concatenated in global row order, on rank 0.
-fn gather_results(comm: &dyn Comm, r: &Results) -> Option<Results> {
-    let n = r.class.len();
-    let k = r.k;
-    let mut bytes = Vec::with_capacity(n * (6 + k) * 4);
-    for i in 0..n {
-        bytes.extend_from_slice(&r.class[i].to_le_bytes());
-        for v in [
-            r.class_posterior[i],
-            r.class_ess[i],
-            r.psi_rad[i],
-            r.shift_px[i][0],
-            r.shift_px[i][1],
-        ] {
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
-        for v in &r.probs[i * k..(i + 1) * k] {
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    let parts = comm.gather_bytes(0, &bytes)?;
-    let rec = (6 + k) * 4;
-    let total: usize = parts.iter().map(|p| p.len() / rec).sum();
-    let mut out = Results {
-        k,
-        probs: Vec::with_capacity(total * k),
-        class: Vec::with_capacity(total),
-        class_posterior: Vec::with_capacity(total),
-        class_ess: Vec::with_capacity(total),
-        psi_rad: Vec::with_capacity(total),
-        shift_px: Vec::with_capacity(total),
-    };
-    let f = |b: &[u8]| f32::from_le_bytes(b.try_into().expect("4 bytes"));
-    for p in parts {
-        for c in p.chunks_exact(rec) {
-            out.class
-                .push(u32::from_le_bytes(c[0..4].try_into().expect("4 bytes")));
-            out.class_posterior.push(f(&c[4..8]));
-            out.class_ess.push(f(&c[8..12]));
-            out.psi_rad.push(f(&c[12..16]));
-            out.shift_px.push([f(&c[16..20]), f(&c[20..24])]);
-            for j in 0..k {
-                out.probs.push(f(&c[24 + 4 * j..28 + 4 * j]));
-            }
-        }
-    }
-    Some(out)
+/// What the ranks' particle rows add up to (meaningful on rank 0).
+struct Written {
+    /// Hard class sizes over every particle (duplicates included).
+    class_sizes: Vec<u64>,
+    /// Against simulated views (non-junk particles), when the input has `gt/view`.
+    ari: Option<f64>,
+    duplicates_removed: usize,
+    duplicates_vs_truth: Option<serde_json::Value>,
 }
 
-/// Writes every output file into the staged folder and renames it into place (rank 0).
+/// Rows of the output metadata per block read back from the input and the spill file.
+const WRITE_BLOCK: usize = 8192;
+
+/// The output rows for input rows `table` and their results.
+fn output_table(
+    table: &ParticleTable,
+    rows: &[ResultRow],
+    cfg: &Classify2dConfig,
+    psize: f64,
+) -> ParticleTable {
+    let mut t = table.clone();
+    let n = t.len();
+    results::set_columns(&mut t, rows, cfg.num_classes, psize);
+    if !cfg.ctf_correct {
+        // CryoSPARC's convention for "no CTF correction", kept for later jobs.
+        t.set_f32("ctf/amp_contrast", vec![1.0; n]);
+        t.set_f32("ctf/df1_A", vec![0.0; n]);
+        t.set_f32("ctf/df2_A", vec![0.0; n]);
+        t.set_f32("ctf/cs_mm", vec![0.0; n]);
+    }
+    t
+}
+
+/// Calls `f(first_global_row, input_rows, results)` for consecutive blocks of this rank's
+/// rows, reading the input metadata and the spill file back block by block.
+fn for_each_written_block(
+    cfg: &Classify2dConfig,
+    rows: &Range<usize>,
+    spill: &Path,
+    mut f: impl FnMut(usize, &Dataset, &[ResultRow]) -> Result<()>,
+) -> Result<()> {
+    let mut reader = SpillReader::open(spill, cfg.num_classes)?;
+    let mut start = rows.start;
+    while start < rows.end {
+        let end = (start + WRITE_BLOCK).min(rows.end);
+        let block = Dataset::open_range(&cfg.input, start..end)?;
+        let res = reader.read(end - start)?;
+        f(start, &block, &res)?;
+        start = end;
+    }
+    Ok(())
+}
+
+/// Writes `particles.h5` (and `duplicates.h5`) from every rank's rows in turns, without
+/// gathering them; returns the class sizes, ARI and duplicate counts.
+fn write_particles(
+    comm: &dyn Comm,
+    cfg: &Classify2dConfig,
+    cfg_path: &Path,
+    staging: &Path,
+    rows: Range<usize>,
+    spill: &Path,
+    psize: f64,
+) -> Result<Written> {
+    let k = cfg.num_classes;
+    let rejected = if cfg.remove_duplicates {
+        Some(find_duplicates(comm, cfg, &rows, spill, psize)?)
+    } else {
+        None
+    };
+    let empty = collective(comm, Dataset::open_range(&cfg.input, 0..0))?;
+    let attrs = DatasetAttrs {
+        blob_root: empty.attrs().blob_root.clone(),
+        source: format!("emclass classify2d {}", cfg_path.display()),
+    };
+    let schema = output_table(empty.table(), &[], cfg, psize);
+    drop(empty);
+    let mut paths = vec![staging.join("particles.h5")];
+    if rejected.is_some() {
+        paths.push(staging.join("duplicates.h5"));
+    }
+    let mut sizes = vec![0u64; k];
+    let mut pairs: HashMap<(i64, i64), u64> = HashMap::new();
+    let mut has_truth = false;
+    write_in_turns(comm, &paths, &cfg.input, &schema, &attrs, |apps| {
+        for_each_written_block(cfg, &rows, spill, |first, block, res| {
+            let table = output_table(block.table(), res, cfg, psize);
+            for r in res {
+                sizes[r.class as usize] += 1;
+            }
+            if let Some(view) = table.get("gt/view").and_then(|c| c.data.to_f64()) {
+                has_truth = true;
+                for (v, r) in view.iter().zip(res) {
+                    if *v >= 0.0 {
+                        *pairs.entry((*v as i64, r.class as i64)).or_insert(0) += 1;
+                    }
+                }
+            }
+            match &rejected {
+                Some((rej, _)) => {
+                    let off = first - rows.start;
+                    let (keep, drop): (Vec<usize>, Vec<usize>) =
+                        (0..table.len()).partition(|&i| !rej[off + i]);
+                    apps[0].append(&table.select(&keep))?;
+                    apps[1].append(&table.select(&drop))
+                }
+                None => apps[0].append(&table),
+            }
+        })?;
+        std::fs::remove_file(spill).map_err(|e| Error::io(spill, e))
+    })?;
+    comm.all_reduce_sum_u64(&mut sizes);
+    let mut truth = [u64::from(has_truth)];
+    comm.all_reduce_sum_u64(&mut truth);
+    let mut mine = Vec::with_capacity(pairs.len() * 24);
+    for (&(v, c), &n) in &pairs {
+        for x in [v as u64, c as u64, n] {
+            mine.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    let ari = comm.gather_bytes(0, &mine).and_then(|parts| {
+        let mut all: HashMap<(i64, i64), u64> = HashMap::new();
+        for p in parts {
+            for c in p.chunks_exact(24) {
+                let x = |i: usize| u64::from_le_bytes(c[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+                *all.entry((x(0) as i64, x(1) as i64)).or_insert(0) += x(2);
+            }
+        }
+        (truth[0] > 0 && !all.is_empty()).then(|| adjusted_rand_index_of(&all))
+    });
+    let (duplicates_removed, duplicates_vs_truth) = match rejected {
+        Some((_, (n, t))) => (n, t),
+        None => (0, None),
+    };
+    Ok(Written {
+        class_sizes: sizes,
+        ari,
+        duplicates_removed,
+        duplicates_vs_truth,
+    })
+}
+
+/// This rank's duplicate verdicts, and on rank 0 the number removed and the comparison
+/// with simulated truth.
+type Verdicts = (Vec<bool>, (usize, Option<serde_json::Value>));
+
+/// Duplicate removal needs every pick of a micrograph in one place: each rank sends the
+/// picks of its particles (56 bytes each with the simulated truth) to rank 0, which decides
+/// and sends every rank its rows' verdicts (one byte per particle).
+fn find_duplicates(
+    comm: &dyn Comm,
+    cfg: &Classify2dConfig,
+    rows: &Range<usize>,
+    spill: &Path,
+    psize: f64,
+) -> Result<Verdicts> {
+    let mut mine = Vec::with_capacity(rows.len() * 56);
+    let read = for_each_written_block(cfg, rows, spill, |_, block, res| {
+        let t = block.table();
+        let shifts: Vec<[f32; 2]> = res.iter().map(|r| r.shift).collect();
+        let scores: Vec<f32> = res.iter().map(|r| r.prob).collect();
+        let picks = duplicates::picks_from_table(t, &cfg.input, &shifts, psize, &scores)?;
+        let is_dup = t.get("gt/is_duplicate").and_then(|c| c.data.to_f64());
+        let of = t.u64("gt/duplicate_of");
+        for (i, p) in picks.iter().enumerate() {
+            mine.extend_from_slice(&p.micrograph.to_le_bytes());
+            for v in [p.x_a, p.y_a, p.score, is_dup.as_ref().map_or(f64::NAN, |d| d[i])] {
+                mine.extend_from_slice(&v.to_le_bytes());
+            }
+            mine.extend_from_slice(&t.uid()[i].to_le_bytes());
+            mine.extend_from_slice(&of.map_or(u64::MAX, |o| o[i]).to_le_bytes());
+        }
+        Ok(())
+    });
+    collective(comm, read)?;
+    let mut verdicts = Vec::new();
+    let mut summary = (0, None);
+    if let Some(parts) = comm.gather_bytes(0, &mine) {
+        let mut picks = Vec::new();
+        let (mut uid, mut is_dup, mut of) = (Vec::new(), Vec::new(), Vec::new());
+        for p in parts {
+            for c in p.chunks_exact(56) {
+                let u = |i: usize| u64::from_le_bytes(c[i..i + 8].try_into().expect("8 bytes"));
+                let f = |i: usize| f64::from_le_bytes(c[i..i + 8].try_into().expect("8 bytes"));
+                picks.push(duplicates::Pick {
+                    micrograph: u(0),
+                    x_a: f(8),
+                    y_a: f(16),
+                    score: f(24),
+                });
+                is_dup.push(f(32));
+                uid.push(u(40));
+                of.push(u(48));
+            }
+        }
+        let rejected = duplicates::find_duplicates(&picks, cfg.min_separation_a);
+        let n = rejected.iter().filter(|&&r| r).count();
+        log::info!(
+            "removed {n} duplicate particles (closer than {} Å)",
+            cfg.min_separation_a
+        );
+        let truth = (is_dup.iter().all(|v| !v.is_nan()) && of.iter().all(|&o| o != u64::MAX))
+            .then(|| duplicate_truth(&uid, &is_dup, &of, &rejected));
+        summary = (n, truth);
+        verdicts = rejected.iter().map(|&r| u8::from(r)).collect();
+    }
+    comm.broadcast_bytes(0, &mut verdicts);
+    let mine = verdicts[rows.clone()].iter().map(|&v| v == 1).collect();
+    Ok((mine, summary))
+}
+
+/// Writes the class averages, plots and summary into the staged folder (whose particle
+/// files the ranks wrote) and renames it into place (rank 0).
 #[allow(clippy::too_many_arguments)]
 fn write_outputs(
     cfg: &Classify2dConfig,
-    cfg_path: &Path,
     out: OutputDir,
     outcome: &Outcome,
-    all: &Results,
+    written: &Written,
     grid: &WorkGrid,
     box_px: usize,
     psize: f64,
+    n: usize,
 ) -> Result<()> {
     let dir: PathBuf = out.path().to_path_buf();
-    let input = Dataset::open(&cfg.input)?;
-    let mut table = input.table().clone();
-    let n = table.len();
     let k = cfg.num_classes;
-    table.set_u32("alignments2D/class", all.class.clone());
-    table.set_f32("alignments2D/class_posterior", all.class_posterior.clone());
-    table.set_f32("alignments2D/class_ess", all.class_ess.clone());
-    table.set_f32("alignments2D/pose", all.psi_rad.clone());
-    table.set(
-        "alignments2D/shift",
-        Column::new(
-            ColumnData::F32(all.shift_px.iter().flat_map(|s| [s[0], s[1]]).collect()),
-            2,
-        ),
-    );
-    table.set_f32("alignments2D/psize_A", vec![psize as f32; n]);
-    table.set(
-        "alignments2D/class_probs",
-        Column::new(ColumnData::F32(all.probs.clone()), k),
-    );
-    if !cfg.ctf_correct {
-        // CryoSPARC's convention for "no CTF correction", kept for later jobs.
-        table.set_f32("ctf/amp_contrast", vec![1.0; n]);
-        table.set_f32("ctf/df1_A", vec![0.0; n]);
-        table.set_f32("ctf/df2_A", vec![0.0; n]);
-        table.set_f32("ctf/cs_mm", vec![0.0; n]);
-    }
-    let attrs = DatasetAttrs {
-        blob_root: input.attrs().blob_root.clone(),
-        source: format!("emclass classify2d {}", cfg_path.display()),
-    };
-    let mut n_dup = 0;
-    let mut dup_truth = None;
-    if cfg.remove_duplicates {
-        let picks = duplicates::picks_from_table(
-            &table,
-            &cfg.input,
-            &all.shift_px,
-            psize,
-            &all.class_posterior,
-        )?;
-        let rejected = duplicates::find_duplicates(&picks, cfg.min_separation_a);
-        let keep: Vec<usize> = (0..n).filter(|&i| !rejected[i]).collect();
-        let drop: Vec<usize> = (0..n).filter(|&i| rejected[i]).collect();
-        n_dup = drop.len();
-        dup_truth = duplicate_truth(&table, &rejected);
-        write_referencing(
-            &dir.join("duplicates.h5"),
-            &table.select(&drop),
-            &attrs,
-            &input,
-        )?;
-        write_referencing(
-            &dir.join("particles.h5"),
-            &table.select(&keep),
-            &attrs,
-            &input,
-        )?;
-        log::info!(
-            "removed {n_dup} duplicate particles (closer than {} Å)",
-            cfg.min_separation_a
-        );
-    } else {
-        write_referencing(&dir.join("particles.h5"), &table, &attrs, &input)?;
-    }
     let imgs = full_size(&outcome.classes.images, grid, box_px);
     write_stack(dir.join("classes.mrcs"), imgs.view(), psize as f32)?;
     let frc05: Vec<f64> = outcome
@@ -467,12 +597,9 @@ fn write_outputs(
         true,
         PLOT_SIZE_PX,
     )?;
-    // Accuracy against simulated ground truth, when the input carries it.
-    let ari = table_ari(&table, "gt/view", &all.class);
-    let mut counts = vec![0usize; k];
-    for &c in &all.class {
-        counts[c as usize] += 1;
-    }
+    let ari = written.ari;
+    let counts = &written.class_sizes;
+    let (n_dup, dup_truth) = (written.duplicates_removed, &written.duplicates_vs_truth);
     let summary = json!({
         "job": "classify2d",
         "input": cfg.input,
@@ -512,23 +639,13 @@ pub(crate) fn table_ari(
     (!a.is_empty()).then(|| adjusted_rand_index(&a, &b))
 }
 
-/// Simulated duplicate pairs (`gt/is_duplicate`, `gt/duplicate_of`) against the removals:
-/// pairs that lost exactly one member, and removed particles in no pair.
-fn duplicate_truth(
-    table: &crate::dataset::ParticleTable,
-    rejected: &[bool],
-) -> Option<serde_json::Value> {
-    let is_dup = table.get("gt/is_duplicate")?.data.to_f64()?;
-    let of = table.u64("gt/duplicate_of")?;
-    let row: std::collections::HashMap<u64, usize> = table
-        .uid()
-        .iter()
-        .enumerate()
-        .map(|(i, &u)| (u, i))
-        .collect();
+/// Simulated duplicate pairs (`gt/is_duplicate`, `gt/duplicate_of`, by uid) against the
+/// removals: pairs that lost exactly one member, and removed particles in no pair.
+fn duplicate_truth(uid: &[u64], is_dup: &[f64], of: &[u64], rejected: &[bool]) -> serde_json::Value {
+    let row: HashMap<u64, usize> = uid.iter().enumerate().map(|(i, &u)| (u, i)).collect();
     let (mut pairs, mut found) = (0usize, 0usize);
-    let mut in_pair = vec![false; table.len()];
-    for i in 0..table.len() {
+    let mut in_pair = vec![false; uid.len()];
+    for i in 0..uid.len() {
         if is_dup[i] > 0.5 {
             pairs += 1;
             in_pair[i] = true;
@@ -541,16 +658,16 @@ fn duplicate_truth(
         }
     }
     let others = in_pair.iter().filter(|&&p| !p).count();
-    let false_removed = (0..table.len())
+    let false_removed = (0..uid.len())
         .filter(|&i| rejected[i] && !in_pair[i])
         .count();
     log::info!(
         "duplicates vs simulated truth: {found} of {pairs} pairs found, {false_removed} of {others} other particles removed"
     );
-    Some(json!({
+    json!({
         "pairs": pairs,
         "pairs_found": found,
         "other_particles": others,
         "false_removals": false_removed,
-    }))
+    })
 }

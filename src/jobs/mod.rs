@@ -16,6 +16,7 @@ pub mod selection;
 pub mod simulate;
 pub mod staged;
 pub mod subset;
+pub mod turns;
 
 use crate::cli::Command;
 use crate::comm::Comm;
@@ -80,16 +81,7 @@ pub fn on_root(comm: &dyn Comm, job: impl FnOnce() -> Result<()>) -> Result<()> 
     collective(comm, if comm.is_root() { job() } else { Ok(()) })
 }
 
-/// Ends every rank with the same outcome: this rank's error, or [`Error::Peer`] (quiet) when
-/// another rank failed. When every rank failed (the same bad input, seen by all), only rank 0
-/// reports it, so the user reads one error line.
+/// Ends every rank with the same outcome (see [`crate::comm::agree`]).
 pub fn collective<T>(comm: &dyn Comm, r: Result<T>) -> Result<T> {
-    let mut failed = [u64::from(r.is_err())];
-    comm.all_reduce_sum_u64(&mut failed);
-    match r {
-        Err(_) if failed[0] == comm.size() as u64 && !comm.is_root() => Err(Error::Peer),
-        Err(e) => Err(e),
-        Ok(_) if failed[0] > 0 => Err(Error::Peer),
-        Ok(v) => Ok(v),
-    }
+    crate::comm::agree(comm, r)
 }
