@@ -518,3 +518,83 @@ fn a_killed_run_resumes_to_the_uninterrupted_result() {
     emclass(d, &["subset", "c2d.yaml", "--resume", "again"])
         .fails_with(&["--resume", "only classify2d"]);
 }
+
+/// With `max_resident_gb: 0` every rank streams its particles from the file, block by block
+/// with read-ahead, instead of holding them: the results are bit for bit those of the
+/// resident run, on one rank and on two, and every rank's rows land in input order.
+#[test]
+fn streamed_particles_give_the_resident_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // More than two blocks of 1024 on one rank, so blocks and read-ahead are exercised.
+    simulate(d, "sim", 2600, &[]);
+    config(d, "sim/particles.h5", "resident", "online_em_iterations: 6\n");
+    let r = emclass(d, &["classify2d", "c2d.yaml"]).ok();
+    assert!(r.stderr.contains("memory plan (rank 0): resident"), "{}", r.stderr);
+    let stream = ["--set", "max_resident_gb=0"];
+    let r = emclass(
+        d,
+        &["classify2d", "c2d.yaml", stream[0], stream[1], "--set", "output=streamed"],
+    )
+    .ok();
+    assert!(r.stderr.contains("memory plan (rank 0): streamed"), "{}", r.stderr);
+    assert_same_results(&d.join("resident"), &d.join("streamed"));
+    mpirun(d, 2, &["classify2d", "c2d.yaml", "--set", "output=resident2"]).ok();
+    mpirun(
+        d,
+        2,
+        &["classify2d", "c2d.yaml", stream[0], stream[1], "--set", "output=streamed2"],
+    )
+    .ok();
+    assert_same_results(&d.join("resident2"), &d.join("streamed2"));
+    // Rows in input order with every input field, whoever wrote them.
+    let input = Dataset::open(&d.join("sim/particles.h5")).unwrap();
+    let out = Dataset::open(&d.join("streamed2/particles.h5")).unwrap();
+    assert_eq!(out.table().uid(), input.table().uid());
+    for (name, col) in input.table().columns() {
+        if name != "blob/image_row" {
+            assert_eq!(out.table().get(name), Some(col), "{name}");
+        }
+    }
+    let names = ls(&d.join("streamed2"));
+    assert!(
+        !names.iter().any(|n| n.contains(".results.rank")),
+        "spill files left behind: {names:?}"
+    );
+}
+
+/// A rank that meets a bad block of particles mid-run (here a NaN pixel in the last rank's
+/// share, read only when streamed) ends the whole job: one error line naming the file and
+/// particle, a non-zero exit, no output, within a minute.
+#[test]
+fn a_bad_block_on_one_rank_ends_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    simulate(d, "sim", 900, &[]);
+    {
+        let _g = HDF5_OR_SPAWN.lock().unwrap_or_else(|e| e.into_inner());
+        let f = hdf5::File::open_rw(d.join("sim/particles.h5")).unwrap();
+        let images = f.dataset("images").unwrap();
+        let nan = ndarray::Array3::<f32>::from_elem((1, 1, 1), f32::NAN);
+        images.write_slice(&nan, ndarray::s![850..851, 10..11, 10..11]).unwrap();
+    }
+    config(
+        d,
+        "sim/particles.h5",
+        "out",
+        "online_em_iterations: 3\nmax_resident_gb: 0\n",
+    );
+    let t0 = std::time::Instant::now();
+    let r = mpirun(d, 3, &["classify2d", "c2d.yaml"]);
+    assert!(t0.elapsed() < std::time::Duration::from_secs(60));
+    assert_ne!(r.code, Some(0));
+    assert_eq!(r.stderr.matches("error:").count(), 1, "{}", r.stderr);
+    assert!(r.stderr.contains("particles.h5"), "{}", r.stderr);
+    assert!(r.stderr.contains("850") || r.stderr.contains("non-finite"), "{}", r.stderr);
+    assert!(!d.join("out").exists());
+    assert!(
+        !ls(d).iter().any(|n| n.contains("emclass-tmp")),
+        "staging left: {:?}",
+        ls(d)
+    );
+}

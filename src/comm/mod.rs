@@ -42,14 +42,18 @@ pub trait Comm {
 
 /// Ends every rank with the same outcome: this rank's error, or [`Error::Peer`] (quiet) when
 /// another rank failed. When every rank failed (the same bad input, seen by all), only rank 0
-/// reports it, so the user reads one error line. Algorithm code calls it before a
+/// reports it, so the user reads one error line. A rank that already knows of a peer's
+/// failure ([`Error::Peer`], from an earlier vote) stays quiet in a later one. Algorithm code calls it before a
 /// collective that a failing rank would otherwise never reach, so a rank that fails (a bad
 /// block of particles, a full disk) ends the job instead of hanging the others.
 pub fn agree<T>(comm: &dyn Comm, r: Result<T>) -> Result<T> {
-    let mut failed = [u64::from(r.is_err())];
+    // [ranks that failed, ranks that failed with their own error (not a peer's)]
+    let own = matches!(&r, Err(e) if !matches!(e, Error::Peer));
+    let mut failed = [u64::from(r.is_err()), u64::from(own)];
     comm.all_reduce_sum_u64(&mut failed);
     match r {
-        Err(_) if failed[0] == comm.size() as u64 && !comm.is_root() => Err(Error::Peer),
+        Err(Error::Peer) => Err(Error::Peer),
+        Err(_) if failed[1] == comm.size() as u64 && !comm.is_root() => Err(Error::Peer),
         Err(e) => Err(e),
         Ok(_) if failed[0] > 0 => Err(Error::Peer),
         Ok(v) => Ok(v),
