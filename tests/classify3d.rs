@@ -282,6 +282,23 @@ fn ranks_agree_under_mpirun() {
         let agree = matched_agreement(&a, other);
         assert!(agree >= 0.995, "{name}: {agree}");
     }
+    // Each rank appended its own rows: input order, every input field, and per-class files
+    // that partition the particles.
+    let input = Dataset::open(&d.join("sim/particles.h5")).unwrap();
+    let out = Dataset::open(&d.join("r3/particles.h5")).unwrap();
+    assert_eq!(out.table().uid(), input.table().uid());
+    for (name, col) in input.table().columns() {
+        if name != "blob/image_row" {
+            assert_eq!(out.table().get(name), Some(col), "{name}");
+        }
+    }
+    let mut total = 0;
+    for k in 0..2 {
+        let part = column(&d.join(format!("r3/particles_class_{k:02}.h5")), "alignments3D/class");
+        assert!(part.iter().all(|v| *v as usize == k));
+        total += part.len();
+    }
+    assert_eq!(total, c.len());
 }
 
 #[test]

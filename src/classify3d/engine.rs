@@ -11,7 +11,7 @@ use ndarray::Array3;
 use serde::Serialize;
 
 use crate::classify2d::grid::WorkGrid;
-use crate::comm::{gather_f64, Comm};
+use crate::comm::{agree, gather_f64, Comm};
 use crate::em::batches::permutation;
 use crate::em::driver::{class_flow, switched_pct, Driver, Phase};
 use crate::em::responsibilities::{responsibilities, EStepParams, Quartiles};
@@ -39,6 +39,10 @@ pub struct Results {
 }
 
 impl Results {
+    /// No rows, `k` classes.
+    pub fn empty(k: usize) -> Results {
+        Results::new(0, k)
+    }
     fn new(n: usize, k: usize) -> Results {
         Results {
             k,
@@ -462,7 +466,7 @@ impl<'a> Engine<'a> {
                         .unwrap_or_default()
                 );
             }
-            on_iteration(&IterationView {
+            let reported = on_iteration(&IterationView {
                 record: &record,
                 phase,
                 classes: &classes,
@@ -470,7 +474,9 @@ impl<'a> Engine<'a> {
                 flow: flow.as_ref(),
                 results: &results,
                 scale: &parts.scale,
-            })?;
+            });
+            // A failure on one rank (rank 0's plots) ends every rank before the next collective.
+            agree(self.comm, reported)?;
             history.push(record);
             if let Some(f) = flow {
                 flows.push((t, f));

@@ -23,8 +23,7 @@ use crate::cli::JobArgs;
 use crate::comm::{partition, Comm};
 use crate::config::{self, JobConfig};
 use crate::dataset::{Dataset, DatasetAttrs, ParticleTable};
-use crate::em::metrics::{adjusted_rand_index, adjusted_rand_index_of};
-use crate::jobs::turns::{shared_dir, write_in_turns};
+use crate::jobs::turns::{gathered_ari, shared_dir, write_in_turns};
 use crate::error::{Error, Result};
 use crate::formats::mrc::write_stack;
 use crate::jobs::collective;
@@ -424,24 +423,7 @@ fn write_particles(
         std::fs::remove_file(spill).map_err(|e| Error::io(spill, e))
     })?;
     comm.all_reduce_sum_u64(&mut sizes);
-    let mut truth = [u64::from(has_truth)];
-    comm.all_reduce_sum_u64(&mut truth);
-    let mut mine = Vec::with_capacity(pairs.len() * 24);
-    for (&(v, c), &n) in &pairs {
-        for x in [v as u64, c as u64, n] {
-            mine.extend_from_slice(&x.to_le_bytes());
-        }
-    }
-    let ari = comm.gather_bytes(0, &mine).and_then(|parts| {
-        let mut all: HashMap<(i64, i64), u64> = HashMap::new();
-        for p in parts {
-            for c in p.chunks_exact(24) {
-                let x = |i: usize| u64::from_le_bytes(c[8 * i..8 * i + 8].try_into().expect("8 bytes"));
-                *all.entry((x(0) as i64, x(1) as i64)).or_insert(0) += x(2);
-            }
-        }
-        (truth[0] > 0 && !all.is_empty()).then(|| adjusted_rand_index_of(&all))
-    });
+    let ari = gathered_ari(comm, &pairs, has_truth);
     let (duplicates_removed, duplicates_vs_truth) = match rejected {
         Some((_, (n, t))) => (n, t),
         None => (0, None),
@@ -620,23 +602,6 @@ fn write_outputs(
         log::info!("adjusted Rand index vs simulated views (non-junk): {a:.4}");
     }
     out.finish(&summary, cfg, "classify2d")
-}
-
-/// ARI between the ground-truth `field` (`gt/view`, `gt/state`; −1 = junk) and the classes
-/// over non-junk particles, if the field exists.
-pub(crate) fn table_ari(
-    table: &crate::dataset::ParticleTable,
-    field: &str,
-    class: &[u32],
-) -> Option<f64> {
-    let view = table.get(field)?.data.to_f64()?;
-    let (a, b): (Vec<i64>, Vec<i64>) = view
-        .iter()
-        .zip(class)
-        .filter(|(v, _)| **v >= 0.0)
-        .map(|(v, c)| (*v as i64, *c as i64))
-        .unzip();
-    (!a.is_empty()).then(|| adjusted_rand_index(&a, &b))
 }
 
 /// Simulated duplicate pairs (`gt/is_duplicate`, `gt/duplicate_of`, by uid) against the

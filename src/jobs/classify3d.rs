@@ -1,10 +1,13 @@
 //! `emclass classify3d`: loads the config, masks and initial volumes, each rank's share of
-//! the particles, runs the 3D classification engine and writes the output folder on rank 0:
+//! the particles, runs the 3D classification engine and writes the output folder (every
+//! rank appends its own rows of the particle files in turn; rank 0 writes the rest):
 //! `particles.h5` (input fields + `alignments3D/class`, `class_posterior`, `class_probs`,
 //! `class_ess`, `alpha`; images referenced), `particles_class_XX.h5`, `volumes/class_XX.mrc`
 //! with half maps, `consensus.mrc`, `solvent_mask.mrc`, `focus_mask.mrc`, `plots/`,
 //! `summary.json` and `config.used.yaml`.
 
+use std::collections::HashMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use ndarray::Array3;
@@ -16,14 +19,13 @@ use crate::classify3d::engine::{Engine, Outcome, Results};
 use crate::classify3d::model::ClassVolume;
 use crate::classify3d::particles;
 use crate::cli::JobArgs;
-use crate::comm::{gather_f64, partition, Comm};
+use crate::comm::{partition, Comm};
 use crate::config;
-use crate::dataset::store::write_referencing;
 use crate::dataset::{Column, ColumnData, Dataset, DatasetAttrs, ParticleTable};
 use crate::em::driver::Phase;
 use crate::error::{Error, Result};
 use crate::formats::mrc::{read_volume, write_volume};
-use crate::jobs::classify2d::table_ari;
+use crate::jobs::turns::{gathered_ari, shared_dir, write_in_turns};
 use crate::jobs::output::{check_writable, OutputDir};
 use crate::jobs::{collective, select_backend};
 use crate::numerics::symmetry::point_group;
@@ -133,51 +135,46 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
     }
     let outcome = engine.run(&mut parts, |view| {
-        let all = (cfg.output_every_fem_iter && view.phase == Phase::Full)
-            .then(|| gather_results(comm, view.results, view.scale))
-            .flatten();
-        match &dir {
-            Some(d) => {
-                if let Some(flow) = view.flow {
-                    flow_plots(&d.join("plots"), flow, view.record.iteration)?;
-                }
-                if cfg.output_every_fem_iter && view.phase == Phase::Full {
-                    let sub = d
-                        .join("fem_iterations")
-                        .join(format!("iter_{:03}", view.record.iteration));
-                    std::fs::create_dir_all(&sub).map_err(|e| Error::io(&sub, e))?;
-                    write_volumes(&sub, view.classes, grid.psize_a())?;
-                    if let Some(all) = &all {
-                        write_particles(&cfg, &args.config, &sub, all, false)?;
-                    }
-                    log::info!("F-EM iteration output: {}", sub.display());
-                }
-                Ok(())
+        if cfg.output_every_fem_iter && view.phase == Phase::Full {
+            // Every rank writes its rows of this iteration's particles.h5 in turn.
+            let sub = dir.as_ref().map(|d| {
+                d.join("fem_iterations")
+                    .join(format!("iter_{:03}", view.record.iteration))
+            });
+            if let Some(sub) = &sub {
+                std::fs::create_dir_all(sub).map_err(|e| Error::io(sub, e))?;
             }
-            None => Ok(()),
+            let shared = shared_dir(comm, sub.as_deref())?;
+            write_particles(
+                comm, &cfg, &args.config, &shared, &rows, view.results, view.scale, false,
+            )?;
+            if let Some(sub) = &sub {
+                write_volumes(sub, view.classes, grid.psize_a())?;
+                log::info!("F-EM iteration output: {}", sub.display());
+            }
+        }
+        match (&dir, view.flow) {
+            (Some(d), Some(flow)) => flow_plots(&d.join("plots"), flow, view.record.iteration),
+            _ => Ok(()),
         }
     });
     let mut outcome = collective(comm, outcome)?;
     let scale: Vec<f64> = parts.scale.clone();
-    let gathered = gather_results(comm, &outcome.results, &scale);
-    let written = match (out, gathered) {
-        (Some(out), Some(mut all)) => {
-            if cfg.reorder_classes_by_size {
-                reorder_by_size(&mut outcome, &mut all);
-            }
-            write_outputs(
-                &cfg,
-                &args.config,
-                out,
-                &outcome,
-                &all,
-                &grid,
-                focus.as_ref(),
-            )
-        }
-        _ => Ok(()),
-    };
-    collective(comm, written)
+    let mut results = std::mem::replace(&mut outcome.results, Results::empty(cfg.num_classes));
+    if cfg.reorder_classes_by_size {
+        reorder_by_size(comm, &mut outcome, &mut results);
+    }
+    let staging = shared_dir(comm, dir.as_deref())?;
+    let written = write_particles(
+        comm, &cfg, &args.config, &staging, &rows, &results, &scale, true,
+    )?;
+    collective(
+        comm,
+        match out {
+            Some(out) => write_outputs(&cfg, out, &outcome, &written, &grid, focus.as_ref()),
+            None => Ok(()),
+        },
+    )
 }
 
 /// Reads an MRC volume covering the particle box (`side_a` Å, within 2%) and resamples it to
@@ -223,46 +220,15 @@ fn read_working_volume(
     Ok(resample3(vol.view(), n))
 }
 
-/// Every rank's results and scales, in global row order, on rank 0.
-fn gather_results(comm: &dyn Comm, r: &Results, scale: &[f64]) -> Option<(Results, Vec<f64>)> {
-    let k = r.k;
-    let n = r.class.len();
-    let rec = 4 + k;
-    let mut mine = Vec::with_capacity(n * rec);
-    for i in 0..n {
-        mine.push(r.class[i] as f64);
-        mine.push(r.class_posterior[i] as f64);
-        mine.push(r.class_ess[i] as f64);
-        mine.push(scale.get(i).copied().unwrap_or(f64::NAN));
-        mine.extend(r.probs[i * k..(i + 1) * k].iter().map(|v| *v as f64));
-    }
-    let all = gather_f64(comm, 0, &mine)?;
-    let total = all.len() / rec;
-    let mut out = Results {
-        k,
-        probs: Vec::with_capacity(total * k),
-        class: Vec::with_capacity(total),
-        class_posterior: Vec::with_capacity(total),
-        class_ess: Vec::with_capacity(total),
-    };
-    let mut sc = Vec::with_capacity(total);
-    for c in all.chunks_exact(rec) {
-        out.class.push(c[0] as u32);
-        out.class_posterior.push(c[1] as f32);
-        out.class_ess.push(c[2] as f32);
-        sc.push(c[3]);
-        out.probs.extend(c[4..].iter().map(|v| *v as f32));
-    }
-    Some((out, sc))
-}
-
-/// Renumbers classes by assigned size, largest first (volumes, probabilities, flows).
-fn reorder_by_size(o: &mut Outcome, all: &mut (Results, Vec<f64>)) {
+/// Renumbers classes by assigned size over all ranks, largest first: every rank its
+/// results, and the volumes and flows (the same on every rank).
+fn reorder_by_size(comm: &dyn Comm, o: &mut Outcome, r: &mut Results) {
     let k = o.classes.len();
-    let mut count = vec![0usize; k];
-    for &c in &all.0.class {
+    let mut count = vec![0u64; k];
+    for &c in &r.class {
         count[c as usize] += 1;
     }
+    comm.all_reduce_sum_u64(&mut count);
     let mut order: Vec<usize> = (0..k).collect();
     order.sort_by_key(|&c| (std::cmp::Reverse(count[c]), c));
     let mut new_of = vec![0usize; k];
@@ -270,7 +236,6 @@ fn reorder_by_size(o: &mut Outcome, all: &mut (Results, Vec<f64>)) {
         new_of[old] = new;
     }
     o.classes = order.iter().map(|&c| o.classes[c].clone()).collect();
-    let r = &mut all.0;
     for c in r.class.iter_mut() {
         *c = new_of[*c as usize] as u32;
     }
@@ -315,55 +280,137 @@ fn write_volumes(dir: &Path, classes: &[ClassVolume], psize_w: f64) -> Result<()
     Ok(())
 }
 
-/// The input table with this job's fields.
-fn result_table(input: &Dataset, all: &(Results, Vec<f64>)) -> ParticleTable {
-    let (r, scale) = all;
-    let mut table = input.table().clone();
-    table.set_u32("alignments3D/class", r.class.clone());
-    table.set_f32("alignments3D/class_posterior", r.class_posterior.clone());
-    table.set_f32("alignments3D/class_ess", r.class_ess.clone());
+/// The input rows `table` (local rows `from..`) with this job's fields.
+fn result_table(
+    table: &ParticleTable,
+    r: &Results,
+    scale: Option<&[f64]>,
+    from: usize,
+) -> ParticleTable {
+    let n = table.len();
+    let k = r.k;
+    let rows = from..from + n;
+    let mut table = table.clone();
+    table.set_u32("alignments3D/class", r.class[rows.clone()].to_vec());
+    table.set_f32(
+        "alignments3D/class_posterior",
+        r.class_posterior[rows.clone()].to_vec(),
+    );
+    table.set_f32("alignments3D/class_ess", r.class_ess[rows.clone()].to_vec());
     table.set(
         "alignments3D/class_probs",
-        Column::new(ColumnData::F32(r.probs.clone()), r.k),
+        Column::new(ColumnData::F32(r.probs[from * k..(from + n) * k].to_vec()), k),
     );
-    if scale.iter().all(|s| s.is_finite()) && scale.len() == r.class.len() {
+    if let Some(scale) = scale {
         table.set_f32(
             "alignments3D/alpha",
-            scale.iter().map(|s| *s as f32).collect(),
+            scale[rows].iter().map(|s| *s as f32).collect(),
         );
     }
     table
 }
 
-/// `particles.h5` and, with `per_class`, `particles_class_XX.h5` into `dir`.
+/// What the ranks' rows add up to (meaningful on rank 0).
+struct Written {
+    num_particles: usize,
+    /// Particles assigned to each class, and the sum of their probabilities.
+    assigned: Vec<f64>,
+    effective: Vec<f64>,
+    /// Class ESS of every particle (rank 0; 4 bytes per particle gathered for the histogram).
+    ess: Vec<f64>,
+    ari: Option<f64>,
+}
+
+/// Rows of output metadata per block.
+const WRITE_BLOCK: usize = 8192;
+
+/// `particles.h5` and, with `per_class`, `particles_class_XX.h5` into `dir` (the same
+/// folder on every rank), each rank appending its rows `rows` in turn: no rank gathers
+/// the others' rows. With `per_class` off (the per-iteration copies) only the files.
+#[allow(clippy::too_many_arguments)]
 fn write_particles(
+    comm: &dyn Comm,
     cfg: &Classify3dConfig,
     cfg_path: &Path,
     dir: &Path,
-    all: &(Results, Vec<f64>),
+    rows: &Range<usize>,
+    r: &Results,
+    scale: &[f64],
     per_class: bool,
-) -> Result<ParticleTable> {
-    let input = Dataset::open(&cfg.input)?;
-    let table = result_table(&input, all);
+) -> Result<Written> {
+    let k = r.k;
+    // Input scales are finite everywhere or the column is left out, on every rank alike.
+    let mut nonfinite = [u64::from(scale.iter().any(|s| !s.is_finite()))];
+    comm.all_reduce_sum_u64(&mut nonfinite);
+    let scale = (nonfinite[0] == 0 && scale.len() == r.class.len()).then_some(scale);
+    let empty = collective(comm, Dataset::open_range(&cfg.input, 0..0))?;
     let attrs = DatasetAttrs {
-        blob_root: input.attrs().blob_root.clone(),
+        blob_root: empty.attrs().blob_root.clone(),
         source: format!("emclass classify3d {}", cfg_path.display()),
     };
-    write_referencing(&dir.join("particles.h5"), &table, &attrs, &input)?;
+    let schema = result_table(empty.table(), &Results::empty(k), scale.map(|_| &[][..]), 0);
+    drop(empty);
+    let mut paths = vec![dir.join("particles.h5")];
     if per_class {
-        for k in 0..all.0.k {
-            let rows: Vec<usize> = (0..table.len())
-                .filter(|&i| all.0.class[i] as usize == k)
-                .collect();
-            write_referencing(
-                &dir.join(format!("particles_class_{k:02}.h5")),
-                &table.select(&rows),
-                &attrs,
-                &input,
-            )?;
+        paths.extend((0..k).map(|c| dir.join(format!("particles_class_{c:02}.h5"))));
+    }
+    let mut pairs: HashMap<(i64, i64), u64> = HashMap::new();
+    let mut has_truth = false;
+    write_in_turns(comm, &paths, &cfg.input, &schema, &attrs, |apps| {
+        let mut start = rows.start;
+        while start < rows.end {
+            let end = (start + WRITE_BLOCK).min(rows.end);
+            let block = Dataset::open_range(&cfg.input, start..end)?;
+            let from = start - rows.start;
+            let table = result_table(block.table(), r, scale, from);
+            if let Some(state) = table.get("gt/state").and_then(|c| c.data.to_f64()) {
+                has_truth = true;
+                for (i, s) in state.iter().enumerate() {
+                    if *s >= 0.0 {
+                        *pairs.entry((*s as i64, r.class[from + i] as i64)).or_insert(0) += 1;
+                    }
+                }
+            }
+            apps[0].append(&table)?;
+            if per_class {
+                for c in 0..k {
+                    let mine: Vec<usize> = (0..table.len())
+                        .filter(|&i| r.class[from + i] as usize == c)
+                        .collect();
+                    apps[1 + c].append(&table.select(&mine))?;
+                }
+            }
+            start = end;
+        }
+        Ok(())
+    })?;
+    let mut sums = vec![0.0f64; 2 * k + 1];
+    for (i, &c) in r.class.iter().enumerate() {
+        sums[c as usize] += 1.0;
+        for (e, p) in sums[k..2 * k].iter_mut().zip(&r.probs[i * k..(i + 1) * k]) {
+            *e += *p as f64;
         }
     }
-    Ok(table)
+    sums[2 * k] = r.class.len() as f64;
+    comm.all_reduce_sum_f64(&mut sums);
+    let mine: Vec<u8> = r.class_ess.iter().flat_map(|e| e.to_le_bytes()).collect();
+    let ess = comm
+        .gather_bytes(0, &mine)
+        .map(|parts| {
+            parts
+                .iter()
+                .flat_map(|p| p.chunks_exact(4))
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Written {
+        num_particles: sums[2 * k] as usize,
+        assigned: sums[..k].to_vec(),
+        effective: sums[k..2 * k].to_vec(),
+        ess,
+        ari: gathered_ari(comm, &pairs, has_truth),
+    })
 }
 
 /// Class-flow matrix and diagram of one F-EM iteration (and the latest as the plain names).
@@ -383,20 +430,19 @@ fn flow_plots(plots: &Path, flow: &[Vec<u64>], t: usize) -> Result<()> {
     class_flow_diagram_png(&plots.join("class_flow_diagram.png"), flow, &title)
 }
 
-/// Writes every output file into the staged folder and renames it into place (rank 0).
+/// Writes the volumes, plots and summary into the staged folder (whose particle files the
+/// ranks wrote) and renames it into place (rank 0).
 fn write_outputs(
     cfg: &Classify3dConfig,
-    cfg_path: &Path,
     out: OutputDir,
     o: &Outcome,
-    all: &(Results, Vec<f64>),
+    written: &Written,
     grid: &WorkGrid,
     focus: Option<&Array3<f32>>,
 ) -> Result<()> {
     let dir: PathBuf = out.path().to_path_buf();
     let k = cfg.num_classes;
     let ps = grid.psize_a() as f32;
-    let table = write_particles(cfg, cfg_path, &dir, all, true)?;
     write_volumes(&dir, &o.classes, grid.psize_a())?;
     write_volume(dir.join("consensus.mrc"), o.consensus.vol.view(), ps)?;
     write_volume(dir.join("solvent_mask.mrc"), o.solvent_mask.view(), ps)?;
@@ -404,31 +450,23 @@ fn write_outputs(
         write_volume(dir.join("focus_mask.mrc"), f.view(), ps)?;
     }
     let plots = dir.join("plots");
-    let (r, _) = all;
-    let ess: Vec<f64> = r.class_ess.iter().map(|v| *v as f64).collect();
+    let ess = &written.ess;
     histogram_png(
         &plots.join("class_ess.png"),
         "Per-particle class ESS",
         "effective number of classes",
-        &ess,
+        ess,
         40,
         &[],
         PLOT_SIZE_PX,
     )?;
-    let mut assigned = vec![0.0; k];
-    let mut effective = vec![0.0; k];
-    for (i, &c) in r.class.iter().enumerate() {
-        assigned[c as usize] += 1.0;
-        for (e, p) in effective.iter_mut().zip(&r.probs[i * k..(i + 1) * k]) {
-            *e += *p as f64;
-        }
-    }
+    let (assigned, effective) = (&written.assigned, &written.effective);
     grouped_bars_png(
         &plots.join("class_sizes.png"),
         "Class assignments and effective size",
         "class",
         "particles",
-        &[("assignments", &assigned), ("effective size", &effective)],
+        &[("assignments", assigned), ("effective size", effective)],
     )?;
     let diff: Vec<(String, Array3<f32>)> = o
         .classes
@@ -483,14 +521,14 @@ fn write_outputs(
     if let Some((t, f)) = o.flows.last() {
         flow_plots(&plots, f, *t)?;
     }
-    let ari = table_ari(&table, "gt/state", &r.class);
+    let ari = written.ari;
     if let Some(a) = ari {
         log::info!("adjusted Rand index vs simulated states (non-junk): {a:.4}");
     }
     let summary = json!({
         "job": "classify3d",
         "input": cfg.input,
-        "num_particles": table.len(),
+        "num_particles": written.num_particles,
         "num_classes": k,
         "working_box_px": grid.n,
         "working_psize_A": grid.psize_a(),

@@ -3,11 +3,13 @@
 //! [`crate::dataset::append`]). The output folder must be on a file system every rank sees
 //! (as a cluster's scratch or project space is); rank 0 names it.
 
+use std::collections::HashMap;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use crate::comm::Comm;
 use crate::dataset::{AppendTarget, Dataset, DatasetAttrs, ParticleTable, TableAppender};
+use crate::em::metrics::adjusted_rand_index_of;
 use crate::error::{Error, Result};
 
 use super::collective;
@@ -79,4 +81,27 @@ pub fn write_in_turns(
     };
     collective(comm, committed)?;
     Ok(written.into_iter().map(|n| n as usize).collect())
+}
+
+/// The adjusted Rand index of every rank's (truth, class) pairs, from their contingency
+/// counts gathered on rank 0 (a few bytes per (truth, class) cell, not per particle).
+/// `None` on other ranks, or when no rank's input carries the truth.
+pub fn gathered_ari(comm: &dyn Comm, pairs: &HashMap<(i64, i64), u64>, has_truth: bool) -> Option<f64> {
+    let mut truth = [u64::from(has_truth)];
+    comm.all_reduce_sum_u64(&mut truth);
+    let mut mine = Vec::with_capacity(pairs.len() * 24);
+    for (&(v, c), &n) in pairs {
+        for x in [v as u64, c as u64, n] {
+            mine.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    let parts = comm.gather_bytes(0, &mine)?;
+    let mut all: HashMap<(i64, i64), u64> = HashMap::new();
+    for p in parts {
+        for c in p.chunks_exact(24) {
+            let x = |i: usize| u64::from_le_bytes(c[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+            *all.entry((x(0) as i64, x(1) as i64)).or_insert(0) += x(2);
+        }
+    }
+    (truth[0] > 0 && !all.is_empty()).then(|| adjusted_rand_index_of(&all))
 }
