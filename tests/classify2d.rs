@@ -528,22 +528,54 @@ fn streamed_particles_give_the_resident_result() {
     let d = dir.path();
     // More than two blocks of 1024 on one rank, so blocks and read-ahead are exercised.
     simulate(d, "sim", 2600, &[]);
-    config(d, "sim/particles.h5", "resident", "online_em_iterations: 6\n");
+    config(
+        d,
+        "sim/particles.h5",
+        "resident",
+        "online_em_iterations: 6\n",
+    );
     let r = emclass(d, &["classify2d", "c2d.yaml"]).ok();
-    assert!(r.stderr.contains("memory plan (rank 0): resident"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("memory plan (rank 0): resident"),
+        "{}",
+        r.stderr
+    );
     let stream = ["--set", "max_resident_gb=0"];
     let r = emclass(
         d,
-        &["classify2d", "c2d.yaml", stream[0], stream[1], "--set", "output=streamed"],
+        &[
+            "classify2d",
+            "c2d.yaml",
+            stream[0],
+            stream[1],
+            "--set",
+            "output=streamed",
+        ],
     )
     .ok();
-    assert!(r.stderr.contains("memory plan (rank 0): streamed"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("memory plan (rank 0): streamed"),
+        "{}",
+        r.stderr
+    );
     assert_same_results(&d.join("resident"), &d.join("streamed"));
-    mpirun(d, 2, &["classify2d", "c2d.yaml", "--set", "output=resident2"]).ok();
     mpirun(
         d,
         2,
-        &["classify2d", "c2d.yaml", stream[0], stream[1], "--set", "output=streamed2"],
+        &["classify2d", "c2d.yaml", "--set", "output=resident2"],
+    )
+    .ok();
+    mpirun(
+        d,
+        2,
+        &[
+            "classify2d",
+            "c2d.yaml",
+            stream[0],
+            stream[1],
+            "--set",
+            "output=streamed2",
+        ],
     )
     .ok();
     assert_same_results(&d.join("resident2"), &d.join("streamed2"));
@@ -576,7 +608,9 @@ fn a_bad_block_on_one_rank_ends_the_job() {
         let f = hdf5::File::open_rw(d.join("sim/particles.h5")).unwrap();
         let images = f.dataset("images").unwrap();
         let nan = ndarray::Array3::<f32>::from_elem((1, 1, 1), f32::NAN);
-        images.write_slice(&nan, ndarray::s![850..851, 10..11, 10..11]).unwrap();
+        images
+            .write_slice(&nan, ndarray::s![850..851, 10..11, 10..11])
+            .unwrap();
     }
     config(
         d,
@@ -590,7 +624,11 @@ fn a_bad_block_on_one_rank_ends_the_job() {
     assert_ne!(r.code, Some(0));
     assert_eq!(r.stderr.matches("error:").count(), 1, "{}", r.stderr);
     assert!(r.stderr.contains("particles.h5"), "{}", r.stderr);
-    assert!(r.stderr.contains("850") || r.stderr.contains("non-finite"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("850") || r.stderr.contains("non-finite"),
+        "{}",
+        r.stderr
+    );
     assert!(!d.join("out").exists());
     assert!(
         !ls(d).iter().any(|n| n.contains("emclass-tmp")),

@@ -294,7 +294,10 @@ fn ranks_agree_under_mpirun() {
     }
     let mut total = 0;
     for k in 0..2 {
-        let part = column(&d.join(format!("r3/particles_class_{k:02}.h5")), "alignments3D/class");
+        let part = column(
+            &d.join(format!("r3/particles_class_{k:02}.h5")),
+            "alignments3D/class",
+        );
         assert!(part.iter().all(|v| *v as usize == k));
         total += part.len();
     }
@@ -379,4 +382,126 @@ fn example_config_documents_every_key_with_its_default() {
     assert_example_config("classify3d.yaml", |c: &Classify3dConfig| {
         Classify3dConfig::with_paths(c.input.clone(), c.output.clone(), 10.0)
     });
+}
+
+/// Starts `cmd`, waits until the staging folder of `out` holds rank 0's checkpoint part for
+/// iteration `next`, then SIGKILLs it (under mpirun: the last rank).
+fn kill_after_checkpoint(
+    d: &Path,
+    mut cmd: std::process::Command,
+    out: &str,
+    next: usize,
+    mpi: bool,
+) {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    cmd.current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = {
+        let _g = HDF5_OR_SPAWN.lock().unwrap_or_else(|e| e.into_inner());
+        cmd.spawn().unwrap()
+    };
+    let part = d.join(format!(
+        ".{out}.emclass-tmp/checkpoint.rank0000.iter{next:03}.bin"
+    ));
+    let t0 = Instant::now();
+    while !part.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(300), "no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let victim = if mpi {
+        *child_pids(child.id()).last().expect("a rank under mpirun")
+    } else {
+        child.id()
+    };
+    std::process::Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status()
+        .unwrap();
+    assert!(!child.wait().unwrap().success());
+    assert!(!d.join(out).exists(), "a killed run left a final output");
+}
+
+/// Per-particle results and volumes of two runs, bit for bit.
+fn assert_same_3d(a: &Path, b: &Path) {
+    for f in [
+        "alignments3D/class",
+        "alignments3D/class_probs",
+        "alignments3D/class_posterior",
+        "alignments3D/class_ess",
+    ] {
+        assert_eq!(
+            column(&a.join("particles.h5"), f),
+            column(&b.join("particles.h5"), f),
+            "{f} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
+    for v in [
+        "volumes/class_00.mrc",
+        "volumes/class_01_half_B.mrc",
+        "consensus.mrc",
+    ] {
+        assert_eq!(
+            std::fs::read(a.join(v)).unwrap(),
+            std::fs::read(b.join(v)).unwrap(),
+            "{v} differs"
+        );
+    }
+    let names = ls(b);
+    assert!(
+        !names.iter().any(|n| n.starts_with("checkpoint")),
+        "{names:?}"
+    );
+}
+
+/// A classify3d run killed mid-way (SIGKILL) and continued with `--resume` ends with exactly
+/// the uninterrupted run's classes and volumes: alone, and with a rank killed under
+/// `mpirun -n 2`. Resuming on another rank count, or a finished run, is refused.
+#[test]
+fn a_killed_run_resumes_to_the_uninterrupted_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    simulate(d, "sim", 1200, &[]);
+    config(
+        d,
+        "c.yaml",
+        "sim/particles.h5",
+        "whole",
+        "fem_max_iterations: 4\nconvergence_switch_pct: 0\n",
+    );
+    emclass(d, &["-q", "classify3d", "c.yaml"]).ok();
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["-q", "classify3d", "c.yaml", "--set", "output=killed"]);
+    kill_after_checkpoint(d, cmd, "killed", 3, false);
+    let r = emclass(d, &["classify3d", "c.yaml", "--resume", "killed"]).ok();
+    assert!(r.stderr.contains("resuming at iteration"), "{}", r.stderr);
+    assert_same_3d(&d.join("whole"), &d.join("killed"));
+    emclass(d, &["classify3d", "c.yaml", "--resume", "killed"]).fails_with(&["already finished"]);
+    // Two ranks, the last one killed.
+    mpirun(
+        d,
+        2,
+        &["-q", "classify3d", "c.yaml", "--set", "output=whole2"],
+    )
+    .ok();
+    let session = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new("mpirun");
+    cmd.env("OMPI_MCA_orte_tmpdir_base", session.path())
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .args(["--allow-run-as-root", "--oversubscribe", "-n", "2"])
+        .arg(bin())
+        .args(["-q", "classify3d", "c.yaml", "--set", "output=killed2"]);
+    kill_after_checkpoint(d, cmd, "killed2", 4, true);
+    let r = emclass(d, &["classify3d", "c.yaml", "--resume", "killed2"]);
+    r.fails_with(&["2 rank", "same number"]);
+    mpirun(d, 2, &["-q", "classify3d", "c.yaml", "--resume", "killed2"]).ok();
+    assert_same_3d(&d.join("whole2"), &d.join("killed2"));
 }

@@ -88,15 +88,7 @@ impl Checkpoint {
 
     /// Writes `dir/checkpoint.bin` atomically (temporary file, fsync, rename).
     pub fn write(&self, dir: &Path) -> Result<()> {
-        use std::io::Write;
-        let path = dir.join(FILE);
-        let tmp = dir.join(format!("{FILE}.tmp"));
-        let bytes = self.to_bytes()?;
-        let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(&bytes).map_err(|e| Error::io(&tmp, e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+        crate::paths::write_atomic(&dir.join(FILE), &self.to_bytes()?)
     }
 }
 

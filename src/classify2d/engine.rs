@@ -133,7 +133,8 @@ impl<'a> Engine<'a> {
         let mut st = Stats::zeros(&self.layout()?);
         let k = self.cfg.num_classes;
         let first = self.source.first_row();
-        let read = self.source
+        let read = self
+            .source
             .for_each_block(&self.source.local(batch), |idx, ids, block| {
                 let local = self.local(block);
                 for (&i, &l) in idx.iter().zip(ids) {

@@ -68,7 +68,10 @@ pub fn set_columns(table: &mut ParticleTable, rows: &[ResultRow], k: usize, psiz
         "alignments2D/class_posterior",
         rows.iter().map(|r| r.prob).collect(),
     );
-    table.set_f32("alignments2D/class_ess", rows.iter().map(|r| r.ess).collect());
+    table.set_f32(
+        "alignments2D/class_ess",
+        rows.iter().map(|r| r.ess).collect(),
+    );
     table.set_f32("alignments2D/pose", rows.iter().map(|r| r.psi).collect());
     table.set(
         "alignments2D/shift",
@@ -117,12 +120,18 @@ impl SpillWriter {
         if row.probs.len() != self.k {
             return Err(Error::file(
                 &self.path,
-                format!("a result with {} class probabilities, expected {}", row.probs.len(), self.k),
+                format!(
+                    "a result with {} class probabilities, expected {}",
+                    row.probs.len(),
+                    self.k
+                ),
             ));
         }
         self.buf.clear();
         row.encode(&mut self.buf);
-        self.out.write_all(&self.buf).map_err(|e| Error::io(&self.path, e))?;
+        self.out
+            .write_all(&self.buf)
+            .map_err(|e| Error::io(&self.path, e))?;
         self.rows += 1;
         Ok(())
     }
@@ -163,7 +172,10 @@ impl SpillReader {
         self.input
             .read_exact(&mut bytes)
             .map_err(|e| Error::io(&self.path, e))?;
-        Ok(bytes.chunks_exact(rec).map(|b| ResultRow::decode(b, self.k)).collect())
+        Ok(bytes
+            .chunks_exact(rec)
+            .map(|b| ResultRow::decode(b, self.k))
+            .collect())
     }
 }
 
@@ -191,7 +203,12 @@ mod tests {
         for i in 0..5 {
             w.push(&row(i)).unwrap();
         }
-        assert!(w.push(&ResultRow { probs: vec![1.0], ..row(0) }).is_err());
+        assert!(w
+            .push(&ResultRow {
+                probs: vec![1.0],
+                ..row(0)
+            })
+            .is_err());
         assert_eq!(w.finish().unwrap(), 5);
         assert_eq!(std::fs::metadata(&p).unwrap().len(), 5 * 36);
         let mut r = SpillReader::open(&p, 3).unwrap();
@@ -206,7 +223,10 @@ mod tests {
         let mut t = ParticleTable::new(vec![7, 8]);
         set_columns(&mut t, &[row(1), row(2)], 3, 1.5);
         assert_eq!(t.u32("alignments2D/class").unwrap(), &[1, 2]);
-        assert_eq!(t.f32("alignments2D/shift").unwrap(), &[0.5, -2.25, 0.5, -2.25]);
+        assert_eq!(
+            t.f32("alignments2D/shift").unwrap(),
+            &[0.5, -2.25, 0.5, -2.25]
+        );
         assert_eq!(t.get("alignments2D/class_probs").unwrap().width, 3);
         assert_eq!(t.f32("alignments2D/psize_A").unwrap(), &[1.5, 1.5]);
     }

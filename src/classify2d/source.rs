@@ -113,7 +113,12 @@ impl MemoryPlan {
 
 impl ParticleSource {
     /// Loads the rank's rows into memory (`ds` opened on `rows`).
-    pub fn resident(ds: &Dataset, rows: Range<usize>, grid: &WorkGrid, ctf_correct: bool) -> Result<Self> {
+    pub fn resident(
+        ds: &Dataset,
+        rows: Range<usize>,
+        grid: &WorkGrid,
+        ctf_correct: bool,
+    ) -> Result<Self> {
         let parts = particles::load(ds, rows.clone(), grid, ctf_correct)?;
         Ok(ParticleSource {
             rows,
@@ -273,7 +278,10 @@ mod tests {
         let b = BLOCK_PARTICLES;
         let locals = vec![0, 1, b - 1, b, b + 5, 3 * b + 2];
         let g = groups(&locals);
-        assert_eq!(g, vec![&[0, 1, b - 1][..], &[b, b + 5][..], &[3 * b + 2][..]]);
+        assert_eq!(
+            g,
+            vec![&[0, 1, b - 1][..], &[b, b + 5][..], &[3 * b + 2][..]]
+        );
         assert!(groups(&[]).is_empty());
     }
 

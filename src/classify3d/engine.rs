@@ -17,11 +17,12 @@ use crate::em::driver::{class_flow, switched_pct, Driver, Phase};
 use crate::em::responsibilities::{responsibilities, EStepParams, Quartiles};
 use crate::em::schedule::{LearningRate, SimilaritySchedule};
 use crate::em::stats::{Stats, StatsLayout};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::numerics::project3d::Projector;
 use crate::numerics::rotation::Mat3;
 use crate::numerics::volume::{solvent_mask, spherical_mask};
 
+use super::checkpoint::{self, RankState, Shared};
 use super::config::{Classify3dConfig, ScaleMode};
 use super::estep::{fit_scales, score};
 use super::model::{self, ClassVolume, PAD};
@@ -55,10 +56,10 @@ impl Results {
 }
 
 /// One row of the per-iteration record (summary.json, log).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct IterationRecord {
     pub iteration: usize,
-    pub phase: &'static str,
+    pub phase: String,
     pub particles: usize,
     pub learning_rate: f64,
     pub class_similarity: f64,
@@ -103,6 +104,10 @@ pub struct IterationView<'a> {
     pub results: &'a Results,
     /// Per-particle scales (local rows; fixed before the EM loop).
     pub scale: &'a [f64],
+    /// The state to continue from (every rank; not after the last iteration). The job
+    /// writes each rank's part, then rank 0 the shared part (its `config_yaml` left empty
+    /// for the job to fill).
+    pub checkpoint: Option<(Shared, RankState)>,
 }
 
 /// Inputs of a run.
@@ -179,6 +184,7 @@ impl<'a> Engine<'a> {
     pub fn run(
         &self,
         parts: &mut Particles3d,
+        resume: Option<(Shared, RankState)>,
         mut on_iteration: impl FnMut(&IterationView) -> Result<()>,
     ) -> Result<Outcome> {
         let cfg = self.cfg;
@@ -254,8 +260,17 @@ impl<'a> Engine<'a> {
         }
         // 4. Initial classes.
         let focus = self.focus_mask.as_ref().map(|f| (f, &consensus.vol));
-        let mut classes: Vec<ClassVolume> = match &self.initial_volumes {
-            Some(vols) => {
+        let mut classes: Vec<ClassVolume> = match (&resume, &self.initial_volumes) {
+            (Some((c, _)), _) => {
+                if comm.is_root() {
+                    log::info!(
+                        "resuming at iteration {} (consensus, mask and scales recomputed)",
+                        c.next_iteration + 1
+                    );
+                }
+                c.classes()?
+            }
+            (None, Some(vols)) => {
                 // One least-squares scale for all input volumes (their mean against the
                 // consensus), so the particles' scale applies and their differences in mass
                 // are kept.
@@ -278,7 +293,7 @@ impl<'a> Engine<'a> {
                     })
                     .collect()
             }
-            None => {
+            (None, None) => {
                 let per = cfg.init_particles_per_class.min(self.n_total / k).max(1);
                 let perm = permutation(self.n_total, cfg.seed ^ 0x1417_c1a5, 0);
                 let mut group = vec![None; n_local];
@@ -332,13 +347,36 @@ impl<'a> Engine<'a> {
         let mut flows = Vec::new();
         let mut weights = vec![1.0 / k as f64; k];
         let mut prev_fem: Option<Vec<u32>> = None;
+        let lay = self.layout(k)?;
+        let mut t0 = 0;
+        if let Some((c, mine)) = resume {
+            let restored = mine.results();
+            if restored.class.len() != n_local || restored.k != k {
+                return Err(Error::Usage(format!(
+                    "--resume: the checkpoint holds {} particles of {} classes for rank {}, which has {n_local} of {k}; resume with the same number of ranks",
+                    restored.class.len(),
+                    restored.k,
+                    comm.rank()
+                )));
+            }
+            results = restored;
+            prev_fem = mine.prev_fem;
+            history = c.history;
+            flows = c.flows;
+            weights = c.weights;
+            sigma2 = c.sigma2;
+            driver.restore(match &c.running {
+                Some(buf) => Some(Stats::from_slice(&lay, buf)?),
+                None => None,
+            });
+            t0 = c.next_iteration;
+        }
         let mut stop_reason = format!(
             "reached the iteration limit ({} O-EM + {} F-EM)",
             oem, cfg.fem_max_iterations
         );
-        let lay = self.layout(k)?;
         let ns = grid.n_shells();
-        for t in 0..driver.max_iterations() {
+        for t in t0..driver.max_iterations() {
             let start = Instant::now();
             let phase = driver.phase(t);
             let locals = match driver.rows(t) {
@@ -411,7 +449,7 @@ impl<'a> Engine<'a> {
             }
             let record = IterationRecord {
                 iteration: t,
-                phase: phase.name(),
+                phase: phase.name().to_string(),
                 particles: assigned.iter().sum::<u64>() as usize,
                 learning_rate: eta,
                 class_similarity: params.similarity(),
@@ -466,21 +504,48 @@ impl<'a> Engine<'a> {
                         .unwrap_or_default()
                 );
             }
-            let reported = on_iteration(&IterationView {
-                record: &record,
-                phase,
-                classes: &classes,
-                consensus: &consensus,
-                flow: flow.as_ref(),
-                results: &results,
-                scale: &parts.scale,
-            });
-            // A failure on one rank (rank 0's plots) ends every rank before the next collective.
-            agree(self.comm, reported)?;
             history.push(record);
+            let has_flow = flow.is_some();
             if let Some(f) = flow {
                 flows.push((t, f));
             }
+            let checkpoint = (t + 1 < driver.max_iterations()).then(|| {
+                let (vols, fsc, res_a) = Shared::volumes_of(&classes);
+                (
+                    Shared {
+                        version: checkpoint::VERSION,
+                        config_yaml: String::new(),
+                        ranks: comm.size(),
+                        next_iteration: t + 1,
+                        n,
+                        vols,
+                        fsc,
+                        res_a,
+                        sigma2: sigma2.clone(),
+                        weights: weights.clone(),
+                        running: driver.running().map(|r| r.as_slice().to_vec()),
+                        history: history.clone(),
+                        flows: flows.clone(),
+                    },
+                    RankState::of(comm.rank(), t + 1, &results, prev_fem.as_ref()),
+                )
+            });
+            let reported = on_iteration(&IterationView {
+                record: history.last().expect("pushed above"),
+                phase,
+                classes: &classes,
+                consensus: &consensus,
+                flow: if has_flow {
+                    flows.last().map(|(_, f)| f)
+                } else {
+                    None
+                },
+                results: &results,
+                scale: &parts.scale,
+                checkpoint,
+            });
+            // A failure on one rank (rank 0's plots) ends every rank before the next collective.
+            agree(self.comm, reported)?;
             if phase == Phase::Full {
                 if let Some(s) = switched {
                     if s < cfg.convergence_switch_pct {

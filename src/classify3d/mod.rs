@@ -11,6 +11,7 @@
 //! - [`model`]: statistics, back-projection, reconstruction with FSC filtering, masks.
 //! - [`engine`]: the run (shares [`crate::em::driver`] with the other EM jobs).
 
+pub mod checkpoint;
 pub mod config;
 pub mod engine;
 pub mod estep;

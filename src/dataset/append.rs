@@ -211,7 +211,9 @@ fn growable<T: H5Type>(file: &hdf5::File, name: &str, width: usize) -> hdf5::Res
     if width == 1 {
         b.shape((0..,)).chunk((CHUNK_ROWS,)).create(name)
     } else {
-        b.shape((0.., width)).chunk((CHUNK_ROWS, width)).create(name)
+        b.shape((0.., width))
+            .chunk((CHUNK_ROWS, width))
+            .create(name)
     }
 }
 
@@ -270,7 +272,8 @@ mod tests {
             },
         )
         .unwrap();
-        w.append_images(Array3::<f32>::zeros((n, 4, 4)).view()).unwrap();
+        w.append_images(Array3::<f32>::zeros((n, 4, 4)).view())
+            .unwrap();
         let mut t = ParticleTable::new((0..n as u64).map(|u| 1000 + u).collect());
         t.set_f32("ctf/df1_A", (0..n).map(|i| i as f32).collect());
         t.set_str("blob/path", (0..n).map(|i| format!("mic{i}.mrc")).collect());
@@ -324,7 +327,10 @@ mod tests {
             &input,
         )
         .unwrap();
-        let e = a.append(&input.table().slice(0, 2)).unwrap_err().to_string();
+        let e = a
+            .append(&input.table().slice(0, 2))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("columns"), "{e}");
         a.append(&all.slice(0, 5)).unwrap();
         a.close().unwrap();

@@ -114,6 +114,16 @@ impl Driver {
         }
     }
 
+    /// The running statistics (None before the first iteration).
+    pub fn running(&self) -> Option<&Stats> {
+        self.running.as_ref()
+    }
+
+    /// Restores the running statistics of a checkpoint.
+    pub fn restore(&mut self, running: Option<Stats>) {
+        self.running = running;
+    }
+
     /// Sums `batch` over ranks (one all-reduce) and folds it into the running statistics
     /// with η(t); returns them.
     pub fn absorb(&mut self, mut batch: Stats, t: usize, comm: &dyn Comm) -> Result<&Stats> {

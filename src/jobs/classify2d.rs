@@ -14,20 +14,20 @@ use crate::classify2d::checkpoint::{self, Checkpoint};
 use crate::classify2d::config::Classify2dConfig;
 use crate::classify2d::duplicates;
 use crate::classify2d::engine::{Engine, IterationView, Outcome};
-use crate::classify2d::results::{self, ResultRow, SpillReader, SpillWriter};
-use crate::classify2d::source::{MemoryPlan, ParticleSource};
 use crate::classify2d::grid::WorkGrid;
 use crate::classify2d::model::PostProcess;
 use crate::classify2d::particles;
+use crate::classify2d::results::{self, ResultRow, SpillReader, SpillWriter};
+use crate::classify2d::source::{MemoryPlan, ParticleSource};
 use crate::cli::JobArgs;
 use crate::comm::{partition, Comm};
 use crate::config::{self, JobConfig};
 use crate::dataset::{Dataset, DatasetAttrs, ParticleTable};
-use crate::jobs::turns::{gathered_ari, shared_dir, write_in_turns};
 use crate::error::{Error, Result};
 use crate::formats::mrc::write_stack;
 use crate::jobs::collective;
-use crate::jobs::output::{check_writable, OutputDir};
+use crate::jobs::output::{check_writable, config_without_output, OutputDir};
+use crate::jobs::turns::{gathered_ari, shared_dir, write_in_turns};
 use crate::numerics::fft::{irfft2, rfft2};
 use crate::numerics::frc::frc_resolution_a;
 use crate::numerics::image2d::fourier_pad;
@@ -94,7 +94,11 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         grid.shell_res_a(grid.k_max)
     );
     let plan = MemoryPlan::new(rows.len(), &grid, cfg.ctf_correct, cfg.max_resident_gb);
-    log::info!("memory plan (rank {}): {}", comm.rank(), plan.describe(rows.len()));
+    log::info!(
+        "memory plan (rank {}): {}",
+        comm.rank(),
+        plan.describe(rows.len())
+    );
     let source = if plan.streamed {
         // The CTF fields are checked once here; a bad block found later ends the job.
         let checked = if cfg.ctf_correct {
@@ -162,9 +166,9 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
     collective(
         comm,
         match out {
-            Some(out) => write_outputs(
-                &cfg, out, &outcome, &written, &grid, box_px, psize, n_total,
-            ),
+            Some(out) => {
+                write_outputs(&cfg, out, &outcome, &written, &grid, box_px, psize, n_total)
+            }
             None => Ok(()),
         },
     )
@@ -196,15 +200,6 @@ fn post_process(
     })
 }
 
-/// The configuration as YAML without `output` (what a resumed run must match).
-fn config_without_output(cfg: &Classify2dConfig) -> String {
-    let mut v = serde_norway::to_value(cfg).unwrap_or(serde_norway::Value::Null);
-    if let Some(m) = v.as_mapping_mut() {
-        m.remove("output");
-    }
-    serde_norway::to_string(&v).unwrap_or_default()
-}
-
 /// Rank 0 reads the checkpoint in `staging` and sends it to every rank; each checks that it
 /// was made with the same configuration.
 fn read_checkpoint(
@@ -214,11 +209,19 @@ fn read_checkpoint(
     config_yaml: &str,
 ) -> Result<Checkpoint> {
     let path = staging.map(|s| s.join(checkpoint::FILE));
-    let mut bytes = match &path {
-        Some(p) if p.exists() => std::fs::read(p).map_err(|e| Error::io(p, e))?,
-        _ => Vec::new(),
+    // Rank 0 always takes part in the broadcast, even when its read fails.
+    let read = match &path {
+        Some(p) if p.exists() => std::fs::read(p).map_err(|e| Error::io(p, e)),
+        _ => Ok(Vec::new()),
+    };
+    let (mut bytes, failed) = match read {
+        Ok(b) => (b, None),
+        Err(e) => (Vec::new(), Some(e)),
     };
     comm.broadcast_bytes(0, &mut bytes);
+    if let Some(e) = failed {
+        return Err(e);
+    }
     if bytes.is_empty() {
         return Err(Error::file(
             dir,
@@ -460,7 +463,12 @@ fn find_duplicates(
         let of = t.u64("gt/duplicate_of");
         for (i, p) in picks.iter().enumerate() {
             mine.extend_from_slice(&p.micrograph.to_le_bytes());
-            for v in [p.x_a, p.y_a, p.score, is_dup.as_ref().map_or(f64::NAN, |d| d[i])] {
+            for v in [
+                p.x_a,
+                p.y_a,
+                p.score,
+                is_dup.as_ref().map_or(f64::NAN, |d| d[i]),
+            ] {
                 mine.extend_from_slice(&v.to_le_bytes());
             }
             mine.extend_from_slice(&t.uid()[i].to_le_bytes());
@@ -606,7 +614,12 @@ fn write_outputs(
 
 /// Simulated duplicate pairs (`gt/is_duplicate`, `gt/duplicate_of`, by uid) against the
 /// removals: pairs that lost exactly one member, and removed particles in no pair.
-fn duplicate_truth(uid: &[u64], is_dup: &[f64], of: &[u64], rejected: &[bool]) -> serde_json::Value {
+fn duplicate_truth(
+    uid: &[u64],
+    is_dup: &[f64],
+    of: &[u64],
+    rejected: &[bool],
+) -> serde_json::Value {
     let row: HashMap<u64, usize> = uid.iter().enumerate().map(|(i, &u)| (u, i)).collect();
     let (mut pairs, mut found) = (0usize, 0usize);
     let mut in_pair = vec![false; uid.len()];

@@ -14,6 +14,7 @@ use ndarray::Array3;
 use serde_json::json;
 
 use crate::classify2d::grid::WorkGrid;
+use crate::classify3d::checkpoint::{self, RankState, Shared};
 use crate::classify3d::config::{Classify3dConfig, InitMode, ScaleMode};
 use crate::classify3d::engine::{Engine, Outcome, Results};
 use crate::classify3d::model::ClassVolume;
@@ -25,8 +26,8 @@ use crate::dataset::{Column, ColumnData, Dataset, DatasetAttrs, ParticleTable};
 use crate::em::driver::Phase;
 use crate::error::{Error, Result};
 use crate::formats::mrc::{read_volume, write_volume};
+use crate::jobs::output::{check_writable, config_without_output, OutputDir};
 use crate::jobs::turns::{gathered_ari, shared_dir, write_in_turns};
-use crate::jobs::output::{check_writable, OutputDir};
 use crate::jobs::{collective, select_backend};
 use crate::numerics::symmetry::point_group;
 use crate::numerics::volume::{check_mask, resample3};
@@ -37,7 +38,10 @@ use crate::report::plots3d::{
 
 /// Runs the job on every rank.
 pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
-    let cfg: Classify3dConfig = collective(comm, config::load(&args.config, &args.set))?;
+    let mut cfg: Classify3dConfig = collective(comm, config::load(&args.config, &args.set))?;
+    if let Some(dir) = &args.resume {
+        cfg.output = dir.clone();
+    }
     let n_total = collective(comm, Dataset::count(&cfg.input))?;
     if n_total == 0 {
         return collective(
@@ -96,16 +100,29 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         point_group(&cfg.symmetry)
             .map_err(|e| Error::config(&args.config, "symmetry", e.to_string())),
     )?;
-    // The output folder (rank 0), refused before any work if it exists.
+    // The output folder (rank 0), refused before any work if it exists; or, with --resume,
+    // the staging folder of the killed run and its checkpoint.
     let out = if comm.is_root() {
         collective(
             comm,
-            check_writable(&cfg.output, args.overwrite)
-                .and_then(|_| OutputDir::create(&cfg.output, args.overwrite))
-                .map(Some),
+            match &args.resume {
+                Some(dir) => OutputDir::resume(dir),
+                None => check_writable(&cfg.output, args.overwrite)
+                    .and_then(|_| OutputDir::create(&cfg.output, args.overwrite)),
+            }
+            .map(Some),
         )?
     } else {
         collective(comm, Ok(None))?
+    };
+    let staging = shared_dir(comm, out.as_ref().map(|o| o.path()))?;
+    let config_yaml = config_without_output(&cfg);
+    let resume = match &args.resume {
+        Some(dir) => Some(collective(
+            comm,
+            read_checkpoint(comm, &staging, dir, &config_yaml),
+        )?),
+        None => None,
     };
     log::info!(
         "classify3d: {n_total} particles on {} rank(s), {} classes, box {box_px} px at {psize} Å → volumes {} px at {:.2} Å (filter {} Å), symmetry {} ({} operators)",
@@ -134,7 +151,10 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         let p = d.join("plots");
         std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
     }
-    let outcome = engine.run(&mut parts, |view| {
+    let outcome = engine.run(&mut parts, resume, |view| {
+        if let Some((shared, mine)) = &view.checkpoint {
+            write_checkpoint(comm, &staging, shared, mine, &config_yaml)?;
+        }
         if cfg.output_every_fem_iter && view.phase == Phase::Full {
             // Every rank writes its rows of this iteration's particles.h5 in turn.
             let sub = dir.as_ref().map(|d| {
@@ -146,7 +166,14 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
             }
             let shared = shared_dir(comm, sub.as_deref())?;
             write_particles(
-                comm, &cfg, &args.config, &shared, &rows, view.results, view.scale, false,
+                comm,
+                &cfg,
+                &args.config,
+                &shared,
+                &rows,
+                view.results,
+                view.scale,
+                false,
             )?;
             if let Some(sub) = &sub {
                 write_volumes(sub, view.classes, grid.psize_a())?;
@@ -164,9 +191,15 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
     if cfg.reorder_classes_by_size {
         reorder_by_size(comm, &mut outcome, &mut results);
     }
-    let staging = shared_dir(comm, dir.as_deref())?;
     let written = write_particles(
-        comm, &cfg, &args.config, &staging, &rows, &results, &scale, true,
+        comm,
+        &cfg,
+        &args.config,
+        &staging,
+        &rows,
+        &results,
+        &scale,
+        true,
     )?;
     collective(
         comm,
@@ -218,6 +251,86 @@ fn read_working_volume(
         return Ok(resample3(vol.view(), n).mapv(|v| v.clamp(0.0, 1.0)));
     }
     Ok(resample3(vol.view(), n))
+}
+
+/// Every rank writes its part of the checkpoint, then rank 0 the shared part, then each
+/// rank removes its part of the previous one: at any moment the folder holds a complete
+/// checkpoint.
+fn write_checkpoint(
+    comm: &dyn Comm,
+    staging: &Path,
+    shared: &Shared,
+    mine: &RankState,
+    config_yaml: &str,
+) -> Result<()> {
+    collective(comm, mine.write(staging))?;
+    let root = if comm.is_root() {
+        let mut s = shared.clone();
+        s.config_yaml = config_yaml.to_string();
+        s.write(staging)
+    } else {
+        Ok(())
+    };
+    collective(comm, root)?;
+    if shared.next_iteration > 0 {
+        let old = staging.join(checkpoint::rank_file(
+            comm.rank(),
+            shared.next_iteration - 1,
+        ));
+        if old.exists() {
+            std::fs::remove_file(&old).map_err(|e| Error::io(&old, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Rank 0 reads the shared checkpoint in `staging` and sends it to every rank; each checks
+/// the configuration and rank count and reads its own part.
+fn read_checkpoint(
+    comm: &dyn Comm,
+    staging: &Path,
+    dir: &Path,
+    config_yaml: &str,
+) -> Result<(Shared, RankState)> {
+    let path = staging.join(checkpoint::FILE);
+    // Rank 0 always takes part in the broadcast, even when its read fails.
+    let read = match comm.is_root() && path.exists() {
+        true => std::fs::read(&path).map_err(|e| Error::io(&path, e)),
+        false => Ok(Vec::new()),
+    };
+    let (mut bytes, failed) = match read {
+        Ok(b) => (b, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    comm.broadcast_bytes(0, &mut bytes);
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if bytes.is_empty() {
+        return Err(Error::file(
+            dir,
+            "nothing to resume: the killed run wrote no checkpoint yet (it ended before its first iteration finished)",
+        ));
+    }
+    let c = Shared::from_bytes(&bytes, &dir.join(checkpoint::FILE))?;
+    if c.config_yaml != config_yaml {
+        return Err(Error::file(
+            dir,
+            "the checkpoint was made with another configuration (apart from output); resume with the same config and --set values",
+        ));
+    }
+    if c.ranks != comm.size() {
+        return Err(Error::file(
+            dir,
+            format!(
+                "the checkpoint was made on {} rank(s); resume classify3d on the same number (this run has {})",
+                c.ranks,
+                comm.size()
+            ),
+        ));
+    }
+    let mine = RankState::read(staging, comm.rank(), c.next_iteration)?;
+    Ok((c, mine))
 }
 
 /// Renumbers classes by assigned size over all ranks, largest first: every rank its
@@ -299,7 +412,10 @@ fn result_table(
     table.set_f32("alignments3D/class_ess", r.class_ess[rows.clone()].to_vec());
     table.set(
         "alignments3D/class_probs",
-        Column::new(ColumnData::F32(r.probs[from * k..(from + n) * k].to_vec()), k),
+        Column::new(
+            ColumnData::F32(r.probs[from * k..(from + n) * k].to_vec()),
+            k,
+        ),
     );
     if let Some(scale) = scale {
         table.set_f32(
@@ -367,7 +483,9 @@ fn write_particles(
                 has_truth = true;
                 for (i, s) in state.iter().enumerate() {
                     if *s >= 0.0 {
-                        *pairs.entry((*s as i64, r.class[from + i] as i64)).or_insert(0) += 1;
+                        *pairs
+                            .entry((*s as i64, r.class[from + i] as i64))
+                            .or_insert(0) += 1;
                     }
                 }
             }

@@ -25,11 +25,11 @@ use crate::error::{Error, Result};
 /// Runs the job named by `cmd` on every rank of `comm`.
 pub fn run(cmd: &Command, comm: &dyn Comm) -> Result<()> {
     let resuming = cmd.job_args().is_some_and(|a| a.resume.is_some());
-    if resuming && !matches!(cmd, Command::Classify2d(_)) {
+    if resuming && !matches!(cmd, Command::Classify2d(_) | Command::Classify3d(_)) {
         return collective(
             comm,
             Err(Error::Usage(
-                "--resume: only classify2d can continue a killed run so far".into(),
+                "--resume: only classify2d and classify3d can continue a killed run".into(),
             )),
         );
     }

@@ -113,8 +113,22 @@ impl OutputDir {
             serde_json::to_string_pretty(summary).map_err(|e| Error::Usage(e.to_string()))?;
         write("summary.json", json + "\n")?;
         write("config.used.yaml", crate::config::to_yaml(cfg))?;
+        self.remove_checkpoints()?;
         let done = self.commit()?;
         log::info!("{job}: wrote {}", done.display());
+        Ok(())
+    }
+    /// Removes the checkpoint files (`checkpoint*`, every rank's) of a finished run: they
+    /// only serve `--resume`, which a finished run no longer needs.
+    fn remove_checkpoints(&self) -> Result<()> {
+        let entries =
+            std::fs::read_dir(&self.tmp_path).map_err(|e| Error::io(&self.tmp_path, e))?;
+        for e in entries {
+            let e = e.map_err(|e| Error::io(&self.tmp_path, e))?;
+            if e.file_name().to_string_lossy().starts_with("checkpoint") {
+                std::fs::remove_file(e.path()).map_err(|err| Error::io(e.path(), err))?;
+            }
+        }
         Ok(())
     }
     /// Moves the finished folder into place (replacing an old one when overwriting).
@@ -148,6 +162,15 @@ impl Drop for OutputDir {
             let _ = std::fs::remove_dir_all(&self.tmp_path);
         }
     }
+}
+
+/// A job's configuration as YAML without `output` (what a resumed run must match).
+pub fn config_without_output<T: serde::Serialize>(cfg: &T) -> String {
+    let mut v = serde_norway::to_value(cfg).unwrap_or(serde_norway::Value::Null);
+    if let Some(m) = v.as_mapping_mut() {
+        m.remove("output");
+    }
+    serde_norway::to_string(&v).unwrap_or_default()
 }
 
 #[cfg(test)]

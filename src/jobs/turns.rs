@@ -86,7 +86,11 @@ pub fn write_in_turns(
 /// The adjusted Rand index of every rank's (truth, class) pairs, from their contingency
 /// counts gathered on rank 0 (a few bytes per (truth, class) cell, not per particle).
 /// `None` on other ranks, or when no rank's input carries the truth.
-pub fn gathered_ari(comm: &dyn Comm, pairs: &HashMap<(i64, i64), u64>, has_truth: bool) -> Option<f64> {
+pub fn gathered_ari(
+    comm: &dyn Comm,
+    pairs: &HashMap<(i64, i64), u64>,
+    has_truth: bool,
+) -> Option<f64> {
     let mut truth = [u64::from(has_truth)];
     comm.all_reduce_sum_u64(&mut truth);
     let mut mine = Vec::with_capacity(pairs.len() * 24);
