@@ -9,12 +9,15 @@
 # Usage: bash benches/scale2d.sh [WORKDIR=/tmp/emclass-scale2d]
 #        SIZES="100000 1000000" RANKS="1 2" RESIDENT=0 bash benches/scale2d.sh
 # (RESIDENT=1 adds a 1-rank run of each size with the particles held in memory.)
+# THREADS (default 1) rayon threads per rank: with 1, one rank uses one core and two ranks
+# two, so the 1 -> 2 rank times measure strong scaling on this 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-/tmp/emclass-scale2d}
 SIZES=${SIZES:-"100000 1000000"}
 RANKS=${RANKS:-"1 2"}
 RESIDENT=${RESIDENT:-0}
+export RAYON_NUM_THREADS=${THREADS:-1}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 cargo build --release --locked -q
 B=$PWD/target/release/emclass
