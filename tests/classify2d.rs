@@ -395,40 +395,12 @@ fn shipped_config_documents_every_parameter() {
 /// Starts `cmd` (emclass or mpirun) in the background, waits until the run has written the
 /// per-iteration montage of `iteration` (so checkpoints exist), and SIGKILLs it (for mpirun:
 /// its rank 1, which makes mpirun end the job). Returns once everything has exited.
-fn kill_mid_run(d: &Path, mut cmd: std::process::Command, out: &str, iteration: usize, mpi: bool) {
-    use std::process::Stdio;
-    use std::time::{Duration, Instant};
-    cmd.current_dir(d)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut child = {
-        let _g = HDF5_OR_SPAWN.lock().unwrap_or_else(|e| e.into_inner());
-        cmd.spawn().unwrap()
-    };
+/// Kills the run once the staging folder of `out` holds the plots of `iteration`.
+fn kill_mid_run(d: &Path, cmd: std::process::Command, out: &str, iteration: usize, mpi: bool) {
     let plot = d.join(format!(
         ".{out}.emclass-tmp/plots/classes_iter{iteration:03}.png"
     ));
-    let t0 = Instant::now();
-    while !plot.exists() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it was killed"
-        );
-        assert!(t0.elapsed() < Duration::from_secs(300), "no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let victim = if mpi {
-        *child_pids(child.id()).last().expect("a rank under mpirun")
-    } else {
-        child.id()
-    };
-    std::process::Command::new("kill")
-        .args(["-9", &victim.to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert!(!status.success());
-    assert!(!d.join(out).exists(), "a killed run left a final output");
+    kill_when(d, cmd, &plot, out, mpi);
 }
 
 /// Per-particle results and class averages of two runs, compared bit for bit.

@@ -384,47 +384,11 @@ fn example_config_documents_every_key_with_its_default() {
     });
 }
 
-/// Starts `cmd`, waits until the staging folder of `out` holds rank 0's checkpoint part for
-/// iteration `next`, then SIGKILLs it (under mpirun: the last rank).
-fn kill_after_checkpoint(
-    d: &Path,
-    mut cmd: std::process::Command,
-    out: &str,
-    next: usize,
-    mpi: bool,
-) {
-    use std::process::Stdio;
-    use std::time::{Duration, Instant};
-    cmd.current_dir(d)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut child = {
-        let _g = HDF5_OR_SPAWN.lock().unwrap_or_else(|e| e.into_inner());
-        cmd.spawn().unwrap()
-    };
-    let part = d.join(format!(
-        ".{out}.emclass-tmp/checkpoint.rank0000.iter{next:03}.bin"
-    ));
-    let t0 = Instant::now();
-    while !part.exists() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it was killed"
-        );
-        assert!(t0.elapsed() < Duration::from_secs(300), "no progress");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let victim = if mpi {
-        *child_pids(child.id()).last().expect("a rank under mpirun")
-    } else {
-        child.id()
-    };
-    std::process::Command::new("kill")
-        .args(["-9", &victim.to_string()])
-        .status()
-        .unwrap();
-    assert!(!child.wait().unwrap().success());
-    assert!(!d.join(out).exists(), "a killed run left a final output");
+/// Kills the run once the staging folder of `out` holds rank 0's checkpoint part for
+/// iteration `next`.
+fn kill_after_checkpoint(d: &Path, cmd: std::process::Command, out: &str, next: usize, mpi: bool) {
+    let part = d.join(format!(".{out}.emclass-tmp/checkpoint.rank0000.iter{next:03}.bin"));
+    kill_when(d, cmd, &part, out, mpi);
 }
 
 /// Per-particle results and volumes of two runs, bit for bit.

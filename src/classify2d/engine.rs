@@ -16,8 +16,9 @@ use serde::Serialize;
 
 use crate::comm::{agree, Comm};
 use crate::em::batches::{permutation, OnlineBatches};
+use crate::em::binned::{Binned, BINS};
 use crate::em::responsibilities::{
-    marginalize_poses, pose_weights, responsibilities, EStepParams, Quartiles,
+    marginalize_poses, pose_weights, responsibilities, EStepParams,
 };
 use crate::em::schedule::{IcufSchedule, LearningRate};
 use crate::em::stats::{Stats, StatsLayout};
@@ -36,6 +37,8 @@ use super::source::ParticleSource;
 
 /// Coarsest alignment limit of the first iteration, Å (raised as the classes improve).
 pub const START_ALIGN_RES_A: f64 = 25.0;
+/// Local rows per segment of a full pass (the list of a segment's rows is all that exists).
+const SEGMENT: usize = 64 * super::source::BLOCK_PARTICLES;
 /// Particles scored per GEMM batch.
 const CHUNK: usize = 16;
 /// Class probabilities below this are not back-projected.
@@ -78,8 +81,8 @@ pub struct Outcome {
     pub sigma2_current: Vec<f64>,
     pub sigma2_used: Vec<f64>,
     /// ESS and best-class probability of every particle (root only, global order).
-    pub all_ess: Vec<f64>,
-    pub all_best_prob: Vec<f64>,
+    pub ess: Binned,
+    pub best_prob: Binned,
 }
 
 /// Everything fixed for a run.
@@ -103,9 +106,10 @@ pub struct IterationView<'a> {
     pub sigma2_used: &'a [f64],
     pub sigma2_current: &'a [f64],
     pub sigma2_init: &'a [f64],
-    /// Root only: ESS and best probability of the particles of this iteration.
-    pub ess: &'a [f64],
-    pub best_prob: &'a [f64],
+    /// ESS and best probability of the particles of this iteration, over all ranks (exact
+    /// min and max on rank 0).
+    pub ess: &'a Binned,
+    pub best_prob: &'a Binned,
     /// Root only, and not after the last pass: the state to continue from (its
     /// `config_yaml` is left for the job to fill).
     pub checkpoint: Option<Checkpoint>,
@@ -269,7 +273,8 @@ impl<'a> Engine<'a> {
             }
         };
         let mut sigma2_used = sigma2_init.clone();
-        let (mut all_ess, mut all_best) = (Vec::new(), Vec::new());
+        let summary = |k: usize| (Binned::new(1.0, k.max(2) as f64, BINS), Binned::new(0.0, 1.0, BINS));
+        let (mut all_ess, mut all_best) = summary(k);
         // With no full iteration, a last E-step-only pass over all particles gives every
         // particle its assignment.
         let passes = if cfg.full_iterations == 0 {
@@ -282,13 +287,20 @@ impl<'a> Engine<'a> {
             let online = t < cfg.online_em_iterations;
             let estep_only = t >= total;
             let last = t + 1 == passes;
-            let locals: Vec<usize> = if online {
+            // This iteration's local rows: its batch members, or every row in segments
+            // (so no list of all rows is built).
+            let segments: Vec<std::ops::Range<usize>> = if online {
+                Vec::new()
+            } else {
+                (0..n_local.div_ceil(SEGMENT))
+                    .map(|s| s * SEGMENT..((s + 1) * SEGMENT).min(n_local))
+                    .collect()
+            };
+            let batch_locals = online.then(|| {
                 let mut b = self.source.local(&batches.batch(t + 1));
                 b.sort_unstable();
                 b
-            } else {
-                (0..n_local).collect()
-            };
+            });
             let band = Band::new(self.grid, k_lo, k_hi);
             let poses = PoseGrid::new(k_hi, cfg.max_shift_px);
             let noise_power: Vec<Vec<f64>> = classes
@@ -311,31 +323,36 @@ impl<'a> Engine<'a> {
             let ramps = self.full_ramps(&poses);
             let t_e = Instant::now();
             let mut batch_stats = Stats::zeros(&layout);
-            let (mut ess_l, mut best_l) = (
-                Vec::with_capacity(locals.len()),
-                Vec::with_capacity(locals.len()),
-            );
-            let scored = self.source.for_each_block(&locals, |idx, _, block| {
+            let (mut ess_b, mut best_b) = summary(k);
+            let mut on_block = |idx: &[usize], _: &[usize], block: &Particles| {
                 let (st, mut rows) =
                     self.e_and_m(&scorer, block, idx, &classes.images, &params, &ramps)?;
                 batch_stats.add(&st)?;
                 // Block indices increase with the local row: this is local row order.
                 rows.sort_unstable_by_key(|(i, _)| *i);
                 for (_, row) in rows {
-                    ess_l.push(row.ess);
-                    best_l.push(row.prob);
+                    ess_b.add(row.ess as f64);
+                    best_b.add(row.prob as f64);
                     if last {
                         on_result(&row)?;
                     }
                 }
                 Ok(())
-            });
+            };
+            let scored = match &batch_locals {
+                Some(b) => self.source.for_each_block(b, &mut on_block),
+                None => segments.iter().try_for_each(|seg| {
+                    let rows: Vec<usize> = seg.clone().collect();
+                    self.source.for_each_block(&rows, &mut on_block)
+                }),
+            };
             // Every rank learns whether every rank scored its particles (a bad block of the
             // file, a full disk) before the collectives below, so none waits forever.
             agree(self.comm, scored)?;
             let estep_seconds = t_e.elapsed().as_secs_f64();
             let t_c = Instant::now();
-            let (ess_g, best_g) = self.gather_diagnostics(&ess_l, &best_l);
+            ess_b.all_reduce(self.comm);
+            best_b.all_reduce(self.comm);
             let eta_t = if online { eta.at(t) } else { 1.0 };
             let mut allreduce_bytes = 0;
             if !estep_only {
@@ -363,8 +380,8 @@ impl<'a> Engine<'a> {
                 .iter()
                 .map(|f| frc_resolution_a(f, 0.5, self.grid.n, psize_w))
                 .collect();
-            let quart = |v: &[f64]| -> [f64; 5] {
-                Quartiles::of(v)
+            let quart = |b: &Binned| -> [f64; 5] {
+                b.quartiles()
                     .map(|q| [q.min, q.q25, q.median, q.q75, q.max])
                     .unwrap_or([f64::NAN; 5])
             };
@@ -385,12 +402,12 @@ impl<'a> Engine<'a> {
                 band_coefficients: band.len(),
                 learning_rate: eta_t,
                 ess_quartiles: if self.comm.is_root() {
-                    quart(&ess_g)
+                    quart(&ess_b)
                 } else {
                     [f64::NAN; 5]
                 },
                 best_prob_quartiles: if self.comm.is_root() {
-                    quart(&best_g)
+                    quart(&best_b)
                 } else {
                     [f64::NAN; 5]
                 },
@@ -416,7 +433,7 @@ impl<'a> Engine<'a> {
                     record.comm_seconds,
                     record.allreduce_bytes as f64 / 1e6
                 );
-                if let (Ok(e), Ok(b)) = (Quartiles::of(&ess_g), Quartiles::of(&best_g)) {
+                if let (Some(e), Some(b)) = (ess_b.quartiles(), best_b.quartiles()) {
                     log::info!("  effective number of classes per particle: {e}");
                     log::info!("  probability of best class:                {b}");
                 }
@@ -450,13 +467,13 @@ impl<'a> Engine<'a> {
                 sigma2_used: &sigma2_used,
                 sigma2_current: &sigma2_cur,
                 sigma2_init: &sigma2_init,
-                ess: &ess_g,
-                best_prob: &best_g,
+                ess: &ess_b,
+                best_prob: &best_b,
                 checkpoint,
             });
             agree(self.comm, reported)?;
-            all_ess = ess_g;
-            all_best = best_g;
+            all_ess = ess_b;
+            all_best = best_b;
         }
         Ok(Outcome {
             classes,
@@ -464,29 +481,9 @@ impl<'a> Engine<'a> {
             sigma2_init,
             sigma2_current: sigma2_cur,
             sigma2_used,
-            all_ess,
-            all_best_prob: all_best,
+            ess: all_ess,
+            best_prob: all_best,
         })
-    }
-
-    /// ESS and best-class probability of this rank's particles of the iteration, gathered
-    /// on the root (rank order; 8 bytes per particle).
-    fn gather_diagnostics(&self, ess: &[f32], best: &[f32]) -> (Vec<f64>, Vec<f64>) {
-        let mut mine = Vec::with_capacity(ess.len() * 8);
-        for (e, b) in ess.iter().zip(best) {
-            mine.extend_from_slice(&e.to_le_bytes());
-            mine.extend_from_slice(&b.to_le_bytes());
-        }
-        let (mut ess, mut best) = (Vec::new(), Vec::new());
-        if let Some(all) = self.comm.gather_bytes(0, &mine) {
-            for part in all {
-                for c in part.chunks_exact(8) {
-                    ess.push(f32::from_le_bytes(c[..4].try_into().expect("4 bytes")) as f64);
-                    best.push(f32::from_le_bytes(c[4..].try_into().expect("4 bytes")) as f64);
-                }
-            }
-        }
-        (ess, best)
     }
 
     /// E-step over particles `locals` of `block` and the M-step contributions of those

@@ -148,6 +148,22 @@ impl ParticleSource {
         }
     }
 
+    /// Checks the metadata, image references and (with `ctf_correct`) CTF fields of rows
+    /// `rows` of `path`, a block of rows at a time, holding none of them afterwards.
+    pub fn check_streamed(path: &Path, rows: Range<usize>, ctf_correct: bool) -> Result<()> {
+        const CHECK_ROWS: usize = 64 * BLOCK_PARTICLES;
+        let mut start = rows.start;
+        while start < rows.end {
+            let end = (start + CHECK_ROWS).min(rows.end);
+            let ds = Dataset::open_range(path, start..end)?;
+            if ctf_correct {
+                particles::read_ctfs(&ds)?;
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
     /// Number of local particles.
     pub fn len(&self) -> usize {
         self.rows.len()

@@ -96,8 +96,7 @@ impl TableAppender {
         let tmp = tmp_path(path);
         let file = hdf5::File::open_rw(&tmp).map_err(|e| Error::hdf5(&tmp, "open", e))?;
         let rows = h5table::uid_rows(&file, path)?;
-        let mut columns = Vec::new();
-        collect_columns(&file, "", path, &mut columns)?;
+        let columns = collect_columns(&file, path)?;
         Ok(TableAppender {
             path: path.to_path_buf(),
             file,
@@ -187,8 +186,7 @@ impl AppendTarget {
     pub fn commit(self, expected_rows: usize) -> Result<()> {
         let file = hdf5::File::open(tmp_path(&self.path))
             .map_err(|e| Error::hdf5(&self.path, "open", e))?;
-        let mut columns = Vec::new();
-        collect_columns(&file, "", &self.path, &mut columns)?;
+        let mut columns = collect_columns(&file, &self.path)?;
         columns.push((UID.to_string(), 1));
         for (name, _) in &columns {
             let rows = file.dataset(name).ctx(&self.path, name)?.shape()[0];
@@ -228,29 +226,17 @@ fn put<T: H5Type>(ds: &hdf5::Dataset, v: &[T], a: usize, z: usize, w: usize) -> 
     }
 }
 
-/// Names and widths of every dataset below `prefix` except `/uid` and `/images`.
-fn collect_columns(
-    group: &hdf5::Group,
-    prefix: &str,
-    path: &Path,
-    out: &mut Vec<(String, usize)>,
-) -> Result<()> {
-    let what = if prefix.is_empty() { "/" } else { prefix };
-    for member in group.member_names().ctx(path, what)? {
-        let full = if prefix.is_empty() {
-            member.clone()
-        } else {
-            format!("{prefix}/{member}")
-        };
-        if let Ok(g) = group.group(&member) {
-            collect_columns(&g, &full, path, out)?;
-        } else if full != UID {
-            let ds = group.dataset(&member).ctx(path, &full)?;
-            let shape = ds.shape();
-            out.push((full, shape.get(1).copied().unwrap_or(1)));
-        }
-    }
-    Ok(())
+/// Names and widths of the file's columns (every dataset but `/uid` and `/images`).
+fn collect_columns(file: &hdf5::File, path: &Path) -> Result<Vec<(String, usize)>> {
+    let mut names = Vec::new();
+    h5table::column_paths(file, "", path, &mut names)?;
+    names
+        .into_iter()
+        .map(|name| {
+            let w = file.dataset(&name).ctx(path, &name)?.shape().get(1).copied().unwrap_or(1);
+            Ok((name, w))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -287,7 +287,7 @@ pub(super) fn uid_rows(file: &hdf5::File, path: &Path) -> Result<usize> {
 }
 
 /// Paths (without the leading `/`) of every dataset in the file except `/uid` and `/images`.
-fn column_paths(
+pub(super) fn column_paths(
     group: &hdf5::Group,
     prefix: &str,
     path: &Path,

@@ -31,6 +31,7 @@
 //! [`crate::comm::Comm`] only.
 
 pub mod batches;
+pub mod binned;
 pub mod driver;
 pub mod metrics;
 pub mod responsibilities;

@@ -16,7 +16,6 @@ use crate::classify2d::duplicates;
 use crate::classify2d::engine::{Engine, IterationView, Outcome};
 use crate::classify2d::grid::WorkGrid;
 use crate::classify2d::model::PostProcess;
-use crate::classify2d::particles;
 use crate::classify2d::results::{self, ResultRow, SpillReader, SpillWriter};
 use crate::classify2d::source::{MemoryPlan, ParticleSource};
 use crate::cli::JobArgs;
@@ -26,14 +25,16 @@ use crate::dataset::{Dataset, DatasetAttrs, ParticleTable};
 use crate::error::{Error, Result};
 use crate::formats::mrc::write_stack;
 use crate::jobs::collective;
-use crate::jobs::output::{check_writable, config_without_output, OutputDir};
+use crate::jobs::output::{
+    check_same_config, check_writable, checkpoint_bytes, config_without_output, OutputDir,
+};
 use crate::jobs::turns::{gathered_ari, shared_dir, write_in_turns};
 use crate::numerics::fft::{irfft2, rfft2};
 use crate::numerics::frc::frc_resolution_a;
 use crate::numerics::image2d::fourier_pad;
 use crate::numerics::mask::soft_circular_mask;
 use crate::report::montage::{class_label, montage_png, MontageStyle};
-use crate::report::plot::{histogram_png, lines_png, PLOT_SIZE_PX};
+use crate::report::plot::{histogram_counts_png, lines_png, PLOT_SIZE_PX};
 
 /// Runs the job on every rank.
 pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
@@ -49,8 +50,10 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         );
     }
     let rows = partition(n_total, comm.size(), comm.rank());
-    let ds = collective(comm, Dataset::open_range(&cfg.input, rows.clone()))?;
-    let (box_px, psize) = (ds.box_px(), ds.psize_a() as f64);
+    // The header only: the rank's rows are read in full only if they are to be held.
+    let head = collective(comm, Dataset::open_range(&cfg.input, rows.start..rows.start))?;
+    let (box_px, psize) = (head.box_px(), head.psize_a() as f64);
+    drop(head);
     let checked = cfg.validate_for(&args.config, box_px, psize).and_then(|_| {
         if cfg.num_classes > n_total {
             return Err(Error::config(
@@ -100,22 +103,21 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         plan.describe(rows.len())
     );
     let source = if plan.streamed {
-        // The CTF fields are checked once here; a bad block found later ends the job.
-        let checked = if cfg.ctf_correct {
-            particles::read_ctfs(&ds).map(|_| ())
-        } else {
-            Ok(())
-        };
-        collective(comm, checked)?;
+        // Metadata, image references and CTF fields are checked once here, block by block;
+        // a bad block of images found later ends the job.
+        collective(
+            comm,
+            ParticleSource::check_streamed(&cfg.input, rows.clone(), cfg.ctf_correct),
+        )?;
         ParticleSource::streamed(&cfg.input, rows.clone(), &grid, cfg.ctf_correct)
     } else {
+        // The rank's metadata table is not kept: the output re-reads it block by block.
+        let ds = collective(comm, Dataset::open_range(&cfg.input, rows.clone()))?;
         collective(
             comm,
             ParticleSource::resident(&ds, rows.clone(), &grid, cfg.ctf_correct),
         )?
     };
-    // The rank's metadata table is not kept: the output re-reads it block by block.
-    drop(ds);
     let post = collective(comm, post_process(&cfg, &args.config, &grid, box_px, psize))?;
     let engine = Engine {
         cfg: &cfg,
@@ -209,32 +211,9 @@ fn read_checkpoint(
     config_yaml: &str,
 ) -> Result<Checkpoint> {
     let path = staging.map(|s| s.join(checkpoint::FILE));
-    // Rank 0 always takes part in the broadcast, even when its read fails.
-    let read = match &path {
-        Some(p) if p.exists() => std::fs::read(p).map_err(|e| Error::io(p, e)),
-        _ => Ok(Vec::new()),
-    };
-    let (mut bytes, failed) = match read {
-        Ok(b) => (b, None),
-        Err(e) => (Vec::new(), Some(e)),
-    };
-    comm.broadcast_bytes(0, &mut bytes);
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    if bytes.is_empty() {
-        return Err(Error::file(
-            dir,
-            "nothing to resume: the killed run wrote no checkpoint yet (it ended in its first iteration)",
-        ));
-    }
+    let bytes = checkpoint_bytes(comm, path.as_deref(), dir)?;
     let c = Checkpoint::from_bytes(&bytes, &dir.join(checkpoint::FILE))?;
-    if c.config_yaml != config_yaml {
-        return Err(Error::file(
-            dir,
-            "the checkpoint was made with another configuration (apart from output); resume with the same config and --set values",
-        ));
-    }
+    check_same_config(dir, &c.config_yaml, config_yaml)?;
     Ok(c)
 }
 
@@ -545,24 +524,24 @@ fn write_outputs(
         psize,
         box_px,
     )?;
-    histogram_png(
-        &plots.join("class_ess.png"),
-        "Effective number of classes per particle",
-        "class ESS",
-        &outcome.all_ess,
-        40,
-        &[],
-        PLOT_SIZE_PX,
-    )?;
-    histogram_png(
-        &plots.join("best_class_probability.png"),
-        "Probability of best class",
-        "probability",
-        &outcome.all_best_prob,
-        40,
-        &[],
-        PLOT_SIZE_PX,
-    )?;
+    for (file, title, x, b) in [
+        (
+            "class_ess.png",
+            "Effective number of classes per particle",
+            "class ESS",
+            &outcome.ess,
+        ),
+        (
+            "best_class_probability.png",
+            "Probability of best class",
+            "probability",
+            &outcome.best_prob,
+        ),
+    ] {
+        if let Some((lo, hi, counts)) = b.bars(40) {
+            histogram_counts_png(&plots.join(file), title, x, lo, hi, &counts, PLOT_SIZE_PX)?;
+        }
+    }
     let curve = |v: &[f64]| -> Vec<(f64, f64)> {
         // Shells 1..k_max (the last, partial shell of the crop circle is left out).
         (1..v.len().saturating_sub(1))

@@ -26,7 +26,9 @@ use crate::dataset::{Column, ColumnData, Dataset, DatasetAttrs, ParticleTable};
 use crate::em::driver::Phase;
 use crate::error::{Error, Result};
 use crate::formats::mrc::{read_volume, write_volume};
-use crate::jobs::output::{check_writable, config_without_output, OutputDir};
+use crate::jobs::output::{
+    check_same_config, check_writable, checkpoint_bytes, config_without_output, OutputDir,
+};
 use crate::jobs::turns::{gathered_ari, shared_dir, write_in_turns};
 use crate::jobs::{collective, select_backend};
 use crate::numerics::symmetry::point_group;
@@ -293,32 +295,9 @@ fn read_checkpoint(
     config_yaml: &str,
 ) -> Result<(Shared, RankState)> {
     let path = staging.join(checkpoint::FILE);
-    // Rank 0 always takes part in the broadcast, even when its read fails.
-    let read = match comm.is_root() && path.exists() {
-        true => std::fs::read(&path).map_err(|e| Error::io(&path, e)),
-        false => Ok(Vec::new()),
-    };
-    let (mut bytes, failed) = match read {
-        Ok(b) => (b, None),
-        Err(e) => (Vec::new(), Some(e)),
-    };
-    comm.broadcast_bytes(0, &mut bytes);
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    if bytes.is_empty() {
-        return Err(Error::file(
-            dir,
-            "nothing to resume: the killed run wrote no checkpoint yet (it ended before its first iteration finished)",
-        ));
-    }
+    let bytes = checkpoint_bytes(comm, comm.is_root().then_some(path.as_path()), dir)?;
     let c = Shared::from_bytes(&bytes, &dir.join(checkpoint::FILE))?;
-    if c.config_yaml != config_yaml {
-        return Err(Error::file(
-            dir,
-            "the checkpoint was made with another configuration (apart from output); resume with the same config and --set values",
-        ));
-    }
+    check_same_config(dir, &c.config_yaml, config_yaml)?;
     if c.ranks != comm.size() {
         return Err(Error::file(
             dir,

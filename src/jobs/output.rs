@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::comm::Comm;
 use crate::error::{Error, Result};
 
 /// An output folder being written.
@@ -171,6 +172,42 @@ pub fn config_without_output<T: serde::Serialize>(cfg: &T) -> String {
         m.remove("output");
     }
     serde_norway::to_string(&v).unwrap_or_default()
+}
+
+/// The bytes of rank 0's checkpoint file `file` (None on other ranks), on every rank, for
+/// `--resume DIR`. Rank 0 always joins the broadcast, even when its read fails.
+pub fn checkpoint_bytes(comm: &dyn Comm, file: Option<&Path>, dir: &Path) -> Result<Vec<u8>> {
+    let read = match file {
+        Some(p) if p.exists() => std::fs::read(p).map_err(|e| Error::io(p, e)),
+        _ => Ok(Vec::new()),
+    };
+    let (mut bytes, failed) = match read {
+        Ok(b) => (b, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    comm.broadcast_bytes(0, &mut bytes);
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    if bytes.is_empty() {
+        return Err(Error::file(
+            dir,
+            "nothing to resume: the killed run wrote no checkpoint yet (it ended in its first iteration)",
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Refuses a checkpoint made with another configuration.
+pub fn check_same_config(dir: &Path, checkpoint_yaml: &str, config_yaml: &str) -> Result<()> {
+    if checkpoint_yaml == config_yaml {
+        Ok(())
+    } else {
+        Err(Error::file(
+            dir,
+            "the checkpoint was made with another configuration (apart from output); resume with the same config and --set values",
+        ))
+    }
 }
 
 #[cfg(test)]

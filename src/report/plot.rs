@@ -160,7 +160,42 @@ pub fn histogram_overlay_png(
                 .collect()
         })
         .collect();
-    let c_max = curve_pts.iter().flatten().map(|p| p.1).fold(0.0, f64::max);
+    let named: Vec<(&str, Vec<(f64, f64)>)> = curves
+        .iter()
+        .zip(curve_pts)
+        .map(|((name, _), pts)| (*name, pts))
+        .collect();
+    draw_histogram(path, title, x_label, (lo, hi), &counts, markers, &named, size_px)
+}
+
+/// A histogram of counts already binned in equal bins over `[lo, hi]`, as a `size_px` PNG.
+pub fn histogram_counts_png(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    lo: f64,
+    hi: f64,
+    counts: &[u64],
+    size_px: (u32, u32),
+) -> Result<()> {
+    draw_histogram(path, title, x_label, (lo, hi), counts, &[], &[], size_px)
+}
+
+/// Draws bars for `counts` (equal bins over `range`), red lines at `markers` and the named
+/// curves (in counts per bin).
+#[allow(clippy::too_many_arguments)]
+fn draw_histogram(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    (lo, hi): (f64, f64),
+    counts: &[u64],
+    markers: &[f64],
+    curves: &[(&str, Vec<(f64, f64)>)],
+    size_px: (u32, u32),
+) -> Result<()> {
+    let width = (hi - lo) / counts.len().max(1) as f64;
+    let c_max = curves.iter().flat_map(|c| &c.1).map(|p| p.1).fold(0.0, f64::max);
     let y_max = (counts.iter().copied().max().unwrap_or(0) as f64)
         .max(c_max)
         .max(1.0)
@@ -190,7 +225,7 @@ pub fn histogram_overlay_png(
                 COLOURS[3].stroke_width(2),
             ))?;
         }
-        for (i, ((name, _), pts)) in curves.iter().zip(&curve_pts).enumerate() {
+        for (i, (name, pts)) in curves.iter().enumerate() {
             let colour = COLOURS[(i + 1) % COLOURS.len()];
             chart
                 .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))?

@@ -458,3 +458,35 @@ pub fn simulate_with(dir: &Path, mode: &str, name: &str, n: usize, sets: &[&str]
     }
     emclass(dir, &args).ok();
 }
+
+/// Starts `cmd` in `d`, waits until `trigger` exists (the run still going), then SIGKILLs
+/// it (under mpirun: its last rank) and checks that the run failed and left no `out`.
+pub fn kill_when(d: &Path, mut cmd: Command, trigger: &Path, out: &str, mpi: bool) {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    cmd.current_dir(d).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = {
+        let _g = HDF5_OR_SPAWN.lock().unwrap_or_else(|e| e.into_inner());
+        cmd.spawn().unwrap()
+    };
+    let t0 = Instant::now();
+    while !trigger.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(300), "no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let victim = if mpi {
+        *child_pids(child.id()).last().expect("a rank under mpirun")
+    } else {
+        child.id()
+    };
+    Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status()
+        .unwrap();
+    assert!(!child.wait().unwrap().success());
+    assert!(!d.join(out).exists(), "a killed run left a final output");
+}
