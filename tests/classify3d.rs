@@ -387,7 +387,9 @@ fn example_config_documents_every_key_with_its_default() {
 /// Kills the run once the staging folder of `out` holds rank 0's checkpoint part for
 /// iteration `next`.
 fn kill_after_checkpoint(d: &Path, cmd: std::process::Command, out: &str, next: usize, mpi: bool) {
-    let part = d.join(format!(".{out}.emclass-tmp/checkpoint.rank0000.iter{next:03}.bin"));
+    let part = d.join(format!(
+        ".{out}.emclass-tmp/checkpoint.rank0000.iter{next:03}.bin"
+    ));
     kill_when(d, cmd, &part, out, mpi);
 }
 

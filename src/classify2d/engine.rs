@@ -17,9 +17,7 @@ use serde::Serialize;
 use crate::comm::{agree, Comm};
 use crate::em::batches::{permutation, OnlineBatches};
 use crate::em::binned::{Binned, BINS};
-use crate::em::responsibilities::{
-    marginalize_poses, pose_weights, responsibilities, EStepParams,
-};
+use crate::em::responsibilities::{marginalize_poses, pose_weights, responsibilities, EStepParams};
 use crate::em::schedule::{IcufSchedule, LearningRate};
 use crate::em::stats::{Stats, StatsLayout};
 use crate::error::Result;
@@ -273,7 +271,12 @@ impl<'a> Engine<'a> {
             }
         };
         let mut sigma2_used = sigma2_init.clone();
-        let summary = |k: usize| (Binned::new(1.0, k.max(2) as f64, BINS), Binned::new(0.0, 1.0, BINS));
+        let summary = |k: usize| {
+            (
+                Binned::new(1.0, k.max(2) as f64, BINS),
+                Binned::new(0.0, 1.0, BINS),
+            )
+        };
         let (mut all_ess, mut all_best) = summary(k);
         // With no full iteration, a last E-step-only pass over all particles gives every
         // particle its assignment.

@@ -233,7 +233,13 @@ fn collect_columns(file: &hdf5::File, path: &Path) -> Result<Vec<(String, usize)
     names
         .into_iter()
         .map(|name| {
-            let w = file.dataset(&name).ctx(path, &name)?.shape().get(1).copied().unwrap_or(1);
+            let w = file
+                .dataset(&name)
+                .ctx(path, &name)?
+                .shape()
+                .get(1)
+                .copied()
+                .unwrap_or(1);
             Ok((name, w))
         })
         .collect()

@@ -123,7 +123,9 @@ mod tests {
 
     #[test]
     fn quartiles_are_within_a_bin_of_the_exact_ones() {
-        let values: Vec<f64> = (0..10_001).map(|i| ((i * 7919) % 10_001) as f64 / 10_000.0).collect();
+        let values: Vec<f64> = (0..10_001)
+            .map(|i| ((i * 7919) % 10_001) as f64 / 10_000.0)
+            .collect();
         let mut b = Binned::new(0.0, 1.0, BINS);
         for &v in &values {
             b.add(v);
@@ -134,7 +136,11 @@ mod tests {
         let q = b.quartiles().unwrap();
         let w = 1.0 / BINS as f64;
         assert_eq!((q.min, q.max), (exact.min, exact.max));
-        for (a, e) in [(q.q25, exact.q25), (q.median, exact.median), (q.q75, exact.q75)] {
+        for (a, e) in [
+            (q.q25, exact.q25),
+            (q.median, exact.median),
+            (q.q75, exact.q75),
+        ] {
             assert!((a - e).abs() <= w, "{a} vs {e}");
         }
         assert_eq!(b.count(), 10_001);

@@ -51,7 +51,10 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
     }
     let rows = partition(n_total, comm.size(), comm.rank());
     // The header only: the rank's rows are read in full only if they are to be held.
-    let head = collective(comm, Dataset::open_range(&cfg.input, rows.start..rows.start))?;
+    let head = collective(
+        comm,
+        Dataset::open_range(&cfg.input, rows.start..rows.start),
+    )?;
     let (box_px, psize) = (head.box_px(), head.psize_a() as f64);
     drop(head);
     let checked = cfg.validate_for(&args.config, box_px, psize).and_then(|_| {

@@ -165,7 +165,16 @@ pub fn histogram_overlay_png(
         .zip(curve_pts)
         .map(|((name, _), pts)| (*name, pts))
         .collect();
-    draw_histogram(path, title, x_label, (lo, hi), &counts, markers, &named, size_px)
+    draw_histogram(
+        path,
+        title,
+        x_label,
+        (lo, hi),
+        &counts,
+        markers,
+        &named,
+        size_px,
+    )
 }
 
 /// A histogram of counts already binned in equal bins over `[lo, hi]`, as a `size_px` PNG.
@@ -195,7 +204,11 @@ fn draw_histogram(
     size_px: (u32, u32),
 ) -> Result<()> {
     let width = (hi - lo) / counts.len().max(1) as f64;
-    let c_max = curves.iter().flat_map(|c| &c.1).map(|p| p.1).fold(0.0, f64::max);
+    let c_max = curves
+        .iter()
+        .flat_map(|c| &c.1)
+        .map(|p| p.1)
+        .fold(0.0, f64::max);
     let y_max = (counts.iter().copied().max().unwrap_or(0) as f64)
         .max(c_max)
         .max(1.0)

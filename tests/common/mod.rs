@@ -464,7 +464,9 @@ pub fn simulate_with(dir: &Path, mode: &str, name: &str, n: usize, sets: &[&str]
 pub fn kill_when(d: &Path, mut cmd: Command, trigger: &Path, out: &str, mpi: bool) {
     use std::process::Stdio;
     use std::time::{Duration, Instant};
-    cmd.current_dir(d).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let mut child = {
         let _g = HDF5_OR_SPAWN.lock().unwrap_or_else(|e| e.into_inner());
         cmd.spawn().unwrap()
