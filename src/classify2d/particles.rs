@@ -28,10 +28,8 @@ pub const CTF_FIELDS: [&str; 6] = [
     "ctf/df_angle_rad",
 ];
 
-/// The pre-processed particles of one rank.
+/// Pre-processed particles: a rank's share when held, or one block when streamed.
 pub struct Particles {
-    /// Global row of the first particle (rows are contiguous per rank).
-    pub first_row: usize,
     /// Working-grid spectra, `len × grid.len()`.
     pub spectra: Vec<Complex32>,
     /// CTF of each particle (None: `ctf_correct` off, CTF = 1).
@@ -62,7 +60,6 @@ impl Particles {
     ) -> Particles {
         debug_assert_eq!(spectra.len(), half.len() * grid.len());
         Particles {
-            first_row: 0,
             spectra,
             ctf,
             half,
@@ -87,7 +84,6 @@ impl Particles {
             }
         }
         Particles {
-            first_row,
             spectra,
             ctf,
             half: (0..images.len())
@@ -182,7 +178,6 @@ pub fn load(
         start = end;
     }
     Ok(Particles {
-        first_row: rows.start,
         spectra,
         ctf,
         half: rows.map(|g| (g % 2) as u8).collect(),

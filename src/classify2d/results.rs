@@ -136,11 +136,6 @@ impl SpillWriter {
         Ok(())
     }
 
-    /// Rows written so far.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
     /// Flushes and closes; returns the number of rows.
     pub fn finish(mut self) -> Result<usize> {
         self.out.flush().map_err(|e| Error::io(&self.path, e))?;

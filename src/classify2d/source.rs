@@ -126,15 +126,6 @@ impl ParticleSource {
         })
     }
 
-    /// Particles in memory already (tests).
-    pub fn from_particles(parts: Particles) -> Self {
-        let rows = parts.first_row..parts.first_row + parts.len();
-        ParticleSource {
-            rows,
-            store: Store::Resident(parts),
-        }
-    }
-
     /// Streams the rows `rows` of `path` each time they are asked for. The caller has
     /// opened and checked the range once (fields, CTF, image references).
     pub fn streamed(path: &Path, rows: Range<usize>, grid: &WorkGrid, ctf_correct: bool) -> Self {

@@ -470,11 +470,12 @@ fn write_particles(
             }
             apps[0].append(&table)?;
             if per_class {
-                for c in 0..k {
-                    let mine: Vec<usize> = (0..table.len())
-                        .filter(|&i| r.class[from + i] as usize == c)
-                        .collect();
-                    apps[1 + c].append(&table.select(&mine))?;
+                let mut by_class = vec![Vec::new(); k];
+                for i in 0..table.len() {
+                    by_class[r.class[from + i] as usize].push(i);
+                }
+                for (c, mine) in by_class.iter().enumerate() {
+                    apps[1 + c].append(&table.select(mine))?;
                 }
             }
             start = end;
