@@ -1,6 +1,7 @@
 //! Communication between ranks. Algorithm code sees only the [`Comm`] trait: rank, size,
-//! all-reduce of a flat buffer, broadcast, gather, barrier and a collective "did everyone
-//! succeed?" vote. [`Single`] is the one-process implementation used by tests and by
+//! all-reduce of a flat buffer, broadcast, gather, all-to-all, barrier and a collective "did
+//! everyone succeed?" vote. Every byte collective accepts empty contributions from any rank
+//! (or all of them): a rank with nothing to send passes an empty slice. [`Single`] is the one-process implementation used by tests and by
 //! workstation runs; [`mpi_comm::MpiComm`] is the only place in the crate that names `mpi::`.
 
 pub mod mpi_comm;
@@ -21,10 +22,17 @@ pub trait Comm {
     fn all_reduce_sum_f64(&self, buf: &mut [f64]);
     /// Element-wise sum over ranks of u64 counters.
     fn all_reduce_sum_u64(&self, buf: &mut [u64]);
+    /// Element-wise maximum over ranks (NaN loses to any number); result on every rank.
+    fn all_reduce_max_f64(&self, buf: &mut [f64]);
     /// Copies `root`'s bytes to every rank (`buf` is resized on the receivers).
     fn broadcast_bytes(&self, root: usize, buf: &mut Vec<u8>);
-    /// Gathers every rank's bytes on `root` (in rank order); `None` on other ranks.
+    /// Gathers every rank's bytes on `root` (in rank order); `None` on other ranks. Any
+    /// contribution may be empty.
     fn gather_bytes(&self, root: usize, mine: &[u8]) -> Option<Vec<Vec<u8>>>;
+    /// Personalised exchange: `send[r]` goes to rank `r` (`send.len()` must be the number of
+    /// ranks); returns what every rank sent to this one, in rank order. Any part may be
+    /// empty.
+    fn all_to_all_bytes(&self, send: &[Vec<u8>]) -> Vec<Vec<u8>>;
     /// Waits until every rank arrives.
     fn barrier(&self);
     /// True on every rank when every rank passed `ok == true`: lets a job that failed on
@@ -60,6 +68,13 @@ pub fn agree<T>(comm: &dyn Comm, r: Result<T>) -> Result<T> {
     }
 }
 
+/// Element-wise minimum over ranks (NaN loses to any number); collective.
+pub fn all_reduce_min_f64(comm: &dyn Comm, buf: &mut [f64]) {
+    buf.iter_mut().for_each(|v| *v = -*v);
+    comm.all_reduce_max_f64(buf);
+    buf.iter_mut().for_each(|v| *v = -*v);
+}
+
 /// Every rank's `f64` values concatenated in rank order on `root` (None elsewhere);
 /// collective.
 pub fn gather_f64(comm: &dyn Comm, root: usize, mine: &[f64]) -> Option<Vec<f64>> {
@@ -88,9 +103,14 @@ impl Comm for Single {
     }
     fn all_reduce_sum_f64(&self, _buf: &mut [f64]) {}
     fn all_reduce_sum_u64(&self, _buf: &mut [u64]) {}
+    fn all_reduce_max_f64(&self, _buf: &mut [f64]) {}
     fn broadcast_bytes(&self, _root: usize, _buf: &mut Vec<u8>) {}
     fn gather_bytes(&self, _root: usize, mine: &[u8]) -> Option<Vec<Vec<u8>>> {
         Some(vec![mine.to_vec()])
+    }
+    fn all_to_all_bytes(&self, send: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        assert_eq!(send.len(), 1, "all_to_all_bytes: one part per rank");
+        send.to_vec()
     }
     fn barrier(&self) {}
 }
@@ -109,5 +129,10 @@ mod tests {
         assert!(!c.all_ok(false));
         assert_eq!(c.gather_bytes(0, b"ab").unwrap(), vec![b"ab".to_vec()]);
         assert_eq!(gather_f64(&c, 0, &[1.5, -2.0]).unwrap(), vec![1.5, -2.0]);
+        assert_eq!(c.gather_bytes(0, b"").unwrap(), vec![Vec::<u8>::new()]);
+        assert_eq!(c.all_to_all_bytes(&[b"x".to_vec()]), vec![b"x".to_vec()]);
+        let mut m = [1.0, f64::NAN];
+        all_reduce_min_f64(&c, &mut m);
+        assert_eq!(m[0], 1.0);
     }
 }

@@ -2,7 +2,7 @@
 //! MPI is initialised with `Threading::Funneled`: rayon threads compute, only the main
 //! thread communicates. Dropping [`MpiComm`] finalises MPI.
 
-use mpi::datatype::PartitionMut;
+use mpi::datatype::{Partition, PartitionMut};
 use mpi::traits::*;
 use mpi::Count;
 
@@ -78,6 +78,46 @@ pub fn abort_job_on_panic() {
     }));
 }
 
+/// Byte buffers as MPI sees them: never empty. An empty `Vec<u8>` or slice points at the
+/// dangling address 0x1, which is OpenMPI's `MPI_IN_PLACE`; passed as a send or receive
+/// buffer of `MPI_Gatherv` it fails with `MPI_ERR_ARG` (the crash at the end of classify2d
+/// on imported data, where every rank's truth counts were empty). So every contribution
+/// travels behind one leading byte, and the receiver drops it.
+fn framed(bytes: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(bytes.len() + 1);
+    v.push(0);
+    v.extend_from_slice(bytes);
+    v
+}
+
+/// An MPI count for a framed buffer of `len` bytes (MPI counts are `int`).
+fn count(len: usize) -> Count {
+    Count::try_from(len).unwrap_or_else(|_| {
+        panic!("a message of {len} bytes exceeds MPI's 2 GiB count limit; use more ranks")
+    })
+}
+
+/// Offsets of consecutive parts of the given sizes.
+fn displacements(counts: &[Count]) -> Vec<Count> {
+    counts
+        .iter()
+        .scan(0 as Count, |acc, &c| {
+            let d = *acc;
+            *acc = acc.checked_add(c).expect("MPI displacement overflow");
+            Some(d)
+        })
+        .collect()
+}
+
+/// Splits `all` into the framed parts `counts`/`displs` describe, dropping each frame byte.
+fn unframe(all: &[u8], counts: &[Count], displs: &[Count]) -> Vec<Vec<u8>> {
+    counts
+        .iter()
+        .zip(displs)
+        .map(|(&c, &d)| all[d as usize + 1..(d + c) as usize].to_vec())
+        .collect()
+}
+
 impl Comm for MpiComm {
     fn rank(&self) -> usize {
         self.world.rank() as usize
@@ -86,14 +126,32 @@ impl Comm for MpiComm {
         self.world.size() as usize
     }
     fn all_reduce_sum_f64(&self, buf: &mut [f64]) {
+        if buf.is_empty() {
+            return;
+        }
         let send = buf.to_vec();
         self.world
             .all_reduce_into(&send[..], buf, mpi::collective::SystemOperation::sum());
     }
     fn all_reduce_sum_u64(&self, buf: &mut [u64]) {
+        if buf.is_empty() {
+            return;
+        }
         let send = buf.to_vec();
         self.world
             .all_reduce_into(&send[..], buf, mpi::collective::SystemOperation::sum());
+    }
+    fn all_reduce_max_f64(&self, buf: &mut [f64]) {
+        if buf.is_empty() {
+            return;
+        }
+        // MPI's max of a NaN is undefined: a NaN takes part as -inf.
+        let send: Vec<f64> = buf
+            .iter()
+            .map(|&v| if v.is_nan() { f64::NEG_INFINITY } else { v })
+            .collect();
+        self.world
+            .all_reduce_into(&send[..], buf, mpi::collective::SystemOperation::max());
     }
     fn broadcast_bytes(&self, root: usize, buf: &mut Vec<u8>) {
         let root_proc = self.world.process_at_rank(root as i32);
@@ -106,34 +164,46 @@ impl Comm for MpiComm {
     }
     fn gather_bytes(&self, root: usize, mine: &[u8]) -> Option<Vec<Vec<u8>>> {
         let root_proc = self.world.process_at_rank(root as i32);
-        let my_len = mine.len() as Count;
+        let send = framed(mine);
+        let my_len = count(send.len());
         if self.rank() == root {
             let mut counts = vec![0 as Count; self.size()];
             root_proc.gather_into_root(&my_len, &mut counts[..]);
-            let displs: Vec<Count> = counts
-                .iter()
-                .scan(0, |acc, &c| {
-                    let d = *acc;
-                    *acc += c;
-                    Some(d)
-                })
-                .collect();
+            let displs = displacements(&counts);
             let total: usize = counts.iter().map(|&c| c as usize).sum();
             let mut all = vec![0u8; total];
             {
                 let mut part = PartitionMut::new(&mut all[..], &counts[..], &displs[..]);
-                root_proc.gather_varcount_into_root(mine, &mut part);
+                root_proc.gather_varcount_into_root(&send[..], &mut part);
             }
-            let mut out = Vec::with_capacity(self.size());
-            for (c, d) in counts.iter().zip(&displs) {
-                out.push(all[*d as usize..(*d + *c) as usize].to_vec());
-            }
-            Some(out)
+            Some(unframe(&all, &counts, &displs))
         } else {
             root_proc.gather_into(&my_len);
-            root_proc.gather_varcount_into(mine);
+            root_proc.gather_varcount_into(&send[..]);
             None
         }
+    }
+    fn all_to_all_bytes(&self, send: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        assert_eq!(
+            send.len(),
+            self.size(),
+            "all_to_all_bytes: one part per rank"
+        );
+        let send_counts: Vec<Count> = send.iter().map(|p| count(p.len() + 1)).collect();
+        let mut recv_counts = vec![0 as Count; self.size()];
+        self.world
+            .all_to_all_into(&send_counts[..], &mut recv_counts[..]);
+        let sendbuf: Vec<u8> = send.iter().flat_map(|p| framed(p)).collect();
+        let send_displs = displacements(&send_counts);
+        let recv_displs = displacements(&recv_counts);
+        let total: usize = recv_counts.iter().map(|&c| c as usize).sum();
+        let mut all = vec![0u8; total];
+        {
+            let out = Partition::new(&sendbuf[..], &send_counts[..], &send_displs[..]);
+            let mut inp = PartitionMut::new(&mut all[..], &recv_counts[..], &recv_displs[..]);
+            self.world.all_to_all_varcount_into(&out, &mut inp);
+        }
+        unframe(&all, &recv_counts, &recv_displs)
     }
     fn barrier(&self) {
         self.world.barrier();

@@ -222,6 +222,12 @@ mod tests {
         fn gather_bytes(&self, _root: usize, _mine: &[u8]) -> Option<Vec<Vec<u8>>> {
             unimplemented!("not used by Stats")
         }
+        fn all_reduce_max_f64(&self, _buf: &mut [f64]) {
+            unimplemented!("not used by Stats")
+        }
+        fn all_to_all_bytes(&self, _send: &[Vec<u8>]) -> Vec<Vec<u8>> {
+            unimplemented!("not used by Stats")
+        }
         fn barrier(&self) {
             self.barrier.wait();
         }

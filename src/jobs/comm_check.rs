@@ -62,6 +62,7 @@ fn collectives(comm: &dyn Comm, particles: usize) -> Result<()> {
             problems.push("gather gave the wrong ranges".to_string());
         }
     }
+    empty_contributions(comm, &mut problems);
     comm.barrier();
     let ok = comm.all_ok(problems.is_empty());
     if !problems.is_empty() {
@@ -79,6 +80,58 @@ fn collectives(comm: &dyn Comm, particles: usize) -> Result<()> {
         mine.end
     );
     Ok(())
+}
+
+/// The collectives with empty parts: every rank empty, some ranks empty, an empty
+/// all-reduce, and an all-to-all where rank r sends r·s + d bytes (d, s = 0 included) to rank s.
+fn empty_contributions(comm: &dyn Comm, problems: &mut Vec<String>) {
+    let (rank, size) = (comm.rank(), comm.size());
+    if let Some(all) = comm.gather_bytes(0, &[]) {
+        if all != vec![Vec::<u8>::new(); size] {
+            problems.push("gather of empty parts gave data".into());
+        }
+    }
+    let odd: Vec<u8> = if rank % 2 == 1 {
+        vec![rank as u8; rank]
+    } else {
+        Vec::new()
+    };
+    if let Some(all) = comm.gather_bytes(0, &odd) {
+        let want: Vec<Vec<u8>> = (0..size)
+            .map(|r| {
+                if r % 2 == 1 {
+                    vec![r as u8; r]
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
+        if all != want {
+            problems.push("gather with some empty parts gave the wrong parts".into());
+        }
+    }
+    comm.all_reduce_sum_f64(&mut []);
+    comm.all_reduce_sum_u64(&mut []);
+    let mut max = [
+        rank as f64,
+        if rank == 0 { f64::NAN } else { -(rank as f64) },
+    ];
+    comm.all_reduce_max_f64(&mut max);
+    let want_second = if size == 1 { f64::NEG_INFINITY } else { -1.0 };
+    if max != [(size - 1) as f64, want_second] {
+        problems.push(format!("all-reduce max gave {max:?}"));
+    }
+    let bytes_for = |from: usize, to: usize| vec![(from * 16 + to) as u8; from * to];
+    let send: Vec<Vec<u8>> = (0..size).map(|to| bytes_for(rank, to)).collect();
+    let got = comm.all_to_all_bytes(&send);
+    let want: Vec<Vec<u8>> = (0..size).map(|from| bytes_for(from, rank)).collect();
+    if got != want {
+        problems.push("all-to-all with empty parts gave the wrong parts".into());
+    }
+    let none = comm.all_to_all_bytes(&vec![Vec::new(); size]);
+    if none != vec![Vec::<u8>::new(); size] {
+        problems.push("all-to-all of empty parts gave data".into());
+    }
 }
 
 /// Per-rank totals of a block of particles: count, sum of pixels, sum of squared pixels,
