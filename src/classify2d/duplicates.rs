@@ -85,14 +85,22 @@ pub fn find_duplicates(picks: &[Pick], min_separation_a: f64) -> Vec<bool> {
     rejected
 }
 
-/// Picked position in Å corrected by the 2D shift: `x_A = center_x_frac·nx·mic_psize −
-/// shift_x·psize_in` (the shift moves the particle's content by +shift to centre it, so the
-/// particle centre lies at pick − shift, in the image's pixels of size `psize_in_a`); y alike.
+/// Picked position in Å corrected by the 2D shift: `x_A = pick_x_A − shift_x·psize_in`
+/// (the shift moves the particle's content by +shift to centre it, so the particle centre
+/// lies at pick − shift, in the image's pixels of size `psize_in_a`); y alike.
 ///
-/// Reads `location/micrograph_uid`, `location/micrograph_shape` ([ny, nx] pixels),
-/// `location/micrograph_psize_A`, `location/center_x_frac` and `location/center_y_frac` of
-/// `table` (read from `path`, named in errors). `shifts_px` (x, y) and `scores` have one entry
-/// per row.
+/// The pick and its micrograph come from whichever location fields the dataset has:
+/// - micrograph: `location/micrograph_uid` (CryoSPARC, simulator), else a 64-bit FNV-1a hash
+///   of `location/micrograph_path` (RELION's `rlnMicrographName`);
+/// - pick: `location/center_x_frac · nx · location/micrograph_psize_A` with nx from
+///   `location/micrograph_shape` ([ny, nx] pixels) (CryoSPARC), else `location/center_x_px`
+///   (RELION's `rlnCoordinateX`, micrograph pixels) times the micrograph pixel size:
+///   `location/micrograph_psize_A`, else `relion/MicrographPixelSize`, else the particles'
+///   own pixel size `psize_in_a` (true when they were extracted without rescaling; see
+///   [`location_note`]).
+///
+/// `table` was read from `path` (named in errors). `shifts_px` (x, y) and `scores` have one
+/// entry per row.
 pub fn picks_from_table(
     table: &ParticleTable,
     path: &Path,
@@ -100,8 +108,6 @@ pub fn picks_from_table(
     psize_in_a: f64,
     scores: &[f32],
 ) -> Result<Vec<Pick>> {
-    const MISSING: &str = "missing: remove_duplicates needs particle locations (particles \
-                           imported without micrographs cannot have duplicates removed)";
     let n = table.len();
     if shifts_px.len() != n || scores.len() != n {
         return Err(Error::file(
@@ -113,54 +119,140 @@ pub fn picks_from_table(
             ),
         ));
     }
-    let col = |name: &str, width: usize| {
-        let c = table
-            .get(name)
-            .ok_or_else(|| Error::field(path, name, MISSING))?;
-        if c.width != width || c.rows() != n {
-            return Err(Error::field(
-                path,
-                name,
-                format!(
-                    "expected {n} rows of {width} value(s), found width {}",
-                    c.width
-                ),
-            ));
-        }
-        Ok(c)
-    };
-    let numeric = |name: &str, width: usize| -> Result<Vec<f64>> {
-        col(name, width)?
-            .data
-            .to_f64()
-            .ok_or_else(|| Error::field(path, name, "expected numbers, found strings"))
-    };
-    const UID: &str = "location/micrograph_uid";
-    // Not through f64: uids use all 64 bits.
-    let mics: Vec<u64> = match &col(UID, 1)?.data {
-        ColumnData::U64(v) => v.clone(),
-        ColumnData::U32(v) => v.iter().map(|&u| u as u64).collect(),
-        other => {
-            let msg = format!("expected u64, found {}", other.type_name());
-            return Err(Error::field(path, UID, msg));
-        }
-    };
-    let shape = numeric("location/micrograph_shape", 2)?;
-    let mic_psize = numeric("location/micrograph_psize_A", 1)?;
-    let fx = numeric("location/center_x_frac", 1)?;
-    let fy = numeric("location/center_y_frac", 1)?;
+    let loc = Location { table, path, n };
+    let mics = loc.micrographs()?;
+    let (px, py) = loc.picks_a(psize_in_a)?;
     Ok((0..n)
         .map(|r| {
-            let (ny, nx) = (shape[2 * r], shape[2 * r + 1]);
             let [sx, sy] = shifts_px[r];
             Pick {
                 micrograph: mics[r],
-                x_a: fx[r] * nx * mic_psize[r] - sx as f64 * psize_in_a,
-                y_a: fy[r] * ny * mic_psize[r] - sy as f64 * psize_in_a,
+                x_a: px[r] - sx as f64 * psize_in_a,
+                y_a: py[r] - sy as f64 * psize_in_a,
                 score: scores[r] as f64,
             }
         })
         .collect())
+}
+
+/// A line for the log when the picks' micrograph pixel size is assumed (RELION coordinates
+/// without `rlnMicrographPixelSize`), `None` when the dataset states it.
+pub fn location_note(table: &ParticleTable, psize_in_a: f64) -> Option<String> {
+    let stated = ["location/center_x_frac", "location/micrograph_psize_A"]
+        .iter()
+        .any(|f| table.has(f))
+        || table.has("relion/MicrographPixelSize");
+    (!stated && table.has("location/center_x_px")).then(|| {
+        format!(
+            "remove_duplicates: the micrograph pixel size is not in the data \
+             (rlnMicrographPixelSize); taking coordinates as pixels of {psize_in_a} Å, the \
+             particles' own (right unless they were extracted with rescaling)"
+        )
+    })
+}
+
+const MISSING: &str = "missing: remove_duplicates needs particle locations (particles \
+                       imported without micrographs cannot have duplicates removed)";
+
+/// The location fields of a table read from `path`, checked as they are read.
+struct Location<'a> {
+    table: &'a ParticleTable,
+    path: &'a Path,
+    n: usize,
+}
+
+impl Location<'_> {
+    fn col(&self, name: &str, width: usize) -> Result<&crate::dataset::Column> {
+        let c = self
+            .table
+            .get(name)
+            .ok_or_else(|| Error::field(self.path, name, MISSING))?;
+        if c.width != width || c.rows() != self.n {
+            return Err(Error::field(
+                self.path,
+                name,
+                format!(
+                    "expected {} rows of {width} value(s), found width {}",
+                    self.n, c.width
+                ),
+            ));
+        }
+        Ok(c)
+    }
+
+    /// Finite numbers of a field (a NaN or infinite location is refused, naming the row).
+    fn numeric(&self, name: &str, width: usize) -> Result<Vec<f64>> {
+        let v = self
+            .col(name, width)?
+            .data
+            .to_f64()
+            .ok_or_else(|| Error::field(self.path, name, "expected numbers, found strings"))?;
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(Error::field(
+                self.path,
+                name,
+                format!(
+                    "particle uid {} has the value {}",
+                    self.table.uid()[i / width],
+                    v[i]
+                ),
+            ));
+        }
+        Ok(v)
+    }
+
+    fn micrographs(&self) -> Result<Vec<u64>> {
+        const UID: &str = "location/micrograph_uid";
+        if !self.table.has(UID) {
+            if let Some(paths) = self.table.str("location/micrograph_path") {
+                return Ok(paths.iter().map(|p| fnv1a64(p.as_bytes())).collect());
+            }
+        }
+        // Not through f64: uids use all 64 bits.
+        match &self.col(UID, 1)?.data {
+            ColumnData::U64(v) => Ok(v.clone()),
+            ColumnData::U32(v) => Ok(v.iter().map(|&u| u as u64).collect()),
+            other => {
+                let msg = format!("expected u64, found {}", other.type_name());
+                Err(Error::field(self.path, UID, msg))
+            }
+        }
+    }
+
+    /// Pick positions (x, y) in Å on the micrograph.
+    fn picks_a(&self, psize_in_a: f64) -> Result<(Vec<f64>, Vec<f64>)> {
+        let t = self.table;
+        if !t.has("location/center_x_frac") && t.has("location/center_x_px") {
+            let x = self.numeric("location/center_x_px", 1)?;
+            let y = self.numeric("location/center_y_px", 1)?;
+            let apix = if t.has("location/micrograph_psize_A") {
+                self.numeric("location/micrograph_psize_A", 1)?
+            } else if t.has("relion/MicrographPixelSize") {
+                self.numeric("relion/MicrographPixelSize", 1)?
+            } else {
+                vec![psize_in_a; self.n]
+            };
+            let scale = |v: Vec<f64>| v.iter().zip(&apix).map(|(c, a)| c * a).collect();
+            return Ok((scale(x), scale(y)));
+        }
+        let shape = self.numeric("location/micrograph_shape", 2)?;
+        let mic_psize = self.numeric("location/micrograph_psize_A", 1)?;
+        let fx = self.numeric("location/center_x_frac", 1)?;
+        let fy = self.numeric("location/center_y_frac", 1)?;
+        Ok((0..self.n)
+            .map(|r| {
+                let (ny, nx) = (shape[2 * r], shape[2 * r + 1]);
+                (fx[r] * nx * mic_psize[r], fy[r] * ny * mic_psize[r])
+            })
+            .unzip())
+    }
+}
+
+/// 64-bit FNV-1a: a stable micrograph key from its path (the same on every rank and run).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]
@@ -327,6 +419,43 @@ mod tests {
             (lost as f64) < 0.01 * groups.len() as f64,
             "{lost} of {} particles lost",
             groups.len()
+        );
+    }
+
+    #[test]
+    fn relion_locations_use_the_micrograph_name_and_pixel_coordinates() {
+        let mut t = ParticleTable::new(vec![1, 2, 3]);
+        let names = ["mics/a.mrc", "mics/a.mrc", "mics/b.mrc"].map(String::from);
+        t.set_str("location/micrograph_path", names.to_vec());
+        t.set_f32("location/center_x_px", vec![100.0, 104.0, 100.0]);
+        t.set_f32("location/center_y_px", vec![50.0, 50.0, 50.0]);
+        let p = picks_from_table(&t, Path::new("p.h5"), &[[0.0; 2]; 3], 2.0, &[1.0; 3]).unwrap();
+        // Coordinates in micrograph pixels, of the particles' size when none is stated.
+        assert_eq!((p[1].x_a, p[1].y_a), (208.0, 100.0));
+        assert_eq!(p[0].micrograph, p[1].micrograph);
+        assert_ne!(p[0].micrograph, p[2].micrograph);
+        assert_eq!(p[0].micrograph, fnv1a64(b"mics/a.mrc"));
+        assert!(location_note(&t, 2.0)
+            .unwrap()
+            .contains("rlnMicrographPixelSize"));
+        // 8 Å apart on one micrograph: duplicates; the same place on another: not.
+        assert_eq!(find_duplicates(&p, 20.0), [false, true, false]);
+        t.set_f32("relion/MicrographPixelSize", vec![1.0; 3]);
+        let p = picks_from_table(&t, Path::new("p.h5"), &[[1.0, 0.0]; 3], 2.0, &[1.0; 3]).unwrap();
+        assert_eq!(p[1].x_a, 104.0 - 2.0);
+        assert!(location_note(&t, 2.0).is_none());
+    }
+
+    #[test]
+    fn non_finite_locations_are_refused_by_name() {
+        let mut t = located(2);
+        t.set_f32("location/center_x_frac", vec![0.5, f32::NAN]);
+        let e = picks_from_table(&t, Path::new("p.h5"), &[[0.0; 2]; 2], 1.0, &[0.0; 2])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("location/center_x_frac") && e.contains("NaN"),
+            "{e}"
         );
     }
 }

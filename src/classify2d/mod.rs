@@ -11,10 +11,12 @@
 //! - [`model`]: sufficient statistics and class averages (M-step).
 //! - [`engine`]: the iteration driver (through `Comm`, never MPI directly).
 //! - [`duplicates`]: duplicate-pick removal after classification.
+//! - [`duplicate_routing`]: the same over ranks, picks routed to their micrograph's owner.
 //! - [`checkpoint`]: the state between iterations, for `--resume`.
 
 pub mod checkpoint;
 pub mod config;
+pub mod duplicate_routing;
 pub mod duplicates;
 pub mod engine;
 pub mod estep;

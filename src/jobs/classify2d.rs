@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::classify2d::checkpoint::{self, Checkpoint};
 use crate::classify2d::config::Classify2dConfig;
+use crate::classify2d::duplicate_routing::{self, PickTruth, RoutedPick};
 use crate::classify2d::duplicates;
 use crate::classify2d::engine::{Engine, IterationView, Outcome};
 use crate::classify2d::grid::WorkGrid;
@@ -421,13 +422,13 @@ fn write_particles(
     })
 }
 
-/// This rank's duplicate verdicts, and on rank 0 the number removed and the comparison
-/// with simulated truth.
+/// This rank's duplicate verdicts, and the number removed and the comparison with
+/// simulated truth (the same on every rank).
 type Verdicts = (Vec<bool>, (usize, Option<serde_json::Value>));
 
-/// Duplicate removal needs every pick of a micrograph in one place: each rank sends the
-/// picks of its particles (56 bytes each with the simulated truth) to rank 0, which decides
-/// and sends every rank its rows' verdicts (one byte per particle).
+/// Duplicate removal needs every pick of a micrograph in one place: each rank routes the
+/// picks of its particles to the owner rank of their micrograph, which decides and sends the
+/// verdicts back (see [`duplicate_routing`]); no rank sees every pick.
 fn find_duplicates(
     comm: &dyn Comm,
     cfg: &Classify2dConfig,
@@ -435,64 +436,59 @@ fn find_duplicates(
     spill: &Path,
     psize: f64,
 ) -> Result<Verdicts> {
-    let mut mine = Vec::with_capacity(rows.len() * 56);
-    let read = for_each_written_block(cfg, rows, spill, |_, block, res| {
+    let mut mine: Vec<RoutedPick> = Vec::with_capacity(rows.len());
+    let mut note = None;
+    let read = for_each_written_block(cfg, rows, spill, |first, block, res| {
         let t = block.table();
         let shifts: Vec<[f32; 2]> = res.iter().map(|r| r.shift).collect();
         let scores: Vec<f32> = res.iter().map(|r| r.prob).collect();
         let picks = duplicates::picks_from_table(t, &cfg.input, &shifts, psize, &scores)?;
+        note = note.take().or_else(|| duplicates::location_note(t, psize));
         let is_dup = t.get("gt/is_duplicate").and_then(|c| c.data.to_f64());
         let of = t.u64("gt/duplicate_of");
-        for (i, p) in picks.iter().enumerate() {
-            mine.extend_from_slice(&p.micrograph.to_le_bytes());
-            for v in [
-                p.x_a,
-                p.y_a,
-                p.score,
-                is_dup.as_ref().map_or(f64::NAN, |d| d[i]),
-            ] {
-                mine.extend_from_slice(&v.to_le_bytes());
-            }
-            mine.extend_from_slice(&t.uid()[i].to_le_bytes());
-            mine.extend_from_slice(&of.map_or(u64::MAX, |o| o[i]).to_le_bytes());
+        for (i, p) in picks.into_iter().enumerate() {
+            let truth = match (&is_dup, of) {
+                (Some(d), Some(o)) => Some(PickTruth {
+                    uid: t.uid()[i],
+                    is_duplicate: d[i] > 0.5,
+                    duplicate_of: o[i],
+                }),
+                _ => None,
+            };
+            mine.push(RoutedPick {
+                row: (first + i) as u64,
+                pick: p,
+                truth,
+            });
         }
         Ok(())
     });
     collective(comm, read)?;
-    let mut verdicts = Vec::new();
-    let mut summary = (0, None);
-    if let Some(parts) = comm.gather_bytes(0, &mine) {
-        let mut picks = Vec::new();
-        let (mut uid, mut is_dup, mut of) = (Vec::new(), Vec::new(), Vec::new());
-        for p in parts {
-            for c in p.chunks_exact(56) {
-                let u = |i: usize| u64::from_le_bytes(c[i..i + 8].try_into().expect("8 bytes"));
-                let f = |i: usize| f64::from_le_bytes(c[i..i + 8].try_into().expect("8 bytes"));
-                picks.push(duplicates::Pick {
-                    micrograph: u(0),
-                    x_a: f(8),
-                    y_a: f(16),
-                    score: f(24),
-                });
-                is_dup.push(f(32));
-                uid.push(u(40));
-                of.push(u(48));
-            }
-        }
-        let rejected = duplicates::find_duplicates(&picks, cfg.min_separation_a);
-        let n = rejected.iter().filter(|&&r| r).count();
-        log::info!(
-            "removed {n} duplicate particles (closer than {} Å)",
-            cfg.min_separation_a
-        );
-        let truth = (is_dup.iter().all(|v| !v.is_nan()) && of.iter().all(|&o| o != u64::MAX))
-            .then(|| duplicate_truth(&uid, &is_dup, &of, &rejected));
-        summary = (n, truth);
-        verdicts = rejected.iter().map(|&r| u8::from(r)).collect();
+    if let (Some(n), true) = (&note, comm.is_root()) {
+        log::warn!("{n}");
     }
-    comm.broadcast_bytes(0, &mut verdicts);
-    let mine = verdicts[rows.clone()].iter().map(|&v| v == 1).collect();
-    Ok((mine, summary))
+    let d = duplicate_routing::remove_duplicates(comm, &mine, cfg.min_separation_a);
+    log::info!(
+        "removed {} duplicate particles (closer than {} Å)",
+        d.removed,
+        cfg.min_separation_a
+    );
+    let truth = d.truth.map(|c| {
+        log::info!(
+            "duplicates vs simulated truth: {} of {} pairs found, {} of {} other particles removed",
+            c.pairs_found,
+            c.pairs,
+            c.false_removals,
+            c.other_particles
+        );
+        json!({
+            "pairs": c.pairs,
+            "pairs_found": c.pairs_found,
+            "other_particles": c.other_particles,
+            "false_removals": c.false_removals,
+        })
+    });
+    Ok((d.rejected, (d.removed as usize, truth)))
 }
 
 /// Writes the class averages, plots and summary into the staged folder (whose particle
@@ -592,42 +588,4 @@ fn write_outputs(
         log::info!("adjusted Rand index vs simulated views (non-junk): {a:.4}");
     }
     out.finish(&summary, cfg, "classify2d")
-}
-
-/// Simulated duplicate pairs (`gt/is_duplicate`, `gt/duplicate_of`, by uid) against the
-/// removals: pairs that lost exactly one member, and removed particles in no pair.
-fn duplicate_truth(
-    uid: &[u64],
-    is_dup: &[f64],
-    of: &[u64],
-    rejected: &[bool],
-) -> serde_json::Value {
-    let row: HashMap<u64, usize> = uid.iter().enumerate().map(|(i, &u)| (u, i)).collect();
-    let (mut pairs, mut found) = (0usize, 0usize);
-    let mut in_pair = vec![false; uid.len()];
-    for i in 0..uid.len() {
-        if is_dup[i] > 0.5 {
-            pairs += 1;
-            in_pair[i] = true;
-            if let Some(&j) = row.get(&of[i]) {
-                in_pair[j] = true;
-                if rejected[i] != rejected[j] {
-                    found += 1;
-                }
-            }
-        }
-    }
-    let others = in_pair.iter().filter(|&&p| !p).count();
-    let false_removed = (0..uid.len())
-        .filter(|&i| rejected[i] && !in_pair[i])
-        .count();
-    log::info!(
-        "duplicates vs simulated truth: {found} of {pairs} pairs found, {false_removed} of {others} other particles removed"
-    );
-    json!({
-        "pairs": pairs,
-        "pairs_found": found,
-        "other_particles": others,
-        "false_removals": false_removed,
-    })
 }
