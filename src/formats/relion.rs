@@ -196,19 +196,33 @@ impl Reader<'_> {
             _ => format!("{} of data_{}", self.parts.row_place(row), self.parts.name),
         }
     }
-    /// Per-particle numbers of `label`, if present.
+    /// Per-particle numbers of `label`, if present. Every value must be finite in f32 (the
+    /// type of the fields they map to): a mapped label holds a CTF parameter, a pixel size,
+    /// a coordinate, an angle, an origin or an index, and `nan`, `inf` or a number beyond
+    /// the f32 range in one of them is an error naming the label and the line.
     fn num(&mut self, label: &str) -> Result<Option<Vec<f64>>> {
         self.consume(label);
-        if let Some(c) = self.parts.column(label) {
-            return num_values(self.path, self.parts, label, c).map(Some);
+        let v = if let Some(c) = self.parts.column(label) {
+            num_values(self.path, self.parts, label, c)?
+        } else if let Some(c) = self.optics.and_then(|o| o.column(label)) {
+            let o = self.optics.expect("optics block");
+            let v = num_values(self.path, o, label, c)?;
+            self.orow.iter().map(|&r| v[r]).collect()
+        } else {
+            return Ok(None);
+        };
+        if let Some(i) = v.iter().position(|&x| !(x as f32).is_finite()) {
+            return Err(Error::field(
+                self.path,
+                format!("_{label}"),
+                format!(
+                    "{}: {} is not a finite number in the f32 range",
+                    self.place(label, i),
+                    v[i]
+                ),
+            ));
         }
-        if let Some(o) = self.optics {
-            if let Some(c) = o.column(label) {
-                let v = num_values(self.path, o, label, c)?;
-                return Ok(Some(self.orow.iter().map(|&r| v[r]).collect()));
-            }
-        }
-        Ok(None)
+        Ok(Some(v))
     }
     /// Per-particle numbers of a label that must be present.
     fn need(&mut self, label: &str, why: &str) -> Result<Vec<f64>> {
@@ -453,6 +467,21 @@ pub fn star_to_table_with(
         r.consume(l);
     }
     if let Some(p) = &psize {
+        if let Some(i) = p.iter().position(|&x| !(x > 0.0 && x.is_finite())) {
+            let label = ["rlnImagePixelSize", "rlnPixelSize", "rlnDetectorPixelSize"]
+                .into_iter()
+                .find(|l| r.has(l))
+                .unwrap_or("rlnImagePixelSize");
+            return Err(Error::field(
+                path,
+                format!("_{label}"),
+                format!(
+                    "{}: pixel size {} Å is not a positive number",
+                    r.place(label, i),
+                    p[i]
+                ),
+            ));
+        }
         t.set_f32("blob/psize_A", f32s(p));
     }
     if let Some(v) = r.ints("rlnImageSize", 1, u32::MAX as i64)? {

@@ -23,6 +23,7 @@
 //! Labels are stored without their leading underscore (`rlnImageName`); lookups accept
 //! either form.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -81,6 +82,8 @@ pub struct StarBlock {
     /// True for a `loop_` table, false for key-value pairs.
     pub is_loop: bool,
     labels: Vec<String>,
+    /// Position of each label in `labels` (lookups stay O(1) in blocks of many labels).
+    index: HashMap<String, usize>,
     columns: Vec<StarColumn>,
     nrows: usize,
     /// 1-based line of each row in the file it was read from (empty when built in memory).
@@ -99,6 +102,7 @@ impl StarBlock {
             name: name.to_string(),
             is_loop: true,
             labels: Vec::new(),
+            index: HashMap::new(),
             columns: Vec::new(),
             nrows: 0,
             row_lines: Vec::new(),
@@ -129,11 +133,7 @@ impl StarBlock {
     }
     /// The column labelled `label` (`_rlnX` or `rlnX`).
     pub fn column(&self, label: &str) -> Option<&StarColumn> {
-        let l = bare(label);
-        self.labels
-            .iter()
-            .position(|x| x == l)
-            .map(|i| &self.columns[i])
+        self.index.get(bare(label)).map(|&i| &self.columns[i])
     }
     pub fn has(&self, label: &str) -> bool {
         self.column(label).is_some()
@@ -156,9 +156,10 @@ impl StarBlock {
                 self.nrows
             ));
         }
-        match self.labels.iter().position(|x| x == l) {
-            Some(i) => self.columns[i] = col,
+        match self.index.get(l) {
+            Some(&i) => self.columns[i] = col,
             None => {
+                self.index.insert(l.to_string(), self.labels.len());
                 self.labels.push(l.to_string());
                 self.columns.push(col);
             }
@@ -167,9 +168,11 @@ impl StarBlock {
     }
     /// Removes and returns a column.
     pub fn remove(&mut self, label: &str) -> Option<StarColumn> {
-        let l = bare(label);
-        let i = self.labels.iter().position(|x| x == l)?;
+        let i = self.index.remove(bare(label))?;
         self.labels.remove(i);
+        for (k, l) in self.labels.iter().enumerate().skip(i) {
+            self.index.insert(l.clone(), k);
+        }
         Some(self.columns.remove(i))
     }
     /// 1-based line number of row `row` in the file this block was read from.
@@ -207,12 +210,30 @@ impl StarFile {
 pub fn read_star(path: impl AsRef<Path>) -> Result<StarFile> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        let at = e.utf8_error().valid_up_to();
-        let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
-        Error::file(path, format!("line {line}: not UTF-8 text"))
-    })?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| not_utf8(path, e.as_bytes(), e.utf8_error().valid_up_to()))?;
     parse_star(&text, path)
+}
+
+/// The error for STAR bytes that are not UTF-8 at byte `at`: names the line and, when the
+/// bad bytes sit in a value of a table, the column's label (`_rlnImageName`).
+fn not_utf8(path: &Path, bytes: &[u8], at: usize) -> Error {
+    let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+    let msg = format!("line {line}: not UTF-8 text (STAR files are UTF-8)");
+    // Parse the text with the bad bytes replaced (U+FFFD) to find the column they are in.
+    let lossy = String::from_utf8_lossy(bytes);
+    let label = parse_star(&lossy, path).ok().and_then(|star| {
+        star.blocks.iter().find_map(|b| {
+            let row = b.row_lines.binary_search(&line).ok()?;
+            b.columns()
+                .find(|(_, c)| matches!(c, StarColumn::Str(v) if v[row].contains('\u{fffd}')))
+                .map(|(l, _)| format!("_{l}"))
+        })
+    });
+    match label {
+        Some(l) => Error::field(path, l, msg),
+        None => Error::file(path, msg),
+    }
 }
 
 /// One line of `text` (without its line break) and the byte offset where the next starts.
@@ -306,6 +327,8 @@ struct Pending {
     has_content: bool,
     /// Labels of a `loop_` whose rows have not started.
     loop_labels: Option<Vec<(String, usize)>>,
+    /// The labels of `loop_labels`, for the duplicate check.
+    loop_seen: HashSet<String>,
 }
 
 /// Parses STAR text; `path` is used in error messages only.
@@ -354,6 +377,7 @@ pub fn parse_star(text: &str, path: &Path) -> Result<StarFile> {
                 block: StarBlock::new_loop(&first[5..]),
                 has_content: false,
                 loop_labels: None,
+                loop_seen: HashSet::new(),
             });
             continue;
         }
@@ -389,7 +413,7 @@ pub fn parse_star(text: &str, path: &Path) -> Result<StarFile> {
                         format!("unexpected value {:?} after loop label {first}", toks[1].0),
                     ));
                 }
-                if labels.iter().any(|(l, _)| l == label) {
+                if !p.loop_seen.insert(label.to_string()) {
                     return Err(err(
                         no,
                         format!("label {first} appears twice in data_{}", p.block.name),
