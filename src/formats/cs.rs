@@ -162,6 +162,10 @@ pub fn read_cs(path: impl AsRef<Path>) -> Result<ParticleTable> {
         ));
     }
 
+    for f in &layout.fields {
+        check_canonical(path, f)?;
+    }
+
     let rows = usize::try_from(layout.rows)
         .map_err(|_| Error::file(path, "too many records for this machine"))?;
     let mut accs: Vec<Acc> = layout
@@ -215,6 +219,9 @@ pub fn read_cs(path: impl AsRef<Path>) -> Result<ParticleTable> {
             .collect::<Result<Vec<u64>>>()?,
         _ => return Err(Error::field(path, UID_FIELD, "negative uid values")),
     };
+    for (name, col) in &columns {
+        check_finite(path, name, col)?;
+    }
     let mut table = ParticleTable::new(uid);
     for (name, col) in columns {
         table
@@ -222,6 +229,115 @@ pub fn read_cs(path: impl AsRef<Path>) -> Result<ParticleTable> {
             .map_err(|msg| Error::field(path, &name, msg))?;
     }
     Ok(table)
+}
+
+/// What a CryoSPARC field holds, for [`CANONICAL_FIELDS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Str,
+    Int,
+    Float,
+}
+
+/// Fields whose meaning emclass knows (docs/FORMAT.md), with the kind and the number of
+/// values per row CryoSPARC writes them with. A `.cs` file holding one of them with another
+/// kind or width is refused (the jobs index these fields by row, so a wrong width would
+/// otherwise surface far from the file, or not at all).
+const CANONICAL_FIELDS: &[(&str, Kind, usize)] = &[
+    ("blob/path", Kind::Str, 1),
+    ("blob/idx", Kind::Int, 1),
+    ("blob/shape", Kind::Int, 2),
+    ("blob/psize_A", Kind::Float, 1),
+    ("blob/sign", Kind::Float, 1),
+    ("ctf/accel_kv", Kind::Float, 1),
+    ("ctf/cs_mm", Kind::Float, 1),
+    ("ctf/amp_contrast", Kind::Float, 1),
+    ("ctf/df1_A", Kind::Float, 1),
+    ("ctf/df2_A", Kind::Float, 1),
+    ("ctf/df_angle_rad", Kind::Float, 1),
+    ("ctf/phase_shift_rad", Kind::Float, 1),
+    ("ctf/bfactor", Kind::Float, 1),
+    ("ctf/scale", Kind::Float, 1),
+    ("ctf/exp_group_id", Kind::Int, 1),
+    ("location/micrograph_uid", Kind::Int, 1),
+    ("location/micrograph_path", Kind::Str, 1),
+    ("location/micrograph_shape", Kind::Int, 2),
+    ("location/micrograph_psize_A", Kind::Float, 1),
+    ("location/center_x_frac", Kind::Float, 1),
+    ("location/center_y_frac", Kind::Float, 1),
+    ("alignments2D/class", Kind::Int, 1),
+    ("alignments2D/pose", Kind::Float, 1),
+    ("alignments2D/shift", Kind::Float, 2),
+    ("alignments2D/psize_A", Kind::Float, 1),
+    ("alignments3D/class", Kind::Int, 1),
+    ("alignments3D/pose", Kind::Float, 3),
+    ("alignments3D/shift", Kind::Float, 2),
+    ("alignments3D/psize_A", Kind::Float, 1),
+    ("blob/image_row", Kind::Int, 1),
+];
+
+/// Refuses a known field stored with the wrong kind or width (see [`CANONICAL_FIELDS`]).
+fn check_canonical(path: &Path, f: &FieldLayout) -> Result<()> {
+    let Some(&(_, kind, width)) = CANONICAL_FIELDS.iter().find(|(n, _, _)| *n == f.name) else {
+        return Ok(());
+    };
+    let have = match f.elem {
+        Elem::Bytes(_) | Elem::Ucs4(_) => Kind::Str,
+        Elem::F2 | Elem::F4 | Elem::F8 => Kind::Float,
+        _ => Kind::Int,
+    };
+    let what = |k: Kind| match k {
+        Kind::Str => "a string",
+        Kind::Int => "an integer",
+        Kind::Float => "a floating-point number",
+    };
+    if have != kind {
+        return Err(Error::field(
+            path,
+            &f.name,
+            format!(
+                "type {} is {}, but this field holds {}",
+                f.type_str,
+                what(have),
+                what(kind)
+            ),
+        ));
+    }
+    if f.width != width {
+        return Err(Error::field(
+            path,
+            &f.name,
+            format!("has {} values per row, but this field has {width}", f.width),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses NaN or infinite values in the known floating-point fields of `blob/`, `ctf/` and
+/// `location/` (pixel sizes, CTF parameters, coordinates), which every job computes with.
+fn check_finite(path: &Path, name: &str, col: &Column) -> Result<()> {
+    let known = CANONICAL_FIELDS
+        .iter()
+        .any(|&(n, k, _)| n == name && k == Kind::Float && !n.starts_with("alignments"));
+    if !known {
+        return Ok(());
+    }
+    let bad = match &col.data {
+        ColumnData::F32(v) => v
+            .iter()
+            .position(|x| !x.is_finite())
+            .map(|i| (i, v[i] as f64)),
+        ColumnData::F64(v) => v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i])),
+        _ => None,
+    };
+    match bad {
+        Some((i, x)) => Err(Error::field(
+            path,
+            name,
+            format!("row {}: {x} is not a finite number", i / col.width),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Reads only the header of the `.cs` file at `path`: its row count and fields.
@@ -312,6 +428,7 @@ fn open_layout(path: &Path) -> Result<(Layout, BufReader<File>)> {
     reader
         .read_exact(&mut header_bytes[start..])
         .map_err(|e| short_header(path, e))?;
+    precheck_header(path, &header_bytes[start..])?;
     let header = NpyHeader::from_reader(&header_bytes[..])
         .map_err(|e| Error::file(path, format!("bad NPY header: {e}")))?;
 
@@ -340,6 +457,99 @@ fn open_layout(path: &Path) -> Result<(Layout, BufReader<File>)> {
         }
     }
     Ok((layout, reader))
+}
+
+/// Deepest bracket nesting accepted in an NPY header (a `.cs` header nests 3 deep: the
+/// dict, the descr list, a field tuple and its subarray shape).
+const MAX_HEADER_DEPTH: usize = 16;
+
+/// Checks of the header text that npyz's parser does not survive: brackets nested
+/// thousands deep (its parser takes time exponential in the depth, and recursion that deep
+/// would overflow the stack), and an array shape of several dimensions whose product
+/// overflows (npyz multiplies the dimensions unchecked). A header that passes is handed to
+/// npyz, which reports every other syntax error.
+fn precheck_header(path: &Path, text: &[u8]) -> Result<()> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    // The last string literal seen at dict level (depth 1), and whether a ':' followed it.
+    let mut key: Option<(usize, usize)> = None;
+    let mut after_key_colon = false;
+    while i < text.len() {
+        let c = text[i];
+        match c {
+            b'\'' | b'"' => {
+                let start = i + 1;
+                i += 1;
+                while i < text.len() && text[i] != c {
+                    if text[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                if depth == 1 {
+                    key = Some((start, i.min(text.len())));
+                    after_key_colon = false;
+                }
+            }
+            b':' if depth == 1 => after_key_colon = key.is_some(),
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_HEADER_DEPTH {
+                    return Err(Error::file(
+                        path,
+                        format!(
+                            "bad NPY header: brackets nested more than {MAX_HEADER_DEPTH} deep at header byte {i}"
+                        ),
+                    ));
+                }
+                let is_shape = depth == 2
+                    && after_key_colon
+                    && key.is_some_and(|(a, b)| &text[a..b] == b"shape");
+                if is_shape {
+                    check_shape_text(path, text, i)?;
+                }
+                after_key_colon = false;
+            }
+            b')' | b']' | b'}' => {
+                depth = depth.saturating_sub(1);
+                if depth == 1 {
+                    key = None;
+                }
+            }
+            b',' if depth == 1 => {
+                key = None;
+                after_key_colon = false;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// The `'shape'` value opening at `text[open]`: a .cs file holds a 1-D array, so a shape of
+/// any other number of dimensions is refused here, before npyz multiplies them.
+fn check_shape_text(path: &Path, text: &[u8], open: usize) -> Result<()> {
+    let close = text[open + 1..]
+        .iter()
+        .position(|&c| matches!(c, b')' | b']'))
+        .map_or(text.len(), |p| open + 1 + p);
+    let inner = String::from_utf8_lossy(&text[open + 1..close]);
+    if inner.contains(['(', '[', '{']) {
+        return Ok(()); // not a plain tuple: npyz says what is wrong with it
+    }
+    let dims = inner.split(',').filter(|d| !d.trim().is_empty()).count();
+    if dims != 1 {
+        let shown: String = inner.chars().take(80).collect();
+        return Err(Error::file(
+            path,
+            format!(
+                "holds an array of shape ({}); a .cs file holds a 1-D record array",
+                shown.trim()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn short_header(path: &Path, e: std::io::Error) -> Error {
@@ -410,7 +620,10 @@ fn layout_from_header(path: &Path, header: &NpyHeader) -> Result<Layout> {
         let type_str = ty.to_string();
         if f.name.is_empty() && ty.type_char() == TypeChar::RawData {
             // Padding numpy writes for a non-packed dtype.
-            offset += elem_bytes(path, &f.name, ty)? * width;
+            offset = elem_bytes(path, &f.name, ty)?
+                .checked_mul(width)
+                .and_then(|b| offset.checked_add(b))
+                .ok_or_else(|| Error::file(path, "record too large"))?;
             continue;
         }
         if !seen.insert(f.name.clone()) {
@@ -421,9 +634,11 @@ fn layout_from_header(path: &Path, header: &NpyHeader) -> Result<Layout> {
             .size()
             .checked_mul(width)
             .ok_or_else(|| Error::field(path, &f.name, "field too large"))?;
-        if width == 0 {
+        if width == 0 || elem.size() == 0 {
+            // Zero-length subarrays and zero-length strings (`|S0`, `<U0`) hold nothing,
+            // however many of them a field declares.
             log::warn!(
-                "{}: field {} holds no values (empty subarray); skipped",
+                "{}: field {} holds no values (empty subarray or zero-length type {type_str}); skipped",
                 path.display(),
                 f.name
             );
@@ -486,9 +701,12 @@ fn elem_of(path: &Path, name: &str, ty: &TypeStr) -> Result<Elem> {
         (TypeChar::ByteStr, n) => {
             Elem::Bytes(usize::try_from(n).map_err(|_| unsupported("too long"))?)
         }
-        (TypeChar::UnicodeStr, n) => {
-            Elem::Ucs4(usize::try_from(n).map_err(|_| unsupported("too long"))?)
-        }
+        (TypeChar::UnicodeStr, n) => Elem::Ucs4(
+            usize::try_from(n)
+                .ok()
+                .filter(|n| n.checked_mul(4).is_some())
+                .ok_or_else(|| unsupported("too long"))?,
+        ),
         (TypeChar::Object, _) => return Err(unsupported("Python objects are stored pickled")),
         (TypeChar::Float, _) => return Err(unsupported("float width")),
         (TypeChar::Complex, _) => return Err(unsupported("complex")),
