@@ -21,12 +21,59 @@ pub trait JobConfig: DeserializeOwned + Serialize {
 /// Reads `path`, applies `overrides` (`key=value`, dotted keys for nested maps, values
 /// parsed as YAML scalars), deserialises and validates.
 pub fn load<T: JobConfig>(path: &Path, overrides: &[String]) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = at
+            - bytes[..at]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |p| p + 1)
+            + 1;
+        Error::config(
+            path,
+            "yaml",
+            format!("not UTF-8 text at line {line} column {column} (a config is UTF-8 YAML)"),
+        )
+    })?;
     load_str(&text, path, overrides)
+}
+
+/// Deepest nesting of flow collections (`[`, `{`) accepted in a config: job configs nest
+/// two levels at most, and the YAML parser's time grows with the square of the depth (a
+/// few hundred kB of `[` would keep it busy for minutes).
+const MAX_FLOW_DEPTH: usize = 64;
+
+/// Refuses text whose brackets nest deeper than [`MAX_FLOW_DEPTH`] (counted over the raw
+/// text, quoted or not: no job config comes near it).
+fn check_depth(text: &str, path: &Path) -> Result<()> {
+    let mut depth = 0usize;
+    let mut line = 1;
+    for c in text.bytes() {
+        match c {
+            b'\n' => line += 1,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Err(Error::config(
+                        path,
+                        "yaml",
+                        format!("brackets nested more than {MAX_FLOW_DEPTH} deep at line {line}"),
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// As [`load`], from text already read (`path` names it in errors).
 pub fn load_str<T: JobConfig>(text: &str, path: &Path, overrides: &[String]) -> Result<T> {
+    check_depth(text, path)?;
     // First pass straight from the text, so errors in the file carry line and column.
     let from_file: std::result::Result<T, _> = serde_norway::from_str(text);
     let cfg = match (from_file, overrides.is_empty()) {
@@ -40,11 +87,15 @@ pub fn load_str<T: JobConfig>(text: &str, path: &Path, overrides: &[String]) -> 
             }
             serde_norway::from_value(value).map_err(|e| {
                 let msg = e.to_string();
-                let key = backticked(&msg).unwrap_or_else(|| "--set".to_string());
+                let (key, msg) = error_key(&msg).unwrap_or_else(|| ("--set".to_string(), &msg));
                 Error::config(
                     path,
                     key,
-                    format!("{msg} (after --set {})", overrides.join(" --set ")),
+                    format!(
+                        "{} (after --set {})",
+                        msg.replace('\n', " "),
+                        overrides.join(" --set ")
+                    ),
                 )
             })?
         }
@@ -59,8 +110,35 @@ pub fn to_yaml<T: Serialize>(cfg: &T) -> String {
 }
 
 fn yaml_error(path: &Path, msg: &str) -> Error {
-    let key = backticked(msg).unwrap_or_else(|| "yaml".to_string());
+    // serde_norway puts the path of the offending key first ("box_px: invalid type: ...",
+    // "view_weights[1]: ..."); "unknown field `x`" and "missing field `x`" name it in
+    // backticks. The key is taken from there, never from a quoted value.
+    let (key, msg) = error_key(msg).unwrap_or_else(|| ("yaml".to_string(), msg));
     Error::config(path, key, msg.replace('\n', " "))
+}
+
+/// The key a serde message is about, and the message without a leading key path.
+fn error_key(msg: &str) -> Option<(String, &str)> {
+    let Some((key, rest)) = leading_key(msg) else {
+        return backticked(msg).map(|k| (k, msg));
+    };
+    let named = ["unknown field", "missing field", "duplicate field"]
+        .iter()
+        .any(|p| rest.starts_with(p));
+    match backticked(rest) {
+        Some(inner) if named => Some((format!("{key}.{inner}"), rest)),
+        _ => Some((key.to_string(), rest)),
+    }
+}
+
+/// `("a.b[0]", "rest")` for a message starting with a key path and ": ".
+fn leading_key(msg: &str) -> Option<(&str, &str)> {
+    let (key, rest) = msg.split_once(": ")?;
+    let is_path = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '.' | '[' | ']' | '-'));
+    is_path.then_some((key, rest))
 }
 
 /// The first `quoted` name in a serde message ("unknown field `x`, expected ...").
