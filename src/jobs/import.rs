@@ -108,8 +108,22 @@ pub fn run(args: &ImportArgs) -> Result<()> {
         .and_then(|c| c.data.to_f64())
         .ok_or_else(|| Error::field(&src.file, "blob/idx", "not a numeric field"))?;
 
-    // Geometry from the first stack; every other stack must agree.
+    // Geometry from the first stack; every other stack must agree. The first image must
+    // exist before its size is believed: an empty stack's header can declare any nx, ny.
     let first = open_stack(&paths[0], &src, 0)?;
+    checked_index(idx[0], &first, 0, &src)?;
+    if first.nx() != first.ny() {
+        return Err(Error::field(
+            &src.file,
+            src.image_field,
+            format!(
+                "particle row 1 is in stack {} of {}×{} px images; particle images must be square",
+                first.path().display(),
+                first.nx(),
+                first.ny()
+            ),
+        ));
+    }
     let box_px = first.nx();
     let psize_a = pixel_size(&table, &first, args, &src)?;
     // CryoSPARC particles keep their uids; the others get uids from their image references.
@@ -260,7 +274,12 @@ fn copy_images(
     let n = paths.len();
     let mut progress = Progress::new("import", n as u64);
     let mut stack = first;
-    let mut batch = Array3::<f32>::zeros((BATCH, box_px, box_px));
+    // At most BATCH images, no more than there are particles, and at most 256 MiB.
+    let batch_rows = BATCH
+        .min(n)
+        .min((256 << 20) / box_px.saturating_mul(box_px).saturating_mul(4).max(1))
+        .max(1);
+    let mut batch = Array3::<f32>::zeros((batch_rows, box_px, box_px));
     let mut filled = 0;
     let mut row = 0;
     while row < n {
@@ -284,7 +303,7 @@ fn copy_images(
         let start_idx = checked_index(idx[row], &stack, row, src)?;
         let mut end = row + 1;
         while end < n
-            && end - row < BATCH - filled
+            && end - row < batch_rows - filled
             && paths[end] == paths[row]
             && idx[end] == idx[end - 1] + 1.0
         {
@@ -325,7 +344,7 @@ fn copy_images(
             .slice_mut(s![filled..filled + count, .., ..])
             .assign(&images);
         filled += count;
-        if filled == BATCH {
+        if filled == batch_rows {
             writer.append_images(batch.view())?;
             filled = 0;
         }
