@@ -11,10 +11,11 @@ use ndarray::Array3;
 use serde::Serialize;
 
 use crate::classify2d::grid::WorkGrid;
-use crate::comm::{agree, gather_f64, Comm};
+use crate::comm::{agree, Comm};
 use crate::em::batches::permutation;
+use crate::em::binned::{Binned, BINS};
 use crate::em::driver::{class_flow, switched_pct, Driver, Phase};
-use crate::em::responsibilities::{responsibilities, EStepParams, Quartiles};
+use crate::em::responsibilities::{responsibilities, EStepParams};
 use crate::em::schedule::{LearningRate, SimilaritySchedule};
 use crate::em::stats::{Stats, StatsLayout};
 use crate::error::{Error, Result};
@@ -126,8 +127,8 @@ pub struct Engine<'a> {
     pub input_scales: Option<Vec<f64>>,
 }
 
-fn quart(v: &[f64]) -> [f64; 5] {
-    Quartiles::of(v)
+fn quart(b: &Binned) -> [f64; 5] {
+    b.quartiles()
         .map(|q| [q.min, q.q25, q.median, q.q75, q.max])
         .unwrap_or([f64::NAN; 5])
 }
@@ -249,14 +250,8 @@ impl<'a> Engine<'a> {
             }
         }
         sigma2 = self.noise_against(parts, &consensus.vol, &sigma2)?;
-        if comm.is_root() {
-            if let Some(all) = gather_f64(comm, 0, &parts.scale) {
-                if let Ok(q) = Quartiles::of(&all) {
-                    log::info!("per-particle scale ({:?}): {q}", cfg.per_particle_scale);
-                }
-            }
-        } else {
-            gather_f64(comm, 0, &parts.scale);
+        if let Some(q) = Binned::of_all_ranks(comm, &parts.scale).quartiles() {
+            log::info!("per-particle scale ({:?}): {q}", cfg.per_particle_scale);
         }
         // 4. Initial classes.
         let focus = self.focus_mask.as_ref().map(|f| (f, &consensus.vol));
@@ -412,8 +407,12 @@ impl<'a> Engine<'a> {
                 }
             }
             comm.all_reduce_sum_u64(&mut assigned);
-            let ess_all = gather_f64(comm, 0, resp.ess()).unwrap_or_default();
-            let best_all = gather_f64(comm, 0, resp.best_prob()).unwrap_or_default();
+            let mut ess_all = Binned::new(1.0, k.max(2) as f64, BINS);
+            let mut best_all = Binned::new(0.0, 1.0, BINS);
+            resp.ess().iter().for_each(|&v| ess_all.add(v));
+            resp.best_prob().iter().for_each(|&v| best_all.add(v));
+            ess_all.all_reduce(comm);
+            best_all.all_reduce(comm);
             let eta = driver.learning_rate(t);
             let mut rms_change = None;
             if phase != Phase::Assign {
@@ -483,7 +482,7 @@ impl<'a> Engine<'a> {
                     eta,
                     record.seconds
                 );
-                if let (Ok(e), Ok(b)) = (Quartiles::of(&ess_all), Quartiles::of(&best_all)) {
+                if let (Some(e), Some(b)) = (ess_all.quartiles(), best_all.quartiles()) {
                     log::info!("  class ESS per particle:     {e}");
                     log::info!("  probability of best class:  {b}");
                 }

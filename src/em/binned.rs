@@ -2,7 +2,7 @@
 //! diagnostics (quartiles of ESS and best-class probability, their histograms) cost the same
 //! memory for 10⁴ or 10⁷ particles and are summed over ranks by one all-reduce instead of
 //! gathering a value per particle. Quartiles are interpolated within their bin (error at most
-//! one bin width: 1/4096 of the range with [`BINS`]); min and max are exact on rank 0.
+//! one bin width: 1/4096 of the range with [`BINS`]); min and max are exact.
 
 use crate::comm::Comm;
 
@@ -55,20 +55,35 @@ impl Binned {
         self.counts.iter().sum()
     }
 
-    /// Sums the counts over ranks (one all-reduce); rank 0 also gets the overall min and max
-    /// (16 bytes gathered from each rank).
+    /// Sums the counts over ranks and takes the overall min and max (two all-reduces, the
+    /// same result on every rank).
     pub fn all_reduce(&mut self, comm: &dyn Comm) {
         comm.all_reduce_sum_u64(&mut self.counts);
-        let mut mine = Vec::with_capacity(16);
-        mine.extend_from_slice(&self.min.to_le_bytes());
-        mine.extend_from_slice(&self.max.to_le_bytes());
-        if let Some(parts) = comm.gather_bytes(0, &mine) {
-            for p in parts {
-                let f = |i: usize| f64::from_le_bytes(p[i..i + 8].try_into().expect("8 bytes"));
-                self.min = self.min.min(f(0));
-                self.max = self.max.max(f(8));
-            }
-        }
+        let mut ext = [-self.min, self.max];
+        comm.all_reduce_max_f64(&mut ext);
+        (self.min, self.max) = (-ext[0], ext[1]);
+    }
+
+    /// Every rank's `values` (NaN ignored) in [`BINS`] bins over their overall range, summed
+    /// over ranks; collective. Any rank may have no values.
+    pub fn of_all_ranks(comm: &dyn Comm, values: &[f64]) -> Binned {
+        let (lo, hi) = values
+            .iter()
+            .filter(|v| !v.is_nan())
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
+        let mut ext = [-lo, hi];
+        comm.all_reduce_max_f64(&mut ext);
+        let (lo, hi) = (-ext[0], ext[1]);
+        let mut b = if lo.is_finite() && hi.is_finite() {
+            Binned::new(lo, hi, BINS)
+        } else {
+            Binned::new(0.0, 1.0, 1)
+        };
+        values.iter().for_each(|&v| b.add(v));
+        b.all_reduce(comm);
+        b
     }
 
     /// The value below which a fraction `q` of the values lie, interpolated within its bin
@@ -144,6 +159,10 @@ mod tests {
             assert!((a - e).abs() <= w, "{a} vs {e}");
         }
         assert_eq!(b.count(), 10_001);
+        let all = Binned::of_all_ranks(&Single, &values);
+        assert_eq!(all.quartiles().unwrap().min, exact.min);
+        assert_eq!(all.count(), 10_001);
+        assert!(Binned::of_all_ranks(&Single, &[]).quartiles().is_none());
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::cli::JobArgs;
 use crate::comm::{partition, Comm};
 use crate::config;
 use crate::dataset::{Column, ColumnData, Dataset, DatasetAttrs, ParticleTable};
+use crate::em::binned::{Binned, BINS};
 use crate::em::driver::Phase;
 use crate::error::{Error, Result};
 use crate::formats::mrc::{read_volume, write_volume};
@@ -33,7 +34,7 @@ use crate::jobs::turns::{gathered_ari, shared_dir, write_in_turns};
 use crate::jobs::{collective, select_backend};
 use crate::numerics::symmetry::point_group;
 use crate::numerics::volume::{check_mask, resample3};
-use crate::report::plot::{histogram_png, lines_png, PLOT_SIZE_PX};
+use crate::report::plot::{histogram_counts_png, lines_png, PLOT_SIZE_PX};
 use crate::report::plots3d::{
     class_flow_diagram_png, class_flow_matrix_png, grouped_bars_png, volume_slices_png,
 };
@@ -412,7 +413,8 @@ struct Written {
     assigned: Vec<f64>,
     effective: Vec<f64>,
     /// Class ESS of every particle (rank 0; 4 bytes per particle gathered for the histogram).
-    ess: Vec<f64>,
+    /// Final class ESS of every particle, binned over all ranks.
+    ess: Binned,
     ari: Option<f64>,
 }
 
@@ -491,17 +493,9 @@ fn write_particles(
     }
     sums[2 * k] = r.class.len() as f64;
     comm.all_reduce_sum_f64(&mut sums);
-    let mine: Vec<u8> = r.class_ess.iter().flat_map(|e| e.to_le_bytes()).collect();
-    let ess = comm
-        .gather_bytes(0, &mine)
-        .map(|parts| {
-            parts
-                .iter()
-                .flat_map(|p| p.chunks_exact(4))
-                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64)
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut ess = Binned::new(1.0, k.max(2) as f64, BINS);
+    r.class_ess.iter().for_each(|&e| ess.add(e as f64));
+    ess.all_reduce(comm);
     Ok(Written {
         num_particles: sums[2 * k] as usize,
         assigned: sums[..k].to_vec(),
@@ -548,16 +542,17 @@ fn write_outputs(
         write_volume(dir.join("focus_mask.mrc"), f.view(), ps)?;
     }
     let plots = dir.join("plots");
-    let ess = &written.ess;
-    histogram_png(
-        &plots.join("class_ess.png"),
-        "Per-particle class ESS",
-        "effective number of classes",
-        ess,
-        40,
-        &[],
-        PLOT_SIZE_PX,
-    )?;
+    if let Some((lo, hi, counts)) = written.ess.bars(40) {
+        histogram_counts_png(
+            &plots.join("class_ess.png"),
+            "Per-particle class ESS",
+            "effective number of classes",
+            lo,
+            hi,
+            &counts,
+            PLOT_SIZE_PX,
+        )?;
+    }
     let (assigned, effective) = (&written.assigned, &written.effective);
     grouped_bars_png(
         &plots.join("class_sizes.png"),
