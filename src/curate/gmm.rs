@@ -1,8 +1,10 @@
 //! A one-dimensional Gaussian mixture fitted by EM, for clustering particles by a statistic
 //! (CryoSPARC's "cluster by GMM" in Subset Particles by Statistic).
 //!
-//! Model: p(x) = Σ_c w_c N(x; μ_c, σ_c²). Start: means at the (c + ½)/C quantiles of the
-//! sorted values, every σ_c = the overall standard deviation / C, equal weights — so a fit is
+//! Model: p(x) = Σ_c w_c N(x; μ_c, σ_c²). The values may be spread over ranks: every sum is
+//! all-reduced and the start is found by exact order statistics over ranks
+//! ([`super::order_stats`]), so the fit is the same on any number of ranks (up to the order
+//! of floating-point sums). Start: means at the (c + ½)/C quantiles of the sorted values, every σ_c = the overall standard deviation / C, equal weights — so a fit is
 //! deterministic (no seed). Each EM iteration costs ≈ 10·n·C flops (one exp per particle and
 //! component). Variances are floored at 10⁻⁶ of the overall variance (and at a tiny absolute
 //! value) so a component sitting on a spike of identical values (e.g. probabilities of
@@ -12,6 +14,10 @@
 //! w_c N(x; μ_c, σ_c²) (the lowest index on an exact tie).
 
 use rayon::prelude::*;
+
+use crate::comm::Comm;
+
+use super::order_stats::{f64_key, key_f64, kth_smallest};
 
 /// A fitted mixture (components sorted by mean).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -28,14 +34,22 @@ pub struct Gmm1d {
 const LN_SQRT_2PI: f64 = 0.918_938_533_204_672_7;
 
 impl Gmm1d {
-    /// Fits `components` Gaussians to `values` (all finite; at least `components` values).
+    /// Fits `components` Gaussians to every rank's `values` (all finite; at least
+    /// `components` values in all); collective, the same result on every rank.
     pub fn fit(
+        comm: &dyn Comm,
         values: &[f64],
         components: usize,
         max_iterations: usize,
         tolerance: f64,
     ) -> Result<Gmm1d, String> {
-        let n = values.len();
+        let mut sums = [
+            values.len() as f64,
+            values.iter().sum::<f64>(),
+            f64::from(u8::from(values.iter().any(|v| !v.is_finite()))),
+        ];
+        comm.all_reduce_sum_f64(&mut sums);
+        let n = sums[0] as usize;
         if components == 0 {
             return Err("need at least one component".into());
         }
@@ -44,20 +58,32 @@ impl Gmm1d {
                 "{n} values cannot be clustered into {components} components"
             ));
         }
-        if values.iter().any(|v| !v.is_finite()) {
+        if sums[2] > 0.0 {
             return Err("values must be finite".into());
         }
-        let mean = values.iter().sum::<f64>() / n as f64;
-        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
+        let mean = sums[1] / n as f64;
+        let mut var = [values.iter().map(|v| (v - mean).powi(2)).sum::<f64>()];
+        comm.all_reduce_sum_f64(&mut var);
+        let var = var[0] / n as f64;
         let floor = (var * 1e-6).max(1e-12 * mean.abs().max(1.0).powi(2));
-        let mut sorted = values.to_vec();
-        sorted.sort_by(f64::total_cmp);
         let c = components;
+        let keys: Vec<(usize, u128)> = values.iter().map(|&v| (0, f64_key(v))).collect();
+        let starts: Vec<(usize, u64)> = (0..c)
+            .map(|i| {
+                (
+                    0,
+                    ((((i as f64 + 0.5) / c as f64) * n as f64) as usize % n) as u64 + 1,
+                )
+            })
+            .collect();
+        let means = kth_smallest(comm, &keys, &starts)
+            .into_iter()
+            .map(|k| key_f64(k.expect("n values")))
+            .collect();
+        drop(keys);
         let mut g = Gmm1d {
             weights: vec![1.0 / c as f64; c],
-            means: (0..c)
-                .map(|i| sorted[(((i as f64 + 0.5) / c as f64) * n as f64) as usize % n])
-                .collect(),
+            means,
             sds: vec![(var.sqrt() / c as f64).max(floor.sqrt()); c],
             mean_log_likelihood: f64::NEG_INFINITY,
             iterations: 0,
@@ -89,7 +115,10 @@ impl Gmm1d {
                         (a, la + lb)
                     },
                 );
-            let ll = ll / n as f64;
+            let mut stats = stats;
+            stats.push(ll);
+            comm.all_reduce_sum_f64(&mut stats);
+            let ll = stats[3 * c] / n as f64;
             // M-step. A component with (almost) no responsibility keeps its place and width.
             for k in 0..c {
                 let nk = stats[3 * k];
@@ -174,6 +203,7 @@ impl Gmm1d {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::comm::Single;
     use rand::SeedableRng;
     use rand_distr::{Distribution, Normal};
 
@@ -190,7 +220,7 @@ mod tests {
     #[test]
     fn recovers_two_separated_components() {
         let v = sample(&[(3000, 5.0, 1.0), (1000, -2.0, 0.5)], 1);
-        let g = Gmm1d::fit(&v, 2, 500, 1e-10).unwrap();
+        let g = Gmm1d::fit(&Single, &v, 2, 500, 1e-10).unwrap();
         assert!(g.converged);
         assert!(
             (g.means[0] + 2.0).abs() < 0.05 && (g.means[1] - 5.0).abs() < 0.08,
@@ -210,8 +240,8 @@ mod tests {
     #[test]
     fn three_components_and_determinism() {
         let v = sample(&[(500, 0.0, 0.3), (500, 3.0, 0.3), (500, 6.0, 0.3)], 2);
-        let a = Gmm1d::fit(&v, 3, 500, 1e-10).unwrap();
-        let b = Gmm1d::fit(&v, 3, 500, 1e-10).unwrap();
+        let a = Gmm1d::fit(&Single, &v, 3, 500, 1e-10).unwrap();
+        let b = Gmm1d::fit(&Single, &v, 3, 500, 1e-10).unwrap();
         assert_eq!(a, b);
         for (m, want) in a.means.iter().zip([0.0, 3.0, 6.0]) {
             assert!((m - want).abs() < 0.1, "{a:?}");
@@ -221,24 +251,24 @@ mod tests {
     #[test]
     fn degenerate_inputs_do_not_break() {
         // All values identical: one spike, finite widths, everything in one place.
-        let g = Gmm1d::fit(&[1.0; 10], 2, 100, 1e-10).unwrap();
+        let g = Gmm1d::fit(&Single, &[1.0; 10], 2, 100, 1e-10).unwrap();
         assert!(g.sds.iter().all(|s| s.is_finite() && *s > 0.0), "{g:?}");
         assert!(g.mean_log_likelihood.is_finite());
         // A spike at 1 plus a spread: the spike's component stays narrow but finite.
         let mut v = vec![1.0; 200];
         v.extend(sample(&[(200, 0.4, 0.1)], 3));
-        let g = Gmm1d::fit(&v, 2, 500, 1e-10).unwrap();
+        let g = Gmm1d::fit(&Single, &v, 2, 500, 1e-10).unwrap();
         assert!(g.means[1] > 0.99 && g.sds[1] > 0.0, "{g:?}");
         assert_eq!(g.assign(1.0), 1);
         // One component: the sample mean and s.d.
-        let g = Gmm1d::fit(&[1.0, 2.0, 3.0], 1, 10, 1e-12).unwrap();
+        let g = Gmm1d::fit(&Single, &[1.0, 2.0, 3.0], 1, 10, 1e-12).unwrap();
         assert!(
             (g.means[0] - 2.0).abs() < 1e-12 && (g.sds[0] - (2.0f64 / 3.0).sqrt()).abs() < 1e-12
         );
-        assert!(Gmm1d::fit(&[1.0], 2, 10, 1e-9)
+        assert!(Gmm1d::fit(&Single, &[1.0], 2, 10, 1e-9)
             .unwrap_err()
             .contains("cannot be clustered"));
-        assert!(Gmm1d::fit(&[1.0], 0, 10, 1e-9).is_err());
-        assert!(Gmm1d::fit(&[f64::NAN, 1.0], 1, 10, 1e-9).is_err());
+        assert!(Gmm1d::fit(&Single, &[1.0], 0, 10, 1e-9).is_err());
+        assert!(Gmm1d::fit(&Single, &[f64::NAN, 1.0], 1, 10, 1e-9).is_err());
     }
 }

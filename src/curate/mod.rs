@@ -8,6 +8,7 @@ pub mod affinity;
 pub mod cluster;
 pub mod config;
 pub mod gmm;
+pub mod order_stats;
 pub mod rebalance;
 pub mod statistic;
 pub mod thresholds;

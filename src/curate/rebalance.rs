@@ -6,10 +6,11 @@
 //! at least f times the largest (f = 1: all end at `n`); f = 0 keeps every particle.
 //! `Override maximum superclass size` N (only when f ≠ 0) caps every superclass at N instead,
 //! which is the factor `n / N`. Particles above the cap are dropped uniformly at random with
-//! a seeded generator, one independent stream per superclass.
+//! a seeded random key per particle (see [`choose_kept`]).
 
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
+use crate::comm::Comm;
+
+use super::order_stats::kth_smallest;
 
 /// The most particles any superclass may keep, or `None` to keep everything.
 ///
@@ -43,62 +44,68 @@ pub fn superclass_cap(
 /// a superclass with more than `cap` members keeps exactly `cap` of them, chosen uniformly at
 /// random; smaller superclasses, and all particles when `cap` is `None`, are kept.
 ///
-/// `superclass_of_particle[p]` is the superclass of particle `p`. Superclass `s` draws from
-/// its own ChaCha8 stream (`seed`, stream `s`) over its members in increasing particle
-/// order, so the result depends only on the membership and the seed. Labels at or above
-/// `n_superclasses` are capped like any other superclass (their own streams).
+/// The particles may be spread over ranks: this rank's `superclass_of_particle[i]` is the
+/// superclass of global row `first_row + i`. Each particle gets a random key from `seed`, its
+/// superclass and its global row (SplitMix64), made unique by the row; superclass `s` keeps
+/// the `cap` members with the smallest keys, found exactly over all ranks by
+/// [`kth_smallest`]. The choice thus depends only on the membership, the rows
+/// and the seed, never on the number of ranks. Labels at or above `n_superclasses` are
+/// capped like any other superclass. Collective.
 pub fn choose_kept(
+    comm: &dyn Comm,
     superclass_of_particle: &[usize],
+    first_row: u64,
     n_superclasses: usize,
     cap: Option<usize>,
     seed: u64,
 ) -> Vec<bool> {
-    let n_particles = superclass_of_particle.len();
     let Some(cap) = cap else {
-        return vec![true; n_particles];
+        return vec![true; superclass_of_particle.len()];
     };
-    let members = members_of(superclass_of_particle, n_superclasses);
-    let mut kept = vec![false; n_particles];
-    for (s, group) in members.iter().enumerate() {
-        for p in keep_in_group(group, cap, seed, s as u64) {
-            kept[p] = true;
-        }
-    }
-    kept
-}
-
-/// Particle indices of each superclass, ascending; at least `n_superclasses` groups.
-fn members_of(superclass_of_particle: &[usize], n_superclasses: usize) -> Vec<Vec<usize>> {
-    let n_groups = superclass_of_particle
+    let mut groups = [superclass_of_particle
         .iter()
-        .map(|&s| s.saturating_add(1))
-        .max()
-        .unwrap_or(0)
-        .max(n_superclasses);
-    let mut members = vec![Vec::new(); n_groups];
-    for (p, &s) in superclass_of_particle.iter().enumerate() {
-        members[s].push(p);
+        .map(|&s| s as f64 + 1.0)
+        .fold(n_superclasses as f64, f64::max)];
+    comm.all_reduce_max_f64(&mut groups);
+    let mut sizes = vec![0u64; groups[0] as usize];
+    superclass_of_particle.iter().for_each(|&s| sizes[s] += 1);
+    comm.all_reduce_sum_u64(&mut sizes);
+    let items: Vec<(usize, u128)> = superclass_of_particle
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| (s, particle_key(seed, s, first_row + i as u64)))
+        .collect();
+    let over: Vec<(usize, u64)> = (0..sizes.len())
+        .filter(|&s| sizes[s] > cap as u64)
+        .map(|s| (s, cap as u64))
+        .collect();
+    let mut limit: Vec<Option<u128>> = vec![Some(u128::MAX); sizes.len()];
+    for ((s, _), t) in over.iter().zip(kth_smallest(comm, &items, &over)) {
+        // cap = 0 keeps nothing.
+        limit[*s] = t;
     }
-    members
+    items
+        .iter()
+        .map(|&(s, key)| limit[s].is_some_and(|t| key <= t))
+        .collect()
 }
 
-/// The members of one superclass that stay: all of them if there are at most `cap`, else
-/// `cap` drawn without replacement from stream `stream` of `seed`.
-fn keep_in_group(group: &[usize], cap: usize, seed: u64, stream: u64) -> Vec<usize> {
-    if group.len() <= cap {
-        return group.to_vec();
-    }
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    rng.set_stream(stream);
-    rand::seq::index::sample(&mut rng, group.len(), cap)
-        .into_iter()
-        .map(|i| group[i])
-        .collect()
+/// A particle's random key: 64 random bits from (seed, superclass, row), then the row.
+fn particle_key(seed: u64, superclass: usize, row: u64) -> u128 {
+    let mix = |mut z: u64| {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let h = mix(mix(mix(seed) ^ superclass as u64) ^ row);
+    ((h as u128) << 64) | row as u128
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::comm::Single;
 
     const SIZES: [usize; 6] = [500, 200, 100, 100, 50, 50];
 
@@ -155,7 +162,7 @@ mod tests {
             (0.0, Some(150), SIZES.to_vec()),
         ] {
             let cap = superclass_cap(&SIZES, factor, max);
-            let kept = choose_kept(&labels, 6, cap, 11);
+            let kept = choose_kept(&Single, &labels, 0, 6, cap, 11);
             assert_eq!(
                 kept_sizes(&labels, &kept, 6),
                 expect,
@@ -167,9 +174,9 @@ mod tests {
     #[test]
     fn choice_is_seeded() {
         let labels = membership(&SIZES);
-        let a = choose_kept(&labels, 6, Some(50), 1);
-        assert_eq!(a, choose_kept(&labels, 6, Some(50), 1));
-        assert_ne!(a, choose_kept(&labels, 6, Some(50), 2));
+        let a = choose_kept(&Single, &labels, 0, 6, Some(50), 1);
+        assert_eq!(a, choose_kept(&Single, &labels, 0, 6, Some(50), 1));
+        assert_ne!(a, choose_kept(&Single, &labels, 0, 6, Some(50), 2));
     }
 
     #[test]
@@ -178,8 +185,8 @@ mod tests {
         let only0 = vec![0usize; 30];
         let mut both = vec![0usize; 30];
         both.extend([1usize; 10]);
-        let a = choose_kept(&only0, 1, Some(12), 5);
-        let b = choose_kept(&both, 2, Some(12), 5);
+        let a = choose_kept(&Single, &only0, 0, 1, Some(12), 5);
+        let b = choose_kept(&Single, &both, 0, 2, Some(12), 5);
         assert_eq!(a[..], b[..30]);
         assert!(b[30..].iter().all(|&k| k));
     }
@@ -189,17 +196,19 @@ mod tests {
         let labels = vec![0usize; 40];
         let cap = superclass_cap(&[40], 1.0, None);
         assert_eq!(cap, Some(40));
-        assert!(choose_kept(&labels, 1, cap, 0).iter().all(|&k| k));
+        assert!(choose_kept(&Single, &labels, 0, 1, cap, 0)
+            .iter()
+            .all(|&k| k));
         assert_eq!(
-            choose_kept(&labels, 1, Some(7), 0)
+            choose_kept(&Single, &labels, 0, 1, Some(7), 0)
                 .iter()
                 .filter(|&&k| k)
                 .count(),
             7
         );
-        assert!(choose_kept(&[], 3, Some(1), 0).is_empty());
+        assert!(choose_kept(&Single, &[], 0, 3, Some(1), 0).is_empty());
         // A label beyond n_superclasses is still capped.
-        let kept = choose_kept(&[4, 4, 4], 2, Some(1), 0);
+        let kept = choose_kept(&Single, &[4, 4, 4], 0, 2, Some(1), 0);
         assert_eq!(kept.iter().filter(|&&k| k).count(), 1);
     }
 }

@@ -1,5 +1,6 @@
 //! The jobs behind the subcommands, and the rules every job follows under MPI: serial jobs
-//! (import, export, simulate) run on rank 0 while the other ranks wait, and every rank ends
+//! (import, export, simulate, info) run on rank 0 while the other ranks wait, the others on
+//! every rank, and every rank ends
 //! with the same success or failure.
 
 pub mod classes2d;
@@ -39,9 +40,9 @@ pub fn run(cmd: &Command, comm: &dyn Comm) -> Result<()> {
         Command::Simulate(args) => on_root(comm, || simulate::run(args)),
         Command::Classify2d(args) => classify2d::run(args, comm),
         Command::Classify3d(args) => classify3d::run(args, comm),
-        Command::Subset(args) => on_root(comm, || subset::run(args)),
-        Command::Select2d(args) => on_root(comm, || select2d::run(args)),
-        Command::Rebalance2d(args) => on_root(comm, || rebalance2d::run(args)),
+        Command::Subset(args) => subset::run(args, comm),
+        Command::Select2d(args) => select2d::run(args, comm),
+        Command::Rebalance2d(args) => rebalance2d::run(args, comm),
         Command::Info { dataset } => on_root(comm, || info::run(dataset)),
         Command::CommCheck { particles, dataset } => {
             comm_check::run(comm, *particles, dataset.as_deref())

@@ -14,46 +14,159 @@ use ndarray::{Array2, Array3, Axis};
 use serde_json::json;
 
 use crate::cli::JobArgs;
+use crate::comm::Comm;
 use crate::config;
 use crate::curate::affinity::{affinity_matrix, AffinityParams};
 use crate::curate::cluster::{agglomerative, sorted_order};
 use crate::curate::config::Rebalance2dConfig;
 use crate::curate::rebalance::{choose_kept, superclass_cap};
-use crate::dataset::{Dataset, ParticleTable};
+use crate::dataset::ParticleTable;
 use crate::error::{Error, Result};
-use crate::jobs::classes2d::{self, Classes2d};
+use crate::jobs::classes2d::{self, Averages, Classes2d};
 use crate::jobs::classify2d::class_montage;
-use crate::jobs::output::{check_writable, OutputDir};
-use crate::jobs::selection::{plots_dir, selected_excluded, true_particle_count, write_subsets};
+use crate::jobs::collective;
+use crate::jobs::output::check_writable;
+use crate::jobs::selection::{
+    create_output, keep_groups, plots_dir, selected_excluded, write_groups, Share,
+};
 use crate::report::affinity_plot::affinity_matrix_png;
 use crate::report::plots3d::grouped_bars_png;
 
-/// Runs the job (on one process; the affinity search uses every core).
-pub fn run(args: &JobArgs) -> Result<()> {
-    let cfg: Rebalance2dConfig = config::load(&args.config, &args.set)?;
-    check_writable(&cfg.output, args.overwrite)?;
-    let input = Dataset::open(&cfg.input)?;
-    let classes = classes2d::load(&input, cfg.classes_file.as_deref(), true, &args.config)?;
+/// Runs the job on every rank: rank 0 computes the affinity and the superclasses of the
+/// classes (every core), then each rank rebalances and writes its own block of rows.
+pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
+    let cfg: Rebalance2dConfig = collective(comm, config::load(&args.config, &args.set))?;
+    collective(comm, check_writable(&cfg.output, args.overwrite))?;
+    let share = Share::new(comm, &cfg.input)?;
+    let classes = classes2d::load(
+        comm,
+        &share,
+        cfg.classes_file.as_deref(),
+        true,
+        &args.config,
+    )?;
     let k = classes.k;
     let m = cfg.num_superclasses;
-    if !cfg.do_superclassification && m != k {
-        return Err(Error::config(
+    let checked = if !cfg.do_superclassification && m != k {
+        Err(Error::config(
             &args.config,
             "num_superclasses",
             format!("is {m}, but with do_superclassification off each of the {k} classes is its own superclass: set it to {k}"),
-        ));
-    }
-    if m > k {
-        return Err(Error::config(
+        ))
+    } else if m > k {
+        Err(Error::config(
             &args.config,
             "num_superclasses",
             format!("is {m}, more than the {k} classes"),
-        ));
-    }
-    let avg = classes
-        .averages
+        ))
+    } else {
+        Ok(())
+    };
+    collective(comm, checked)?;
+    let grouped = match &classes.averages {
+        Some(avg) => superclasses(&cfg, avg).map(Some),
+        None => Ok(None),
+    };
+    let grouped = collective(comm, grouped)?;
+    // Rank 0's superclass of each class, on every rank.
+    let mut bytes: Vec<u8> = grouped
         .as_ref()
-        .expect("load(require_averages = true)");
+        .map(|(_, labels)| {
+            labels
+                .iter()
+                .flat_map(|&l| (l as u64).to_le_bytes())
+                .collect()
+        })
+        .unwrap_or_default();
+    comm.broadcast_bytes(0, &mut bytes);
+    let labels: Vec<usize> = bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")) as usize)
+        .collect();
+    let superclass: Vec<usize> = classes.class.iter().map(|&c| labels[c as usize]).collect();
+    let mut before = vec![0u64; m];
+    superclass.iter().for_each(|&s| before[s] += 1);
+    comm.all_reduce_sum_u64(&mut before);
+    let before: Vec<usize> = before.into_iter().map(|n| n as usize).collect();
+    let cap = superclass_cap(&before, cfg.rebalance_factor, cfg.max_superclass_size);
+    let first_row = share.rows.start as u64;
+    let keep = choose_kept(comm, &superclass, first_row, m, cap, cfg.seed);
+    let mut after = vec![0u64; m];
+    superclass
+        .iter()
+        .zip(&keep)
+        .filter(|(_, &k)| k)
+        .for_each(|(&s, _)| after[s] += 1);
+    comm.all_reduce_sum_u64(&mut after);
+    let after: Vec<usize> = after.into_iter().map(|n| n as usize).collect();
+    log::info!("superclass sizes before: {before:?}");
+    log::info!(
+        "superclass sizes after:  {after:?} (cap {})",
+        cap.map_or("none".to_string(), |c| c.to_string())
+    );
+    let truth = purity_vs_views(comm, &share, &superclass, m)?;
+    if let Some(t) = &truth {
+        log::info!("superclasses vs simulated views: {t}");
+    }
+
+    let (out, staging) = create_output(comm, &cfg.output, args.overwrite)?;
+    let subsets = selected_excluded(
+        "particles kept after rebalancing",
+        "particles dropped by rebalancing",
+    );
+    let source = format!("emclass rebalance2d {}", args.config.display());
+    let add_superclass = |t: &mut ParticleTable, local: std::ops::Range<usize>| {
+        let s = superclass[local].iter().map(|&s| s as u32).collect();
+        t.set_u32("alignments2D/superclass", s);
+    };
+    let (counts, true_particles) = write_groups(
+        comm,
+        &staging,
+        &share,
+        &subsets,
+        &keep_groups(&keep),
+        &add_superclass,
+        &source,
+    )?;
+    let (Some(out), Some((affinity, _)), Some(avg)) = (out, grouped, &classes.averages) else {
+        return collective(comm, Ok(()));
+    };
+    let finished = (|| {
+        let dir = out.path().to_path_buf();
+        write_csv(&dir.join("affinity.csv"), &affinity_csv(&affinity))?;
+        write_csv(
+            &dir.join("superclasses.csv"),
+            &superclass_csv(&labels, &classes),
+        )?;
+        let order = sorted_order(affinity.view(), &labels);
+        plots(&dir, &affinity, &labels, &order, &before, &after, &classes)?;
+        let summary = json!({
+            "job": "rebalance2d",
+            "input": cfg.input,
+            "class_averages": avg.path,
+            "num_particles": share.total,
+            "num_true_particles": true_particles,
+            "num_classes": k,
+            "class_sizes": classes.sizes,
+            "num_superclasses": m,
+            "superclass_of_class": labels,
+            "superclass_sizes_before": before,
+            "superclass_sizes_after": after,
+            "cap": cap,
+            "rebalance_factor": cfg.rebalance_factor,
+            "max_superclass_size": cfg.max_superclass_size,
+            "sorted_class_order": order,
+            "superclasses_vs_ground_truth_views": truth,
+            "subsets": counts,
+        });
+        out.finish(&summary, &cfg, "rebalance2d")
+    })();
+    collective(comm, finished)
+}
+
+/// The affinity of the class averages and the superclass of each class (rank 0).
+fn superclasses(cfg: &Rebalance2dConfig, avg: &Averages) -> Result<(Array2<f64>, Vec<usize>)> {
+    let k = avg.images.dim().0;
     let box_px = avg.images.dim().1;
     let params = AffinityParams {
         angle_step_deg: cfg.angle_step_deg,
@@ -72,72 +185,11 @@ pub fn run(args: &JobArgs) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     let labels: Vec<usize> = if cfg.do_superclassification {
-        agglomerative(affinity.view(), m)
+        agglomerative(affinity.view(), cfg.num_superclasses)
     } else {
         (0..k).collect()
     };
-    let superclass: Vec<usize> = classes.class.iter().map(|&c| labels[c]).collect();
-    let mut before = vec![0usize; m];
-    superclass.iter().for_each(|&s| before[s] += 1);
-    let cap = superclass_cap(&before, cfg.rebalance_factor, cfg.max_superclass_size);
-    let keep = choose_kept(&superclass, m, cap, cfg.seed);
-    let mut after = vec![0usize; m];
-    superclass
-        .iter()
-        .zip(&keep)
-        .filter(|(_, &k)| k)
-        .for_each(|(&s, _)| after[s] += 1);
-    log::info!("superclass sizes before: {before:?}");
-    log::info!(
-        "superclass sizes after:  {after:?} (cap {})",
-        cap.map_or("none".to_string(), |c| c.to_string())
-    );
-
-    let out = OutputDir::create(&cfg.output, args.overwrite)?;
-    let dir = out.path().to_path_buf();
-    let mut table: ParticleTable = input.table().clone();
-    table.set_u32(
-        "alignments2D/superclass",
-        superclass.iter().map(|&s| s as u32).collect(),
-    );
-    let subsets = selected_excluded(
-        &keep,
-        "particles kept after rebalancing",
-        "particles dropped by rebalancing",
-    );
-    let source = format!("emclass rebalance2d {}", args.config.display());
-    let counts = write_subsets(&dir, &input, &table, &subsets, &source)?;
-    write_csv(&dir.join("affinity.csv"), &affinity_csv(&affinity))?;
-    write_csv(
-        &dir.join("superclasses.csv"),
-        &superclass_csv(&labels, &classes),
-    )?;
-    let order = sorted_order(affinity.view(), &labels);
-    plots(&dir, &affinity, &labels, &order, &before, &after, &classes)?;
-    let truth = purity_vs_views(&table, &superclass, m);
-    if let Some(t) = &truth {
-        log::info!("superclasses vs simulated views: {t}");
-    }
-    let summary = json!({
-        "job": "rebalance2d",
-        "input": cfg.input,
-        "class_averages": avg.path,
-        "num_particles": classes.class.len(),
-        "num_true_particles": true_particle_count(&table),
-        "num_classes": k,
-        "class_sizes": classes.sizes,
-        "num_superclasses": m,
-        "superclass_of_class": labels,
-        "superclass_sizes_before": before,
-        "superclass_sizes_after": after,
-        "cap": cap,
-        "rebalance_factor": cfg.rebalance_factor,
-        "max_superclass_size": cfg.max_superclass_size,
-        "sorted_class_order": order,
-        "superclasses_vs_ground_truth_views": truth,
-        "subsets": counts,
-    });
-    out.finish(&summary, &cfg, "rebalance2d")
+    Ok((affinity, labels))
 }
 
 fn write_csv(path: &Path, text: &str) -> Result<()> {
@@ -225,36 +277,49 @@ fn plots(
 
 /// On simulated data (`gt/view`): purity (particles in their superclass's most common view)
 /// and completeness (particles in their view's most common superclass), over non-junk
-/// particles.
+/// particles; from (superclass, view) counts summed over ranks. Collective.
 fn purity_vs_views(
-    table: &ParticleTable,
+    comm: &dyn Comm,
+    share: &Share,
     superclass: &[usize],
     m: usize,
-) -> Option<serde_json::Value> {
-    let view = table.get("gt/view")?.data.to_f64()?;
-    let pairs: Vec<(usize, usize)> = view
-        .iter()
-        .zip(superclass)
-        .filter(|(v, _)| **v >= 0.0)
-        .map(|(v, s)| (*v as usize, *s))
-        .collect();
-    if pairs.is_empty() {
-        return None;
+) -> Result<Option<serde_json::Value>> {
+    let mut pairs: Vec<(usize, usize)> = Vec::new();
+    let mut rows_with_truth = 0u64;
+    let read = share.for_each_block(|local, block| {
+        if let Some(view) = block.table().get("gt/view").and_then(|c| c.data.to_f64()) {
+            rows_with_truth += view.len() as u64;
+            for (v, &s) in view.iter().zip(&superclass[local]) {
+                if *v >= 0.0 {
+                    pairs.push((*v as usize, s));
+                }
+            }
+        }
+        Ok(())
+    });
+    collective(comm, read)?;
+    let mut nv = [pairs.iter().map(|p| p.0 as f64 + 1.0).fold(0.0, f64::max)];
+    comm.all_reduce_max_f64(&mut nv);
+    let nv = nv[0] as usize;
+    let mut flat = vec![0u64; m * nv + 1];
+    pairs.iter().for_each(|&(v, s)| flat[s * nv + v] += 1);
+    flat[m * nv] = rows_with_truth;
+    comm.all_reduce_sum_u64(&mut flat);
+    let n = flat[..m * nv].iter().sum::<u64>() as f64;
+    if flat[m * nv] as usize != share.total || n == 0.0 {
+        return Ok(None);
     }
-    let nv = pairs.iter().map(|p| p.0).max().unwrap_or(0) + 1;
-    let mut counts = vec![vec![0usize; nv]; m];
-    pairs.iter().for_each(|&(v, s)| counts[s][v] += 1);
-    let n = pairs.len() as f64;
+    let counts: Vec<Vec<u64>> = flat[..m * nv].chunks(nv).map(|r| r.to_vec()).collect();
     let purity = counts
         .iter()
         .map(|r| r.iter().max().copied().unwrap_or(0))
-        .sum::<usize>() as f64
+        .sum::<u64>() as f64
         / n;
     let completeness = (0..nv)
         .map(|v| counts.iter().map(|r| r[v]).max().unwrap_or(0))
-        .sum::<usize>() as f64
+        .sum::<u64>() as f64
         / n;
-    Some(
+    Ok(Some(
         json!({"purity": purity, "completeness": completeness, "counts_superclass_by_view": counts}),
-    )
+    ))
 }

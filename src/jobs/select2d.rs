@@ -8,16 +8,19 @@ use ndarray::{Array3, Axis};
 use serde_json::json;
 
 use crate::cli::JobArgs;
+use crate::comm::Comm;
 use crate::config;
 use crate::curate::config::Select2dConfig;
 use crate::curate::statistic::check_class_list;
-use crate::dataset::Dataset;
 use crate::error::{Error, Result};
 use crate::formats::mrc::write_stack;
 use crate::jobs::classes2d::{self, Classes2d};
 use crate::jobs::classify2d::class_montage;
-use crate::jobs::output::{check_writable, OutputDir};
-use crate::jobs::selection::{plots_dir, selected_excluded, true_particle_count, write_subsets};
+use crate::jobs::collective;
+use crate::jobs::output::check_writable;
+use crate::jobs::selection::{
+    create_output, keep_groups, plots_dir, selected_excluded, write_groups, Share,
+};
 
 /// Why a class is not kept.
 fn drop_reason(cfg: &Select2dConfig, c: usize, size: usize, frc: Option<f64>) -> Option<String> {
@@ -41,31 +44,38 @@ fn drop_reason(cfg: &Select2dConfig, c: usize, size: usize, frc: Option<f64>) ->
     }
 }
 
-/// Runs the job (on one process).
-pub fn run(args: &JobArgs) -> Result<()> {
-    let cfg: Select2dConfig = config::load(&args.config, &args.set)?;
-    check_writable(&cfg.output, args.overwrite)?;
-    let input = Dataset::open(&cfg.input)?;
-    let classes = classes2d::load(&input, cfg.classes_file.as_deref(), false, &args.config)?;
+/// Runs the job on every rank: each reads and writes its own block of rows.
+pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
+    let cfg: Select2dConfig = collective(comm, config::load(&args.config, &args.set))?;
+    collective(comm, check_writable(&cfg.output, args.overwrite))?;
+    let share = Share::new(comm, &cfg.input)?;
+    let classes = classes2d::load(
+        comm,
+        &share,
+        cfg.classes_file.as_deref(),
+        false,
+        &args.config,
+    )?;
     let k = classes.k;
     let what = format!("the input's {k} 2D classes");
-    if !cfg.keep.is_empty() {
-        check_class_list(&cfg.keep, k, &args.config, "keep", &what)?;
-    }
-    if !cfg.drop.is_empty() {
-        check_class_list(&cfg.drop, k, &args.config, "drop", &what)?;
-    }
-    let frc = match (cfg.max_frc_res_a, &classes.averages) {
-        (Some(_), Some(a)) => Some(classes2d::frc_resolutions(&a.path, k)?),
-        (Some(_), None) => {
-            return Err(Error::config(
+    let checked = (|| {
+        if !cfg.keep.is_empty() {
+            check_class_list(&cfg.keep, k, &args.config, "keep", &what)?;
+        }
+        if !cfg.drop.is_empty() {
+            check_class_list(&cfg.drop, k, &args.config, "drop", &what)?;
+        }
+        match (cfg.max_frc_res_a, &classes.averages_path) {
+            (Some(_), Some(p)) => Ok(Some(classes2d::frc_resolutions(p, k)?)),
+            (Some(_), None) => Err(Error::config(
                 &args.config,
                 "max_frc_res_A",
                 "needs the class averages and their summary.json (set classes_file)",
-            ))
+            )),
+            (None, _) => Ok(None),
         }
-        (None, _) => None,
-    };
+    })();
+    let frc = collective(comm, checked)?;
     let kept: Vec<bool> = (0..k)
         .map(|c| {
             let reason = drop_reason(&cfg, c, classes.sizes[c], frc.as_ref().map(|f| f[c]));
@@ -80,30 +90,42 @@ pub fn run(args: &JobArgs) -> Result<()> {
         "select2d: keeping {} of {k} classes: {kept_classes:?}",
         kept_classes.len()
     );
-    let keep: Vec<bool> = classes.class.iter().map(|&c| kept[c]).collect();
+    let keep: Vec<bool> = classes.class.iter().map(|&c| kept[c as usize]).collect();
     let subsets = selected_excluded(
-        &keep,
         "particles of the kept classes",
         "particles of the other classes",
     );
-    let out = OutputDir::create(&cfg.output, args.overwrite)?;
-    let dir = out.path().to_path_buf();
+    let (out, staging) = create_output(comm, &cfg.output, args.overwrite)?;
     let source = format!("emclass select2d {}", args.config.display());
-    let counts = write_subsets(&dir, &input, input.table(), &subsets, &source)?;
-    write_kept_averages(&dir, &classes, &kept_classes, frc.as_deref())?;
-    let summary = json!({
-        "job": "select2d",
-        "input": cfg.input,
-        "class_averages": classes.averages.as_ref().map(|a| &a.path),
-        "num_particles": classes.class.len(),
-        "num_true_particles": true_particle_count(input.table()),
-        "num_classes": k,
-        "class_sizes": classes.sizes,
-        "class_frc05_res_A": frc,
-        "kept_classes": kept_classes,
-        "subsets": counts,
-    });
-    out.finish(&summary, &cfg, "select2d")
+    let (counts, true_particles) = write_groups(
+        comm,
+        &staging,
+        &share,
+        &subsets,
+        &keep_groups(&keep),
+        &|_, _| {},
+        &source,
+    )?;
+    let Some(out) = out else {
+        return collective(comm, Ok(()));
+    };
+    let finished = write_kept_averages(out.path(), &classes, &kept_classes, frc.as_deref())
+        .and_then(|_| {
+            let summary = json!({
+                "job": "select2d",
+                "input": cfg.input,
+                "class_averages": classes.averages_path,
+                "num_particles": share.total,
+                "num_true_particles": true_particles,
+                "num_classes": k,
+                "class_sizes": classes.sizes,
+                "class_frc05_res_A": frc,
+                "kept_classes": kept_classes,
+                "subsets": counts,
+            });
+            out.finish(&summary, &cfg, "select2d")
+        });
+    collective(comm, finished)
 }
 
 /// `classes_selected.mrcs` and `plots/classes_selected.png` (labels: original index, size,

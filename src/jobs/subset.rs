@@ -4,91 +4,129 @@
 //! `excluded.h5`), at several (`subset_XX.h5`, one per interval), or clustered by a
 //! Gaussian mixture (`subset_XX.h5`, one per component in increasing order of the mean).
 //! Writes `plots/statistic.png` (histogram with the thresholds or fitted components),
-//! `summary.json` and `config.used.yaml`. Runs on one rank (the table is small).
+//! `summary.json` and `config.used.yaml`. Runs on every rank: each reads and writes its own
+//! block of rows (see [`crate::jobs::selection`]).
 
 use serde_json::json;
 
 use crate::cli::JobArgs;
+use crate::comm::{all_reduce_min_f64, Comm};
 use crate::config;
 use crate::curate::config::{Keep, SplitMethod, SubsetConfig, SubsetMode};
 use crate::curate::gmm::Gmm1d;
+use crate::curate::order_stats;
 use crate::curate::statistic;
 use crate::curate::thresholds::{interval_label, interval_of};
-use crate::dataset::Dataset;
 use crate::error::{Error, Result};
-use crate::jobs::output::{check_writable, OutputDir};
+use crate::jobs::collective;
+use crate::jobs::output::check_writable;
 use crate::jobs::selection::{
-    plots_dir, selected_excluded, subsets_by_group, true_particle_count, write_subsets, Subset,
+    create_output, keep_groups, numbered, plots_dir, selected_excluded, write_groups, Share, Subset,
 };
-use crate::report::plot::{histogram_overlay_png, Density, PLOT_SIZE_PX};
+use crate::report::plot::{
+    bin_counts, finite_range, histogram_counts_overlay_png, Density, PLOT_SIZE_PX,
+};
 
-/// Runs the job (on one process).
-pub fn run(args: &JobArgs) -> Result<()> {
-    let cfg: SubsetConfig = config::load(&args.config, &args.set)?;
-    check_writable(&cfg.output, args.overwrite)?;
-    let input = Dataset::open(&cfg.input)?;
-    let table = input.table();
-    let (values, what) = compute_statistic(&cfg, &args.config, &input)?;
-    log::info!("subset: {} particles by {what}", values.len());
-    let (subsets, split_summary, gmm) = split(&cfg, &args.config, &values)?;
-    let out = OutputDir::create(&cfg.output, args.overwrite)?;
-    let dir = out.path().to_path_buf();
+/// Runs the job on every rank: each computes the statistic of its own rows and writes them
+/// in turn; the mixture fit, the histogram and the quantiles are summed over ranks.
+pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
+    let cfg: SubsetConfig = collective(comm, config::load(&args.config, &args.set))?;
+    collective(comm, check_writable(&cfg.output, args.overwrite))?;
+    let share = Share::new(comm, &cfg.input)?;
+    let (values, what) = collective(comm, compute_statistic(&cfg, &args.config, &share))?;
+    log::info!("subset: {} particles by {what}", share.total);
+    let (subsets, group, split_summary, gmm) = split(comm, &cfg, &args.config, &values)?;
+    let quantiles = quantiles(comm, &values);
+    let (lo, hi, counts) = histogram(comm, &cfg, &values);
+    drop(values);
+    let (out, staging) = create_output(comm, &cfg.output, args.overwrite)?;
     let source = format!("emclass subset {}", args.config.display());
-    let counts = write_subsets(&dir, &input, table, &subsets, &source)?;
-    plot(
-        &plots_dir(&dir)?.join("statistic.png"),
-        &cfg,
-        &what,
-        &values,
-        gmm.as_ref(),
+    let (counts_json, true_particles) = write_groups(
+        comm,
+        &staging,
+        &share,
+        &subsets,
+        &group,
+        &|_, _| {},
+        &source,
     )?;
-    let summary = json!({
-        "job": "subset",
-        "input": cfg.input,
-        "num_particles": values.len(),
-        "num_true_particles": true_particle_count(table),
-        "statistic": what,
-        "statistic_quantiles": quantiles(&values),
-        "split": split_summary,
-        "subsets": counts,
-    });
-    out.finish(&summary, &cfg, "subset")
+    let Some(out) = out else {
+        return collective(comm, Ok(()));
+    };
+    let finished = (|| {
+        plot(
+            &plots_dir(out.path())?.join("statistic.png"),
+            &cfg,
+            &what,
+            (lo, hi, &counts),
+            gmm.as_ref(),
+        )?;
+        let summary = json!({
+            "job": "subset",
+            "input": cfg.input,
+            "num_particles": share.total,
+            "num_true_particles": true_particles,
+            "statistic": what,
+            "statistic_quantiles": quantiles,
+            "split": split_summary,
+            "subsets": counts_json,
+        });
+        out.finish(&summary, &cfg, "subset")
+    })();
+    collective(comm, finished)
 }
 
-/// The statistic per particle and a description of it (axis label, summary).
+/// The statistic of each of this rank's particles and a description of it (axis label,
+/// summary).
 fn compute_statistic(
     cfg: &SubsetConfig,
     cfg_path: &std::path::Path,
-    input: &Dataset,
+    share: &Share,
 ) -> Result<(Vec<f64>, String)> {
-    let (table, file) = (input.table(), input.path());
-    Ok(match cfg.mode {
-        SubsetMode::ClassProbability2d => (
-            statistic::best_class_probability_2d(table, file)?,
-            "probability of the best 2D class".to_string(),
-        ),
-        SubsetMode::ClassProbability3d => (
-            statistic::summed_class_probability_3d(table, file, &cfg.classes, cfg_path, "classes")?,
-            format!("summed probability of 3D classes {:?}", cfg.classes),
-        ),
+    let file = &share.input;
+    let mut values = Vec::with_capacity(share.rows.len());
+    share.for_each_block(|_, block| {
+        let table = block.table();
+        values.extend(match cfg.mode {
+            SubsetMode::ClassProbability2d => statistic::best_class_probability_2d(table, file)?,
+            SubsetMode::ClassProbability3d => statistic::summed_class_probability_3d(
+                table,
+                file,
+                &cfg.classes,
+                cfg_path,
+                "classes",
+            )?,
+            SubsetMode::Statistic => {
+                let field = cfg.field.as_deref().unwrap_or_default();
+                statistic::field_values(table, file, field, cfg.component)?
+            }
+        });
+        Ok(())
+    })?;
+    let what = match cfg.mode {
+        SubsetMode::ClassProbability2d => "probability of the best 2D class".to_string(),
+        SubsetMode::ClassProbability3d => {
+            format!("summed probability of 3D classes {:?}", cfg.classes)
+        }
         SubsetMode::Statistic => {
             let field = cfg.field.as_deref().unwrap_or_default();
-            let v = statistic::field_values(table, file, field, cfg.component)?;
-            let name = match cfg.component {
+            match cfg.component {
                 Some(c) => format!("{field}[{c}]"),
                 None => field.to_string(),
-            };
-            (v, name)
+            }
         }
-    })
+    };
+    Ok((values, what))
 }
 
-/// The subsets, a summary of how they were made, and the fitted mixture if any.
+/// The subsets, the subset of each of this rank's particles, a summary of how they were
+/// made, and the fitted mixture if any; collective.
 fn split(
+    comm: &dyn Comm,
     cfg: &SubsetConfig,
     cfg_path: &std::path::Path,
     values: &[f64],
-) -> Result<(Vec<Subset>, serde_json::Value, Option<Gmm1d>)> {
+) -> Result<(Vec<Subset>, Vec<u32>, serde_json::Value, Option<Gmm1d>)> {
     match cfg.method {
         SplitMethod::Threshold if cfg.thresholds().len() == 1 => {
             let t = cfg.thresholds()[0];
@@ -102,23 +140,30 @@ fn split(
                 ),
             };
             let summary = json!({"method": "threshold", "threshold": t, "keep": cfg.keep});
-            Ok((selected_excluded(&keep, &sel, &exc), summary, None))
+            Ok((
+                selected_excluded(&sel, &exc),
+                keep_groups(&keep),
+                summary,
+                None,
+            ))
         }
         SplitMethod::Threshold => {
             let t = cfg.thresholds();
-            let group = interval_of(values, &t);
+            let group = interval_of(values, &t).iter().map(|&g| g as u32).collect();
             let labels: Vec<String> = (0..=t.len()).map(|i| interval_label(i, &t)).collect();
             let summary = json!({"method": "thresholds", "thresholds": t});
-            Ok((subsets_by_group(&group, &labels), summary, None))
+            Ok((numbered(&labels), group, summary, None))
         }
         SplitMethod::Gmm => {
             let g = Gmm1d::fit(
+                comm,
                 values,
                 cfg.gmm_components,
                 cfg.gmm_max_iterations,
                 cfg.gmm_tolerance,
             )
-            .map_err(|e| Error::config(cfg_path, "gmm_components", e))?;
+            .map_err(|e| Error::config(cfg_path, "gmm_components", e));
+            let g = collective(comm, g)?;
             if !g.converged {
                 log::warn!(
                     "GMM did not converge in {} iterations (mean log-likelihood {:.6}); using the last fit",
@@ -126,7 +171,7 @@ fn split(
                     g.mean_log_likelihood
                 );
             }
-            let group: Vec<usize> = values.iter().map(|&x| g.assign(x)).collect();
+            let group = values.iter().map(|&x| g.assign(x) as u32).collect();
             let labels: Vec<String> = (0..g.len())
                 .map(|k| {
                     format!(
@@ -136,9 +181,33 @@ fn split(
                 })
                 .collect();
             let summary = json!({"method": "gmm", "gmm": g});
-            Ok((subsets_by_group(&group, &labels), summary, Some(g)))
+            Ok((numbered(&labels), group, summary, Some(g)))
         }
     }
+}
+
+/// `cfg.histogram_bins` equal bins over the range of every rank's values and the
+/// thresholds, counted over all ranks; collective.
+fn histogram(comm: &dyn Comm, cfg: &SubsetConfig, values: &[f64]) -> (f64, f64, Vec<u64>) {
+    let markers = match cfg.method {
+        SplitMethod::Threshold => cfg.thresholds(),
+        SplitMethod::Gmm => Vec::new(),
+    };
+    let finite = || {
+        values
+            .iter()
+            .chain(&markers)
+            .copied()
+            .filter(|v| v.is_finite())
+    };
+    let mut lo = [finite().fold(f64::INFINITY, f64::min)];
+    let mut hi = [finite().fold(f64::NEG_INFINITY, f64::max)];
+    all_reduce_min_f64(comm, &mut lo);
+    comm.all_reduce_max_f64(&mut hi);
+    let (lo, hi) = finite_range([lo[0], hi[0]].into_iter());
+    let mut counts = bin_counts(values, lo, hi, cfg.histogram_bins);
+    comm.all_reduce_sum_u64(&mut counts);
+    (lo, hi, counts)
 }
 
 /// Histogram of the statistic with the thresholds (red lines) or the fitted components.
@@ -146,7 +215,7 @@ fn plot(
     path: &std::path::Path,
     cfg: &SubsetConfig,
     what: &str,
-    values: &[f64],
+    (lo, hi, counts): (f64, f64, &[u64]),
     gmm: Option<&Gmm1d>,
 ) -> Result<()> {
     let markers = match cfg.method {
@@ -168,25 +237,26 @@ fn plot(
         .zip(&comps)
         .map(|(n, f)| (n.as_str(), f.as_ref()))
         .collect();
-    histogram_overlay_png(
+    histogram_counts_overlay_png(
         path,
         &format!("Subset by {what}"),
         what,
-        values,
-        cfg.histogram_bins,
+        (lo, hi),
+        counts,
         &markers,
         &curves,
         PLOT_SIZE_PX,
     )
 }
 
-/// Min, quartiles and max (null for no particles).
-fn quantiles(values: &[f64]) -> serde_json::Value {
-    if values.is_empty() {
-        return serde_json::Value::Null;
+/// Min, quartiles and max of every rank's values, exact (null for no particles);
+/// collective.
+fn quantiles(comm: &dyn Comm, values: &[f64]) -> serde_json::Value {
+    let q = order_stats::quantiles(comm, values, &[0.0, 0.25, 0.5, 0.75, 1.0]);
+    match q[..] {
+        [Some(min), Some(q25), Some(median), Some(q75), Some(max)] => {
+            json!({"min": min, "q25": q25, "median": median, "q75": q75, "max": max})
+        }
+        _ => serde_json::Value::Null,
     }
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let q = |f: f64| v[((v.len() - 1) as f64 * f).round() as usize];
-    json!({"min": q(0.0), "q25": q(0.25), "median": q(0.5), "q75": q(0.75), "max": q(1.0)})
 }

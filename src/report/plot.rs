@@ -139,17 +139,49 @@ pub fn histogram_overlay_png(
     curves: &[Density],
     size_px: (u32, u32),
 ) -> Result<()> {
-    let bins = bins.max(1);
     let (lo, hi) = finite_range(values.iter().copied().chain(markers.iter().copied()));
+    let counts = bin_counts(values, lo, hi, bins);
+    histogram_counts_overlay_png(
+        path,
+        title,
+        x_label,
+        (lo, hi),
+        &counts,
+        markers,
+        curves,
+        size_px,
+    )
+}
+
+/// Counts of the finite `values` in `bins` equal bins over `[lo, hi]` (bin b holds
+/// `[lo + b·width, lo + (b+1)·width)`; values at or beyond the ends go to the end bins).
+pub fn bin_counts(values: &[f64], lo: f64, hi: f64, bins: usize) -> Vec<u64> {
+    let bins = bins.max(1);
     let width = (hi - lo) / bins as f64;
     let mut counts = vec![0u64; bins];
     for v in values.iter().filter(|v| v.is_finite()) {
-        // Bin b holds [lo + b·width, lo + (b+1)·width); the maximum goes into the last bin.
-        let b = (((v - lo) / width).floor() as usize).min(bins - 1);
+        let b = (((v - lo) / width).floor().max(0.0) as usize).min(bins - 1);
         counts[b] += 1;
     }
+    counts
+}
+
+/// As [`histogram_overlay_png`], from counts already binned over `[lo, hi]` (e.g. summed
+/// over ranks).
+#[allow(clippy::too_many_arguments)]
+pub fn histogram_counts_overlay_png(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    (lo, hi): (f64, f64),
+    counts: &[u64],
+    markers: &[f64],
+    curves: &[Density],
+    size_px: (u32, u32),
+) -> Result<()> {
+    let width = (hi - lo) / counts.len().max(1) as f64;
     // Curves in counts per bin: n · width · density, sampled at 400 points.
-    let n = values.iter().filter(|v| v.is_finite()).count() as f64;
+    let n = counts.iter().sum::<u64>() as f64;
     let curve_pts: Vec<Vec<(f64, f64)>> = curves
         .iter()
         .map(|(_, f)| {
@@ -170,7 +202,7 @@ pub fn histogram_overlay_png(
         title,
         x_label,
         (lo, hi),
-        &counts,
+        counts,
         markers,
         &named,
         size_px,
