@@ -22,7 +22,8 @@ pub trait Comm {
     fn all_reduce_sum_f64(&self, buf: &mut [f64]);
     /// Element-wise sum over ranks of u64 counters.
     fn all_reduce_sum_u64(&self, buf: &mut [u64]);
-    /// Element-wise maximum over ranks (NaN loses to any number); result on every rank.
+    /// Element-wise maximum over ranks; a NaN takes part as -inf (so it loses to any number,
+    /// and is -inf when every rank has NaN). Result on every rank.
     fn all_reduce_max_f64(&self, buf: &mut [f64]);
     /// Copies `root`'s bytes to every rank (`buf` is resized on the receivers).
     fn broadcast_bytes(&self, root: usize, buf: &mut Vec<u8>);
@@ -103,7 +104,12 @@ impl Comm for Single {
     }
     fn all_reduce_sum_f64(&self, _buf: &mut [f64]) {}
     fn all_reduce_sum_u64(&self, _buf: &mut [u64]) {}
-    fn all_reduce_max_f64(&self, _buf: &mut [f64]) {}
+    fn all_reduce_max_f64(&self, buf: &mut [f64]) {
+        // As over MPI: a NaN takes part as -inf.
+        buf.iter_mut()
+            .filter(|v| v.is_nan())
+            .for_each(|v| *v = f64::NEG_INFINITY);
+    }
     fn broadcast_bytes(&self, _root: usize, _buf: &mut Vec<u8>) {}
     fn gather_bytes(&self, _root: usize, mine: &[u8]) -> Option<Vec<Vec<u8>>> {
         Some(vec![mine.to_vec()])
@@ -133,6 +139,6 @@ mod tests {
         assert_eq!(c.all_to_all_bytes(&[b"x".to_vec()]), vec![b"x".to_vec()]);
         let mut m = [1.0, f64::NAN];
         all_reduce_min_f64(&c, &mut m);
-        assert_eq!(m[0], 1.0);
+        assert_eq!(m, [1.0, f64::INFINITY]);
     }
 }
