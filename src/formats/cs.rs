@@ -221,6 +221,15 @@ pub fn read_cs(path: impl AsRef<Path>) -> Result<ParticleTable> {
     };
     for (name, col) in &columns {
         check_finite(path, name, col)?;
+        if let (true, ColumnData::Str(v)) = (name.ends_with("/path"), &col.data) {
+            if let Some(row) = v.iter().position(|s| s.chars().any(char::is_control)) {
+                return Err(Error::field(
+                    path,
+                    name,
+                    format!("row {row}: {:?} holds a control character", v[row]),
+                ));
+            }
+        }
     }
     let mut table = ParticleTable::new(uid);
     for (name, col) in columns {
@@ -429,8 +438,12 @@ fn open_layout(path: &Path) -> Result<(Layout, BufReader<File>)> {
         .read_exact(&mut header_bytes[start..])
         .map_err(|e| short_header(path, e))?;
     precheck_header(path, &header_bytes[start..])?;
-    let header = NpyHeader::from_reader(&header_bytes[..])
-        .map_err(|e| Error::file(path, format!("bad NPY header: {e}")))?;
+    let header = NpyHeader::from_reader(&header_bytes[..]).map_err(|e| {
+        Error::file(
+            path,
+            format!("bad NPY header: {}", one_line(&e.to_string())),
+        )
+    })?;
 
     let layout = layout_from_header(path, &header)?;
     let data_len = file_len - data_start;
@@ -530,17 +543,35 @@ fn precheck_header(path: &Path, text: &[u8]) -> Result<()> {
 /// The `'shape'` value opening at `text[open]`: a .cs file holds a 1-D array, so a shape of
 /// any other number of dimensions is refused here, before npyz multiplies them.
 fn check_shape_text(path: &Path, text: &[u8], open: usize) -> Result<()> {
-    let close = text[open + 1..]
+    let Some(close) = text[open + 1..]
         .iter()
         .position(|&c| matches!(c, b')' | b']'))
-        .map_or(text.len(), |p| open + 1 + p);
+        .map(|p| open + 1 + p)
+    else {
+        return Ok(()); // unclosed: npyz reports the syntax error
+    };
     let inner = String::from_utf8_lossy(&text[open + 1..close]);
     if inner.contains(['(', '[', '{']) {
         return Ok(()); // not a plain tuple: npyz says what is wrong with it
     }
     let dims = inner.split(',').filter(|d| !d.trim().is_empty()).count();
     if dims != 1 {
-        let shown: String = inner.chars().take(80).collect();
+        let shown: String = inner
+            .split(',')
+            .map(|d| d.trim())
+            .collect::<Vec<_>>()
+            .join(", ")
+            .chars()
+            .take(80)
+            .flat_map(|c| {
+                let esc: Vec<char> = if c.is_control() {
+                    c.escape_debug().collect()
+                } else {
+                    vec![c]
+                };
+                esc
+            })
+            .collect();
         return Err(Error::file(
             path,
             format!(
@@ -550,6 +581,33 @@ fn check_shape_text(path: &Path, text: &[u8], open: usize) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// npyz's (pest's) multi-line syntax error as one line: "syntax error at header column C
+/// (expected …)", without the echo of the header text and the caret under it.
+fn one_line(msg: &str) -> String {
+    if !msg.contains('\n') {
+        return msg.to_string();
+    }
+    let first = msg.lines().next().unwrap_or("").trim_end();
+    let at = msg
+        .split_once("--> ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|lc| lc.split_once(':'))
+        .map(|(_, col)| format!(" at header column {col}"));
+    let expected = msg
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("= "))
+        .map(|e| format!(" ({})", e.trim()));
+    match (at, expected) {
+        (None, None) => msg.split_whitespace().collect::<Vec<_>>().join(" "),
+        (at, expected) => format!(
+            "{}{}{}",
+            first.trim_end_matches(':').trim_end(),
+            at.unwrap_or_default(),
+            expected.unwrap_or_default()
+        ),
+    }
 }
 
 fn short_header(path: &Path, e: std::io::Error) -> Error {
@@ -634,11 +692,18 @@ fn layout_from_header(path: &Path, header: &NpyHeader) -> Result<Layout> {
             .size()
             .checked_mul(width)
             .ok_or_else(|| Error::field(path, &f.name, "field too large"))?;
-        if width == 0 || elem.size() == 0 {
-            // Zero-length subarrays and zero-length strings (`|S0`, `<U0`) hold nothing,
-            // however many of them a field declares.
+        if elem.size() == 0 {
+            // numpy and cryosparc-tools never write these (an all-empty string field is
+            // `|S1`); a header declaring one, possibly with a huge subarray, is corrupt.
+            return Err(Error::field(
+                path,
+                &f.name,
+                format!("type {type_str} holds zero bytes per value"),
+            ));
+        }
+        if width == 0 {
             log::warn!(
-                "{}: field {} holds no values (empty subarray or zero-length type {type_str}); skipped",
+                "{}: field {} holds no values (empty subarray); skipped",
                 path.display(),
                 f.name
             );

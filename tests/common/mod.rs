@@ -492,3 +492,72 @@ pub fn kill_when(d: &Path, mut cmd: Command, trigger: &Path, out: &str, mpi: boo
     assert!(!child.wait().unwrap().success());
     assert!(!d.join(out).exists(), "a killed run left a final output");
 }
+
+// ---- Reading results back: a column of an emclass dataset per uid (any job's output).
+
+/// The uids of emclass dataset `path` in row order, and column `field` as `width` f64 values
+/// per row (integers are exact up to 2^53). Read through the library while holding
+/// [`HDF5_OR_SPAWN`], so no child process inherits the open file. Panics naming the file
+/// when it cannot be read or lacks a numeric `field`.
+pub fn read_column(path: &Path, field: &str) -> (Vec<u64>, Vec<Vec<f64>>) {
+    let _g = HDF5_OR_SPAWN.lock().unwrap_or_else(|e| e.into_inner());
+    let ds = emclass::dataset::Dataset::open(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let t = ds.table();
+    let col = t
+        .get(field)
+        .unwrap_or_else(|| panic!("{} has no column {field}", path.display()));
+    let values = col
+        .data
+        .to_f64()
+        .unwrap_or_else(|| panic!("{}: {field} is not numeric", path.display()));
+    let width = col.width.max(1);
+    let rows = values.chunks(width).map(|r| r.to_vec()).collect();
+    (t.uid().to_vec(), rows)
+}
+
+/// The uids of emclass dataset `path`, in row order.
+pub fn dataset_uids(path: &Path) -> Vec<u64> {
+    let _g = HDF5_OR_SPAWN.lock().unwrap_or_else(|e| e.into_inner());
+    emclass::dataset::Dataset::open(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+        .table()
+        .uid()
+        .to_vec()
+}
+
+/// Scalar column `field` of emclass dataset `path` (e.g. `alignments2D/class` of a
+/// classify2d `particles.h5`) as uid → value. Panics if a uid repeats.
+pub fn column_by_uid(path: &Path, field: &str) -> std::collections::HashMap<u64, f64> {
+    let (uids, rows) = read_column(path, field);
+    let mut out = std::collections::HashMap::with_capacity(uids.len());
+    for (u, r) in uids.into_iter().zip(rows) {
+        assert!(
+            out.insert(u, r[0]).is_none(),
+            "{}: uid {u} appears twice",
+            path.display()
+        );
+    }
+    out
+}
+
+/// The fraction of uids with the same value in `a` and `b` (two [`column_by_uid`] maps, e.g.
+/// the classes of one job run on different rank counts). Panics, naming a few, unless both
+/// hold the same uids.
+pub fn agreement_by_uid(
+    a: &std::collections::HashMap<u64, f64>,
+    b: &std::collections::HashMap<u64, f64>,
+) -> f64 {
+    let only_a: Vec<&u64> = a.keys().filter(|u| !b.contains_key(u)).take(5).collect();
+    let only_b: Vec<&u64> = b.keys().filter(|u| !a.contains_key(u)).take(5).collect();
+    assert!(
+        only_a.is_empty() && only_b.is_empty() && a.len() == b.len(),
+        "different particles: {} vs {} uids; only in the first e.g. {only_a:?}, only in the second e.g. {only_b:?}",
+        a.len(),
+        b.len()
+    );
+    if a.is_empty() {
+        return 1.0;
+    }
+    a.iter().filter(|(u, v)| b[u] == **v).count() as f64 / a.len() as f64
+}
