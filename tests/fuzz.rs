@@ -430,7 +430,7 @@ fn star_cases() -> Vec<Case> {
                 "000002@Particles/st\0ck_00",
             )
             .into_bytes(),
-            &["_rlnImageName"],
+            &["_rlnImageName", "line 38", "control character"],
         ),
         star(
             "star: unterminated quote",
@@ -909,6 +909,11 @@ fn cs_cases() -> Vec<Case> {
                 &recs,
             ),
             &["blob/idx", "twice"],
+        ),
+        cs(
+            "cs: NUL inside a blob/path string",
+            patched(2 * CS_RECORD + 8 + 4, b"\0"),
+            &["blob/path", "row 2", "control character"],
         ),
         cs(
             "cs: image index past the end of its stack",

@@ -113,6 +113,11 @@ pub fn star_to_table(star: &StarFile, star_path: &Path) -> Result<ParticleTable>
 /// Splits `N@path` into (N − 1, path); a name without `@` is image 0 of a single-image file.
 pub fn parse_image_name(name: &str) -> std::result::Result<(u32, String), String> {
     let Some((num, path)) = name.split_once('@') else {
+        if let Some(c) = name.chars().find(|c| c.is_control()) {
+            return Err(format!(
+                "{name:?}: the stack path holds the control character {c:?}"
+            ));
+        }
         return Ok((0, name.to_string()));
     };
     let k: u64 = num
@@ -129,6 +134,11 @@ pub fn parse_image_name(name: &str) -> std::result::Result<(u32, String), String
     }
     if path.is_empty() {
         return Err(format!("{name:?}: no stack path after '@'"));
+    }
+    if let Some(c) = path.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "{name:?}: the stack path holds the control character {c:?}"
+        ));
     }
     Ok(((k - 1) as u32, path.to_string()))
 }
