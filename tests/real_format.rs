@@ -135,6 +135,29 @@ fn on_ranks(dir: &Path, ranks: usize, args: &[&str]) -> Run {
     r
 }
 
+/// Runs the job of `args(ranks)` on 1, 2 and 3 ranks at once (each as [`on_ranks`]), so
+/// that the runs share the cores; panics if any fails.
+fn on_every_rank_count(dir: &Path, args: impl Fn(usize) -> Vec<String> + Sync) {
+    std::thread::scope(|s| {
+        let runs: Vec<_> = RANKS
+            .iter()
+            .map(|&ranks| {
+                let a = args(ranks);
+                s.spawn(move || {
+                    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+                    on_ranks(dir, ranks, &a);
+                })
+            })
+            .collect();
+        let failed = runs
+            .into_iter()
+            .map(|h| h.join())
+            .filter(|r| r.is_err())
+            .count();
+        assert_eq!(failed, 0, "{failed} of the runs failed (see above)");
+    });
+}
+
 /// One row of `truth.csv` (the ground truth in the STAR / .cs row order).
 #[derive(Clone, Debug)]
 struct Truth {
@@ -363,13 +386,14 @@ fn classify2d_on_every_rank_count(p: &Prepared, input: &str, tag: &str, extra: &
     let dedup = extra.contains("remove_duplicates: true");
     let all: BTreeSet<u64> = p.truth.iter().map(|t| t.uid).collect();
     let mut first: Option<(HashMap<u64, f64>, BTreeSet<u64>)> = None;
+    on_every_rank_count(d, |ranks| {
+        let out = format!("output={tag}_r{ranks}");
+        ["-q", "classify2d", &cfg, "--set", &out]
+            .map(String::from)
+            .to_vec()
+    });
     for ranks in RANKS {
         let out = format!("{tag}_r{ranks}");
-        on_ranks(
-            d,
-            ranks,
-            &["-q", "classify2d", &cfg, "--set", &format!("output={out}")],
-        );
         let classes = per_sim_uid(
             p,
             input,
@@ -486,13 +510,12 @@ fn curation_on_every_rank_count(
     write(d, &name, cfg);
     let inp = uid_set(p, input, &d.join(from));
     let mut first: Option<(HashMap<String, BTreeSet<u64>>, Vec<(String, Vec<u8>)>)> = None;
+    on_every_rank_count(d, |ranks| {
+        let out = format!("output={tag}_r{ranks}");
+        ["-q", job, &name, "--set", &out].map(String::from).to_vec()
+    });
     for ranks in RANKS {
         let out = format!("{tag}_r{ranks}");
-        on_ranks(
-            d,
-            ranks,
-            &["-q", job, &name, "--set", &format!("output={out}")],
-        );
         let mut sets = HashMap::new();
         let mut other = Vec::new();
         for f in ls(&d.join(&out)) {
@@ -554,7 +577,6 @@ fn curation_on_every_rank_count(
 /// the last of 3 ranks, which then selects nothing) and rebalance2d on the 1-rank output,
 /// each on 1, 2 and 3 ranks.
 #[test]
-#[ignore = "failed in the last full run (2026-12-03), cause not yet found: see the closing note of issue 15"]
 fn star_classify2d_default_schedule_and_curation_agree_on_1_2_3_ranks() {
     let Some(exe) = python() else { return };
     let t0 = Instant::now();
@@ -716,7 +738,6 @@ fn cs_classify2d_with_duplicate_removal_agrees_on_1_2_3_ranks() {
 /// and rlnOriginX/YAngst; .cs with alignments3D/pose and shift): the imported poses are the
 /// simulator's, and K=2 classes agree across 1, 2 and 3 ranks and between the two formats.
 #[test]
-#[ignore = "failed in the last full run (2026-12-03), cause not yet found: see the closing note of issue 15"]
 fn classify3d_on_star_and_cs_imports_agrees_on_1_2_3_ranks() {
     let Some(exe) = python() else { return };
     let t0 = Instant::now();
@@ -784,21 +805,17 @@ fn classify3d_on_star_and_cs_imports_agrees_on_1_2_3_ranks() {
     for input in ["star.h5", "cs.h5"] {
         let tag = input.trim_end_matches(".h5");
         let mut first: Option<(HashMap<u64, f64>, Vec<BTreeSet<u64>>)> = None;
+        on_every_rank_count(d, |ranks| {
+            let (i, o) = (
+                format!("input={input}"),
+                format!("output=c3d_{tag}_r{ranks}"),
+            );
+            ["-q", "classify3d", "c3d.yaml", "--set", &i, "--set", &o]
+                .map(String::from)
+                .to_vec()
+        });
         for ranks in RANKS {
             let out = format!("c3d_{tag}_r{ranks}");
-            on_ranks(
-                d,
-                ranks,
-                &[
-                    "-q",
-                    "classify3d",
-                    "c3d.yaml",
-                    "--set",
-                    &format!("input={input}"),
-                    "--set",
-                    &format!("output={out}"),
-                ],
-            );
             let classes = per_sim_uid(
                 &p,
                 input,
@@ -868,7 +885,6 @@ fn classify3d_on_star_and_cs_imports_agrees_on_1_2_3_ranks() {
 /// and carry the simulation's values (CTF, coordinates, micrographs) and pixels (through the
 /// re-split stacks, in the reordered rows).
 #[test]
-#[ignore = "failed in the last full run (2026-12-03), cause not yet found: see the closing note of issue 15"]
 fn sim_to_formats_is_deterministic_and_imports_hold_the_simulation() {
     let Some(exe) = python() else { return };
     let f = folder("script");
