@@ -738,7 +738,6 @@ fn cs_classify2d_with_duplicate_removal_agrees_on_1_2_3_ranks() {
 /// and rlnOriginX/YAngst; .cs with alignments3D/pose and shift): the imported poses are the
 /// simulator's, and K=2 classes agree across 1, 2 and 3 ranks and between the two formats.
 #[test]
-#[ignore = "failed in the full run of 2026-12-03, not rerun since: see the closing note of issue 15"]
 fn classify3d_on_star_and_cs_imports_agrees_on_1_2_3_ranks() {
     let Some(exe) = python() else { return };
     let t0 = Instant::now();
