@@ -73,6 +73,10 @@ fn check_depth(text: &str, path: &Path) -> Result<()> {
 
 /// As [`load`], from text already read (`path` names it in errors).
 pub fn load_str<T: JobConfig>(text: &str, path: &Path, overrides: &[String]) -> Result<T> {
+    load_text(text, path, overrides).map_err(crate::formats::printable_error)
+}
+
+fn load_text<T: JobConfig>(text: &str, path: &Path, overrides: &[String]) -> Result<T> {
     check_depth(text, path)?;
     // First pass straight from the text, so errors in the file carry line and column.
     let from_file: std::result::Result<T, _> = serde_norway::from_str(text);

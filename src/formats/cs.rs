@@ -133,7 +133,10 @@ struct Layout {
 /// Reads the `.cs` file at `path` into a table: `uid` from the `uid` field, every other
 /// field as a column of the same name (see the module documentation for the type mapping).
 pub fn read_cs(path: impl AsRef<Path>) -> Result<ParticleTable> {
-    let path = path.as_ref();
+    read_cs_inner(path.as_ref()).map_err(super::printable_error)
+}
+
+fn read_cs_inner(path: &Path) -> Result<ParticleTable> {
     let (layout, mut reader) = open_layout(path)?;
     let uid_at = layout
         .fields
@@ -351,7 +354,7 @@ fn check_finite(path: &Path, name: &str, col: &Column) -> Result<()> {
 
 /// Reads only the header of the `.cs` file at `path`: its row count and fields.
 pub fn inspect_cs(path: impl AsRef<Path>) -> Result<CsInfo> {
-    let (layout, _) = open_layout(path.as_ref())?;
+    let (layout, _) = open_layout(path.as_ref()).map_err(super::printable_error)?;
     Ok(CsInfo {
         rows: layout.rows,
         fields: layout

@@ -386,6 +386,10 @@ pub fn star_to_table_with(
     star_path: &Path,
     ctf: CtfPolicy,
 ) -> Result<ParticleTable> {
+    star_to_table_inner(star, star_path, ctf).map_err(super::printable_error)
+}
+
+fn star_to_table_inner(star: &StarFile, star_path: &Path, ctf: CtfPolicy) -> Result<ParticleTable> {
     let path = star_path;
     let parts = find_particles(star, path)?;
     let n = parts.nrows();

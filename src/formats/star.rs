@@ -210,8 +210,9 @@ impl StarFile {
 pub fn read_star(path: impl AsRef<Path>) -> Result<StarFile> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|e| not_utf8(path, e.as_bytes(), e.utf8_error().valid_up_to()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        super::printable_error(not_utf8(path, e.as_bytes(), e.utf8_error().valid_up_to()))
+    })?;
     parse_star(&text, path)
 }
 
@@ -333,6 +334,10 @@ struct Pending {
 
 /// Parses STAR text; `path` is used in error messages only.
 pub fn parse_star(text: &str, path: &Path) -> Result<StarFile> {
+    parse_star_text(text, path).map_err(super::printable_error)
+}
+
+fn parse_star_text(text: &str, path: &Path) -> Result<StarFile> {
     // A UTF-8 byte order mark (some editors add one) is not part of the first line.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let err = |line: usize, msg: String| Error::file(path, format!("line {line}: {msg}"));
