@@ -76,21 +76,6 @@ pub fn all_reduce_min_f64(comm: &dyn Comm, buf: &mut [f64]) {
     buf.iter_mut().for_each(|v| *v = -*v);
 }
 
-/// Every rank's `f64` values concatenated in rank order on `root` (None elsewhere);
-/// collective.
-pub fn gather_f64(comm: &dyn Comm, root: usize, mine: &[f64]) -> Option<Vec<f64>> {
-    let bytes: Vec<u8> = mine.iter().flat_map(|v| v.to_le_bytes()).collect();
-    comm.gather_bytes(root, &bytes).map(|parts| {
-        parts
-            .iter()
-            .flat_map(|p| {
-                p.chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
-            })
-            .collect()
-    })
-}
-
 /// The one-process communicator: every collective is the identity.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Single;
@@ -134,7 +119,6 @@ mod tests {
         assert!(c.all_ok(true));
         assert!(!c.all_ok(false));
         assert_eq!(c.gather_bytes(0, b"ab").unwrap(), vec![b"ab".to_vec()]);
-        assert_eq!(gather_f64(&c, 0, &[1.5, -2.0]).unwrap(), vec![1.5, -2.0]);
         assert_eq!(c.gather_bytes(0, b"").unwrap(), vec![Vec::<u8>::new()]);
         assert_eq!(c.all_to_all_bytes(&[b"x".to_vec()]), vec![b"x".to_vec()]);
         let mut m = [1.0, f64::NAN];

@@ -119,26 +119,6 @@ pub fn histogram_png(
     markers: &[f64],
     size_px: (u32, u32),
 ) -> Result<()> {
-    histogram_overlay_png(path, title, x_label, values, bins, markers, &[], size_px)
-}
-
-/// A probability density over x (per unit x) drawn over a histogram, with its legend name.
-pub type Density<'a> = (&'a str, &'a dyn Fn(f64) -> f64);
-
-/// As [`histogram_png`], with `curves` (densities integrating to the fraction of the values
-/// they describe, e.g. the weighted components of a fitted mixture) drawn over the bars,
-/// scaled to counts per bin, with a legend.
-#[allow(clippy::too_many_arguments)]
-pub fn histogram_overlay_png(
-    path: &Path,
-    title: &str,
-    x_label: &str,
-    values: &[f64],
-    bins: usize,
-    markers: &[f64],
-    curves: &[Density],
-    size_px: (u32, u32),
-) -> Result<()> {
     let (lo, hi) = finite_range(values.iter().copied().chain(markers.iter().copied()));
     let counts = bin_counts(values, lo, hi, bins);
     histogram_counts_overlay_png(
@@ -148,10 +128,13 @@ pub fn histogram_overlay_png(
         (lo, hi),
         &counts,
         markers,
-        curves,
+        &[],
         size_px,
     )
 }
+
+/// A probability density over x (per unit x) drawn over a histogram, with its legend name.
+pub type Density<'a> = (&'a str, &'a dyn Fn(f64) -> f64);
 
 /// Counts of the finite `values` in `bins` equal bins over `[lo, hi]` (bin b holds
 /// `[lo + b·width, lo + (b+1)·width)`; values at or beyond the ends go to the end bins).
@@ -166,8 +149,9 @@ pub fn bin_counts(values: &[f64], lo: f64, hi: f64, bins: usize) -> Vec<u64> {
     counts
 }
 
-/// As [`histogram_overlay_png`], from counts already binned over `[lo, hi]` (e.g. summed
-/// over ranks).
+/// A histogram of counts already binned over `[lo, hi]` (e.g. summed over ranks), with red
+/// lines at `markers` and `curves` (densities integrating to the fraction of the values they
+/// describe, e.g. the weighted components of a fitted mixture) scaled to counts per bin.
 #[allow(clippy::too_many_arguments)]
 pub fn histogram_counts_overlay_png(
     path: &Path,
