@@ -1069,9 +1069,9 @@ print("OK")
 
 /// A STAR as RELION's Extract writes it after LoG AutoPick carries AutoPick's
 /// `_rlnClassNumber 0` and `_rlnAnglePsi -999` (no class, no angle yet). Importing it should
-/// work (classify2d replaces both anyway); today the import refuses class number 0.
+/// work (classify2d replaces both anyway): both are read as "unset", so the dataset holds no
+/// class and no 2D pose, while a class 0 among real classes stays an error.
 #[test]
-#[ignore = "emclass import refuses _rlnClassNumber 0 (RELION AutoPick/Extract output): see the report of issue 15"]
 fn star_with_autopick_class_zero_and_psi_minus_999_imports() {
     let Some(exe) = python() else { return };
     let f = folder("autopick");
@@ -1122,10 +1122,51 @@ fn star_with_autopick_class_zero_and_psi_minus_999_imports() {
         ],
     )
     .ok();
+    let info = emclass(d, &["info", "s.h5"]).ok();
+    assert!(
+        !info.stdout.contains("alignments2D/class") && !info.stdout.contains("alignments2D/pose"),
+        "{}",
+        info.stdout
+    );
+    assert!(info.stdout.contains("ctf/"), "{}", info.stdout);
     write(
         d,
         "c.yaml",
         "input: s.h5\noutput: out\nnum_classes: 2\nonline_em_iterations: 2\n",
     );
     emclass(d, &["-q", "classify2d", "c.yaml"]).ok();
+    // One real class among the zeros is not AutoPick's placeholder: refused, naming the row.
+    let star = std::fs::read_to_string(d.join("fmt/particles.star")).unwrap();
+    write(d, "fmt/mixed.star", &set_first_class(&star, "3"));
+    let r = emclass(
+        d,
+        &["-q", "import", "--star", "fmt/mixed.star", "--out", "m.h5"],
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("_rlnClassNumber"), "{}", r.stderr);
+    assert!(!d.join("m.h5").exists());
+}
+
+/// `star` with the `_rlnClassNumber` of its first particle row set to `value`.
+fn set_first_class(star: &str, value: &str) -> String {
+    let mut out = Vec::new();
+    let (mut in_particles, mut labels, mut done) = (false, Vec::new(), false);
+    for line in star.lines() {
+        let t = line.trim();
+        if t.starts_with("data_") {
+            in_particles = t == "data_particles";
+            labels.clear();
+        } else if in_particles && t.starts_with("_rln") {
+            labels.push(t.split_whitespace().next().unwrap().to_string());
+        } else if in_particles && !done && !t.is_empty() && !t.starts_with("loop_") && !labels.is_empty() {
+            let k = labels.iter().position(|l| l == "_rlnClassNumber").unwrap();
+            let mut f: Vec<&str> = t.split_whitespace().collect();
+            f[k] = value;
+            out.push(f.join(" "));
+            done = true;
+            continue;
+        }
+        out.push(line.to_string());
+    }
+    out.join("\n") + "\n"
 }

@@ -161,6 +161,9 @@ struct Reader<'a> {
 }
 
 /// Numeric values of a column, or an error naming the first value that is not a number.
+/// `_rlnAnglePsi` as RELION's AutoPick and Extract write it before any alignment.
+const AUTOPICK_NO_PSI_DEG: f64 = -999.0;
+
 fn num_values(path: &Path, block: &StarBlock, label: &str, c: &StarColumn) -> Result<Vec<f64>> {
     match c {
         StarColumn::Num(v) => Ok(v.clone()),
@@ -543,8 +546,20 @@ fn star_to_table_inner(star: &StarFile, star_path: &Path, ctf: CtfPolicy) -> Res
         t.set("alignments3D/pose", Column::new(ColumnData::F32(pose), 3));
         aligned = true;
     } else if let Some(psi) = r.num("rlnAnglePsi")? {
-        t.set_f32("alignments2D/pose", rad32(&psi));
-        aligned = true;
+        // RELION's AutoPick/Extract writes -999 for "no angle yet": all of them means unset.
+        if psi.iter().all(|&x| x == AUTOPICK_NO_PSI_DEG) {
+            log::info!("{}: every _rlnAnglePsi is -999 (AutoPick: no angle yet); no 2D pose imported", path.display());
+        } else {
+            if let Some(i) = psi.iter().position(|&x| x == AUTOPICK_NO_PSI_DEG) {
+                return Err(Error::field(
+                    path,
+                    "_rlnAnglePsi",
+                    format!("{}: -999 (AutoPick's \"no angle\") among real angles; set every row or none", r.place("rlnAnglePsi", i)),
+                ));
+            }
+            t.set_f32("alignments2D/pose", rad32(&psi));
+            aligned = true;
+        }
     }
     let shift = if r.has("rlnOriginXAngst") || r.has("rlnOriginYAngst") {
         let x = r.need("rlnOriginXAngst", "_rlnOriginYAngst is present")?;
@@ -583,7 +598,15 @@ fn star_to_table_inner(star: &StarFile, star_path: &Path, ctf: CtfPolicy) -> Res
         );
         aligned = true;
     }
-    if r.has("rlnClassNumber") {
+    let autopick_classes = r.has("rlnClassNumber") && {
+        let v = r.num("rlnClassNumber")?.unwrap_or_default();
+        !v.is_empty() && v.iter().all(|&x| x == 0.0)
+    };
+    if autopick_classes {
+        // AutoPick/Extract writes class 0 for "not classified yet".
+        log::info!("{}: every _rlnClassNumber is 0 (AutoPick: not classified yet); no class imported", path.display());
+        r.consume("rlnClassNumber");
+    } else if r.has("rlnClassNumber") {
         let v = r.num("rlnClassNumber")?.unwrap_or_default();
         let mut class = Vec::with_capacity(n);
         for (i, &x) in v.iter().enumerate() {

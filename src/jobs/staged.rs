@@ -25,6 +25,14 @@ impl Staged {
             .file_name()
             .ok_or_else(|| Error::file(target, "not a file name"))?
             .to_string_lossy();
+        if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.is_dir() {
+                return Err(Error::file(
+                    target,
+                    format!("folder {} does not exist (create it first)", dir.display()),
+                ));
+            }
+        }
         let part = target.with_file_name(format!(".{name}.emclass-part"));
         self.files.push((target.to_path_buf(), part.clone()));
         Ok(part)
@@ -46,5 +54,19 @@ impl Drop for Staged {
                 let _ = std::fs::remove_file(part);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_in_a_missing_folder_is_refused_naming_the_folder() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("nope/x.star");
+        let e = Staged::default().stage(&target, false).unwrap_err().to_string();
+        assert!(e.contains("nope") && e.contains("does not exist"), "{e}");
+        assert!(!d.path().join("nope").exists());
     }
 }
