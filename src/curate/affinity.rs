@@ -86,18 +86,18 @@ impl AffinityParams {
     fn check(&self) -> Result<()> {
         let step = self.angle_step_deg;
         if !(step.is_finite() && step > 0.0 && step <= 360.0) {
-            return Err(Error::Usage(format!(
+            return Err(Error::Plan(format!(
                 "class affinity: angle step {step}° must be in (0, 360]; e.g. 5"
             )));
         }
         if !(self.max_shift_px.is_finite() && self.max_shift_px >= 0.0) {
-            return Err(Error::Usage(format!(
+            return Err(Error::Plan(format!(
                 "class affinity: maximum shift {} px must be a finite number ≥ 0",
                 self.max_shift_px
             )));
         }
         if self.working_box_px < MIN_BOX_PX {
-            return Err(Error::Usage(format!(
+            return Err(Error::Plan(format!(
                 "class affinity: working box {} px is too small; use at least {MIN_BOX_PX}",
                 self.working_box_px
             )));
@@ -110,8 +110,9 @@ impl AffinityParams {
 /// module comment): symmetric, in `[0, 1]`, diagonal exactly 1, invariant to in-plane
 /// rotation (to within the angle step) and shift (up to `max_shift_px`) of any average.
 ///
-/// Errors ([`Error::Usage`]) when there are no images, they are not square or smaller than
-/// [`MIN_BOX_PX`], a pixel is not finite, or a parameter is out of range.
+/// Errors ([`Error::Input`]) when there are no images, they are not square or smaller than
+/// [`MIN_BOX_PX`], or a pixel is not finite; ([`Error::Plan`]) when a parameter is out of
+/// range.
 pub fn affinity_matrix(images: ArrayView3<f32>, params: &AffinityParams) -> Result<Array2<f64>> {
     params.check()?;
     check_images(images)?;
@@ -143,19 +144,19 @@ pub fn affinity_matrix(images: ArrayView3<f32>, params: &AffinityParams) -> Resu
 fn check_images(images: ArrayView3<f32>) -> Result<()> {
     let (k, ny, nx) = images.dim();
     if k == 0 {
-        return Err(Error::Usage(
+        return Err(Error::Input(
             "class affinity: there are no class averages".to_string(),
         ));
     }
     if ny != nx || ny < MIN_BOX_PX {
-        return Err(Error::Usage(format!(
+        return Err(Error::Input(format!(
             "class affinity: class averages must be square and at least {MIN_BOX_PX} px, \
              but they are {ny}×{nx} px"
         )));
     }
     for (c, img) in images.axis_iter(Axis(0)).enumerate() {
         if let Some(((y, x), v)) = img.indexed_iter().find(|(_, v)| !v.is_finite()) {
-            return Err(Error::Usage(format!(
+            return Err(Error::Input(format!(
                 "class affinity: class average {c} has a non-finite pixel ({v}) at row {y}, \
                  column {x}"
             )));

@@ -66,7 +66,7 @@ fn collectives(comm: &dyn Comm, particles: usize) -> Result<()> {
     comm.barrier();
     let ok = comm.all_ok(problems.is_empty());
     if !problems.is_empty() {
-        return Err(Error::Usage(format!(
+        return Err(Error::Internal(format!(
             "comm check failed on rank {rank}: {}",
             problems.join("; ")
         )));

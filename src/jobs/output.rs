@@ -111,7 +111,7 @@ impl OutputDir {
             std::fs::write(&p, text).map_err(|e| Error::io(&p, e))
         };
         let json =
-            serde_json::to_string_pretty(summary).map_err(|e| Error::Usage(e.to_string()))?;
+            serde_json::to_string_pretty(summary).map_err(|e| Error::Internal(e.to_string()))?;
         write("summary.json", json + "\n")?;
         write("config.used.yaml", crate::config::to_yaml(cfg))?;
         self.remove_checkpoints()?;

@@ -18,7 +18,7 @@ pub fn run(args: &JobArgs) -> Result<()> {
     write("config.used.yaml", config::to_yaml(&cfg))?;
     let summary = simulate::run(&cfg, out.path())?;
     let json = serde_json::to_string_pretty(&summary)
-        .map_err(|e| Error::Usage(format!("summary.json: {e}")))?;
+        .map_err(|e| Error::Internal(format!("summary.json: {e}")))?;
     write("summary.json", json + "\n")?;
     let done = out.commit()?;
     log::info!(

@@ -27,13 +27,13 @@ pub fn soft_circular_mask(
 ) -> Result<Array2<f32>> {
     let ok = |v: f64| v.is_finite() && v > 0.0;
     if !ok(psize_a) || !ok(d_in_a) || !ok(d_out_a) {
-        return Err(Error::Usage(format!(
+        return Err(Error::Plan(format!(
             "soft circular mask: pixel size {psize_a} Å and diameters {d_in_a} Å, {d_out_a} Å \
              must be positive"
         )));
     }
     if d_out_a < d_in_a {
-        return Err(Error::Usage(format!(
+        return Err(Error::Plan(format!(
             "soft circular mask: outer diameter {d_out_a} Å is smaller than the inner \
              diameter {d_in_a} Å; set the outer diameter to at least the inner one"
         )));

@@ -56,7 +56,7 @@ pub fn point_group(name: &str) -> Result<Vec<Mat3>> {
     let order = |s: &str| -> Result<usize> {
         match s.parse::<usize>() {
             Ok(n) if n >= 1 => Ok(n),
-            _ => Err(Error::Usage(format!(
+            _ => Err(Error::Plan(format!(
                 "symmetry {name:?}: expected C<n>, D<n> (n ≥ 1), T, O or I"
             ))),
         }
@@ -86,7 +86,7 @@ pub fn point_group(name: &str) -> Result<Vec<Mat3>> {
             axis_angle(x, tau / 2.0),
         ]),
         _ => {
-            return Err(Error::Usage(format!(
+            return Err(Error::Plan(format!(
                 "symmetry {name:?}: expected C<n>, D<n> (n ≥ 1), T, O or I"
             )))
         }

@@ -168,14 +168,14 @@ fn gaussian_blur(vol: ArrayView3<f32>, sigma_px: f64) -> Array3<f32> {
 /// (`≥`), reduced to its largest 6-connected component.
 fn solvent_binary_region(consensus: ArrayView3<f32>, threshold_frac: f64) -> Result<Array3<bool>> {
     if let Some(v) = consensus.iter().find(|v| !v.is_finite()) {
-        return Err(Error::Usage(format!(
+        return Err(Error::Input(format!(
             "solvent mask: the consensus volume holds a non-finite value ({v}); check the \
              consensus map"
         )));
     }
     let max_in = consensus.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if max_in <= 0.0 {
-        return Err(Error::Usage(format!(
+        return Err(Error::Input(format!(
             "solvent mask: the consensus volume has no positive density (maximum {max_in}); \
              check the consensus map or use a spherical mask"
         )));
@@ -186,7 +186,7 @@ fn solvent_binary_region(consensus: ArrayView3<f32>, threshold_frac: f64) -> Res
     let above = blurred.mapv(|v| max > 0.0 && v as f64 >= thr);
     let region = largest_component(&above);
     if max <= 0.0 || !region.iter().any(|b| *b) {
-        return Err(Error::Usage(format!(
+        return Err(Error::Plan(format!(
             "solvent mask: no voxel of the low-passed consensus (maximum {max}) reaches \
              threshold {threshold_frac} × maximum; lower the threshold or use a spherical mask"
         )));
@@ -344,22 +344,22 @@ pub fn solvent_mask(
 ) -> Result<Array3<f32>> {
     let (nz, ny, nx) = consensus.dim();
     if nz != ny || ny != nx || nx == 0 {
-        return Err(Error::Usage(format!(
+        return Err(Error::Internal(format!(
             "solvent mask: the consensus volume is {nz}×{ny}×{nx}; it must be a non-empty cube"
         )));
     }
     if !(psize_a.is_finite() && psize_a > 0.0) {
-        return Err(Error::Usage(format!(
+        return Err(Error::Input(format!(
             "solvent mask: pixel size {psize_a} Å must be positive"
         )));
     }
     if !(threshold_frac > 0.0 && threshold_frac < 1.0) {
-        return Err(Error::Usage(format!(
+        return Err(Error::Plan(format!(
             "solvent mask: threshold {threshold_frac} must be a fraction of the maximum in (0, 1)"
         )));
     }
     if !(dilate_a.is_finite() && dilate_a >= 0.0 && soft_pad_a.is_finite() && soft_pad_a >= 0.0) {
-        return Err(Error::Usage(format!(
+        return Err(Error::Plan(format!(
             "solvent mask: dilation {dilate_a} Å and soft edge {soft_pad_a} Å must be ≥ 0 and \
              finite"
         )));
@@ -376,19 +376,19 @@ pub fn solvent_mask(
 pub fn check_mask(mask: ArrayView3<f32>, what: &str) -> Result<()> {
     const TOL: f32 = 1e-3;
     if mask.is_empty() {
-        return Err(Error::Usage(format!("{what}: the mask is empty")));
+        return Err(Error::Input(format!("{what}: the mask is empty")));
     }
     if let Some(((z, y, x), v)) = mask
         .indexed_iter()
         .find(|(_, v)| !v.is_finite() || **v < -TOL || **v > 1.0 + TOL)
     {
-        return Err(Error::Usage(format!(
+        return Err(Error::Input(format!(
             "{what}: mask value {v} at voxel (z, y, x) = ({z}, {y}, {x}) is not in [0, 1]; \
              a mask must hold weights between 0 and 1"
         )));
     }
     if !mask.iter().any(|v| *v > 0.0) {
-        return Err(Error::Usage(format!(
+        return Err(Error::Input(format!(
             "{what}: the mask is zero everywhere; it would mask out the whole volume"
         )));
     }

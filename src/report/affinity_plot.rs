@@ -42,7 +42,7 @@ const NAN_CELL: RGBColor = RGBColor(200, 200, 200);
 /// drawn between positions p−1 and p wherever `labels[order[p−1]] ≠ labels[order[p]]`.
 /// Writes a PNG of [`AFFINITY_PLOT_SIZE_PX`] to `path`; K = 0 gives an empty frame.
 ///
-/// Errors ([`Error::Usage`]) when the matrix is not square, `order` is not a permutation of
+/// Errors ([`Error::Internal`]) when the matrix is not square, `order` is not a permutation of
 /// `0..K`, or `labels` does not have K entries; [`Error::File`]/[`Error::Io`] when drawing or
 /// writing fails.
 pub fn affinity_matrix_png(
@@ -75,9 +75,9 @@ fn check_inputs(
     labels: Option<&[usize]>,
 ) -> Result<usize> {
     let (r, c) = affinity.dim();
-    let usage = |msg: String| Error::Usage(format!("plot {}: {msg}", path.display()));
+    let internal = |msg: String| Error::Internal(format!("plot {}: {msg}", path.display()));
     if r != c {
-        return Err(usage(format!(
+        return Err(internal(format!(
             "the affinity matrix must be square (K×K), but it is {r}×{c}"
         )));
     }
@@ -87,13 +87,13 @@ fn check_inputs(
             .iter()
             .all(|&i| i < r && !std::mem::replace(&mut seen[i], true));
     if !is_permutation {
-        return Err(usage(format!(
+        return Err(internal(format!(
             "the class order must be a permutation of 0..{r} ({} entries given)",
             order.len()
         )));
     }
     if let Some(l) = labels.filter(|l| l.len() != r) {
-        return Err(usage(format!(
+        return Err(internal(format!(
             "{} superclass labels given for {r} classes",
             l.len()
         )));

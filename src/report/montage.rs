@@ -115,7 +115,7 @@ pub fn montage_png(
 ) -> Result<()> {
     let (n, ny, nx) = images.dim();
     if ny != nx || n == 0 || style.tile_px < 8 {
-        return Err(Error::Usage(format!(
+        return Err(Error::Input(format!(
             "montage {}: need at least one square image and tiles of at least 8 px \
              (got {n} images of {ny}×{nx}, tile {} px)",
             path.display(),
@@ -123,14 +123,14 @@ pub fn montage_png(
         )));
     }
     if labels.len() != n {
-        return Err(Error::Usage(format!(
+        return Err(Error::Internal(format!(
             "montage {}: {} labels for {n} images",
             path.display(),
             labels.len()
         )));
     }
     if !(style.psize_a > 0.0 && style.scale_bar_a > 0.0) {
-        return Err(Error::Usage(format!(
+        return Err(Error::Input(format!(
             "montage {}: pixel size {} Å and scale bar {} Å must be positive",
             path.display(),
             style.psize_a,

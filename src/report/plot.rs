@@ -76,7 +76,7 @@ pub(crate) fn render(
 ) -> Result<()> {
     let (w, h) = size_px;
     if w < 64 || h < 64 {
-        return Err(Error::Usage(format!(
+        return Err(Error::Internal(format!(
             "plot {}: size {w}×{h} px is too small (at least 64×64)",
             path.display()
         )));

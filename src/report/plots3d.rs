@@ -79,7 +79,7 @@ pub(crate) fn interpolate(stops: &[[u8; 3]], t: f64) -> [u8; 3] {
 fn check_square(path: &Path, what: &str, counts: &[Vec<u64>]) -> Result<usize> {
     let k = counts.len();
     if let Some((i, row)) = counts.iter().enumerate().find(|(_, r)| r.len() != k) {
-        return Err(Error::Usage(format!(
+        return Err(Error::Internal(format!(
             "plot {}: {what} counts must be a K×K matrix, but there are {k} rows and row {i} \
              has {} entries",
             path.display(),
@@ -633,7 +633,7 @@ pub fn volume_slices_png(
     for (i, (name, v)) in volumes.iter().enumerate() {
         let (a, b, c) = v.dim();
         if a != b || b != c || a == 0 {
-            return Err(Error::Usage(format!(
+            return Err(Error::Internal(format!(
                 "plot {}: volume {i} ({name:?}) is {a}×{b}×{c}; need a non-empty cube",
                 path.display()
             )));
