@@ -33,6 +33,23 @@ pub enum Error {
     /// A command-line usage error (conflicting flags, missing required flag).
     #[error("{0}")]
     Usage(String),
+    /// A setting that cannot work with this data or with the other settings, found when the
+    /// configuration is turned into a plan (the message names the key to change).
+    #[error("{0}")]
+    Plan(String),
+    /// The input data cannot be used as they are (shapes, sizes, values), found past the
+    /// readers (which report `Field`/`File` with the file's path).
+    #[error("{0}")]
+    Input(String),
+    /// The compute backend failed or is unavailable (CUDA libraries, devices, memory).
+    #[error("backend: {0}")]
+    Backend(String),
+    /// A checkpoint cannot be resumed (finished run, other rank count, other settings).
+    #[error("--resume: {0}")]
+    Checkpoint(String),
+    /// A broken invariant inside emclass: a bug to report, never the user's input.
+    #[error("internal error (please report it): {0}")]
+    Internal(String),
     /// Another rank failed; its own message says why (printed by that rank).
     #[error("another rank failed; see its message above")]
     Peer,

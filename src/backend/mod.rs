@@ -16,8 +16,19 @@ use std::sync::Arc;
 
 use ndarray::{Array2, ArrayView2};
 
-use crate::classify2d::config::BackendChoice;
+use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
+
+/// Which implementation runs the hot kernels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// CUDA when a driver and device are present, otherwise the CPU (with a log line).
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
 
 /// A fixed right-hand operand `b` (k × n) kept for repeated products `a · b`.
 pub trait RightOperand: Send + Sync {

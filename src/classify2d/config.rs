@@ -6,19 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::backend::BackendChoice;
 use crate::config::check_range;
 use crate::error::{Error, Result};
-
-/// Which implementation runs the hot kernels.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendChoice {
-    /// CUDA when a driver and device are present, otherwise the CPU (with a log line).
-    #[default]
-    Auto,
-    Cpu,
-    Cuda,
-}
 
 /// Configuration of `emclass classify2d`. Field names are the YAML keys.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -29,7 +29,7 @@ use crate::numerics::fft::{rfft2, Complex32};
 use crate::numerics::image2d::rotate_image;
 
 use super::grid::{Band, PoseGrid, WorkGrid};
-use super::particles::Particles;
+use crate::particles::Particles;
 
 /// Class templates at every in-plane angle, restricted to the alignment band.
 pub struct Templates {
@@ -90,8 +90,8 @@ impl Templates {
 /// Everything the E-step needs for one iteration.
 pub struct Scorer<'a> {
     pub grid: &'a WorkGrid,
-    pub band: &'a Band,
-    pub poses: &'a PoseGrid,
+    pub band: Band,
+    pub poses: PoseGrid,
     /// Classes K and rotations R of the template matrices (columns `k·R + r`).
     n_classes: usize,
     n_rot: usize,
@@ -110,8 +110,8 @@ impl<'a> Scorer<'a> {
     /// `sigma2` per shell `0..=k_max`.
     pub fn new(
         grid: &'a WorkGrid,
-        band: &'a Band,
-        poses: &'a PoseGrid,
+        band: Band,
+        poses: PoseGrid,
         templates: Templates,
         sigma2: &[f64],
         backend: &dyn Backend,
@@ -259,8 +259,8 @@ mod tests {
         let sigma2 = vec![1.0; grid.n_shells()];
         let scorer = Scorer::new(
             &grid,
-            &band,
-            &poses,
+            band.clone(),
+            poses.clone(),
             templates,
             &sigma2,
             &crate::backend::Cpu,

@@ -3,18 +3,17 @@
 //! then full passes. See `docs/ALGORITHMS.md` for the formulas.
 //!
 //! - [`config`]: the job's parameters.
-//! - [`grid`]: working Fourier grid, alignment band, pose grid.
-//! - [`particles`]: pre-processing of particle images.
-//! - [`source`]: a rank's particles, resident or streamed block by block.
+//! - [`grid`]: alignment band and pose grid (the working grid and the particles are
+//!   [`crate::particles`], shared with 3D).
 //! - [`results`]: per-particle results and their rank-local spill file.
 //! - [`estep`]: templates and the batched GEMM scoring.
 //! - [`model`]: sufficient statistics and class averages (M-step).
-//! - [`engine`]: the iteration driver (through `Comm`, never MPI directly).
+//! - [`engine`]: the problem run by the shared EM engine ([`crate::em::engine`]).
+//! - [`accumulate`]: the E-step of a chunk of particles and its M-step contributions.
 //! - [`duplicates`]: duplicate-pick removal after classification.
 //! - [`duplicate_routing`]: the same over ranks, picks routed to their micrograph's owner.
-//! - [`checkpoint`]: the state between iterations, for `--resume`.
 
-pub mod checkpoint;
+pub mod accumulate;
 pub mod config;
 pub mod duplicate_routing;
 pub mod duplicates;
@@ -22,6 +21,4 @@ pub mod engine;
 pub mod estep;
 pub mod grid;
 pub mod model;
-pub mod particles;
 pub mod results;
-pub mod source;

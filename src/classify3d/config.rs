@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::classify2d::config::BackendChoice;
+pub use crate::backend::BackendChoice;
 use crate::config::check_range;
 use crate::error::{Error, Result};
 use crate::numerics::symmetry::point_group;
@@ -144,6 +144,15 @@ pub struct Classify3dConfig {
     /// auto | cpu | cuda. Default auto.
     #[serde(default)]
     pub backend: BackendChoice,
+    /// Memory budget per rank for its pre-processed particles, GiB. A rank whose share does
+    /// not fit streams its particles from the file in every pass (in blocks, with
+    /// read-ahead) instead of holding them; 0 always streams. Default 4.
+    #[serde(default = "d_max_resident_gb")]
+    pub max_resident_gb: f64,
+}
+
+fn d_max_resident_gb() -> f64 {
+    4.0
 }
 
 fn d_num_classes() -> usize {
@@ -231,6 +240,7 @@ impl Classify3dConfig {
             output_every_fem_iter: false,
             seed: 0,
             backend: BackendChoice::Auto,
+            max_resident_gb: d_max_resident_gb(),
         }
     }
 
@@ -334,6 +344,7 @@ impl crate::config::JobConfig for Classify3dConfig {
             ));
         }
         check_range(path, "init_lowpass_A", self.init_lowpass_a, 1e-3, 1e4)?;
+        check_range(path, "max_resident_gb", self.max_resident_gb, 0.0, 1e6)?;
         check_range(
             path,
             "solvent_mask_threshold",

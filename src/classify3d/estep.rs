@@ -16,11 +16,10 @@
 use ndarray::Array2;
 use rayon::prelude::*;
 
-use crate::classify2d::grid::WorkGrid;
+use crate::particles::{Particles, WorkGrid};
 use crate::numerics::fft::Complex32;
 use crate::numerics::project3d::Projector;
 
-use super::particles::Particles3d;
 
 /// Log-likelihoods and residual power of a set of particles.
 pub struct Scores {
@@ -41,12 +40,14 @@ fn coeff(grid: &WorkGrid, c: usize) -> Option<(usize, f64)> {
     Some((s, if grid.kx[c] == 0 { 0.5 } else { 1.0 }))
 }
 
-/// Scores `locals` against the projections of `projs` (one per class).
+/// Scores particles `idx` of `block` (scales `scale[j]` for `idx[j]`) against the
+/// projections of `projs` (one per class).
 pub fn score(
-    parts: &Particles3d,
+    block: &Particles,
     grid: &WorkGrid,
     projs: &[&Projector],
-    locals: &[usize],
+    idx: &[usize],
+    scale: &[f64],
     sigma2: &[f64],
 ) -> Scores {
     let k = projs.len();
@@ -57,15 +58,16 @@ pub fn score(
             counts[s] += w;
         }
     }
-    let rows: Vec<(Vec<f64>, Vec<f64>)> = locals
+    let rows: Vec<(Vec<f64>, Vec<f64>)> = idx
         .par_iter()
+        .zip(scale)
         .map_init(
             || (vec![0.0f32; grid.len()], vec![Vec::<Complex32>::new(); k]),
-            |(ctf, slices), &i| {
-                parts.ctf_into(i, grid, ctf);
-                Projector::project_many(projs, &parts.pose[i], grid.k_max, slices);
-                let x = parts.spectrum(i);
-                let alpha = parts.scale[i] as f32;
+            |(ctf, slices), (&i, &alpha)| {
+                block.ctf_into(i, grid, ctf);
+                Projector::project_many(projs, block.pose(i), grid.k_max, slices);
+                let x = block.spectrum(i);
+                let alpha = alpha as f32;
                 let mut resid = vec![0.0; k * ns];
                 for (kk, p) in slices.iter().enumerate() {
                     let r = &mut resid[kk * ns..(kk + 1) * ns];
@@ -90,8 +92,8 @@ pub fn score(
             },
         )
         .collect();
-    let mut ll = Array2::zeros((locals.len(), k));
-    let mut resid = Vec::with_capacity(locals.len() * k * ns);
+    let mut ll = Array2::zeros((idx.len(), k));
+    let mut resid = Vec::with_capacity(idx.len() * k * ns);
     for (i, (l, r)) in rows.into_iter().enumerate() {
         for (kk, v) in l.into_iter().enumerate() {
             ll[[i, kk]] = v;
@@ -103,20 +105,21 @@ pub fn score(
 
 /// Least-squares per-particle scales against one reference volume (the consensus):
 /// `α_i = Σ_c w_c Re(conj(C P)_c X_c)/σ²_c / Σ_c w_c |C P|²_c/σ²_c`, clamped to [0.05, 20].
+/// One scale per particle of `idx`.
 pub fn fit_scales(
-    parts: &Particles3d,
+    block: &Particles,
+    idx: &[usize],
     grid: &WorkGrid,
     proj: &Projector,
     sigma2: &[f64],
 ) -> Vec<f64> {
-    (0..parts.len())
-        .into_par_iter()
+    idx.par_iter()
         .map_init(
             || (vec![0.0f32; grid.len()], vec![Vec::<Complex32>::new()]),
-            |(ctf, slice), i| {
-                parts.ctf_into(i, grid, ctf);
-                Projector::project_many(&[proj], &parts.pose[i], grid.k_max, slice);
-                let x = parts.spectrum(i);
+            |(ctf, slice), &i| {
+                block.ctf_into(i, grid, ctf);
+                Projector::project_many(&[proj], block.pose(i), grid.k_max, slice);
+                let x = block.spectrum(i);
                 let (mut num, mut den) = (0.0f64, 0.0f64);
                 for c in 0..grid.len() {
                     if let Some((s, w)) = coeff(grid, c) {

@@ -6,14 +6,16 @@
 //! `docs/ALGORITHMS.md` for the formulas.
 //!
 //! - [`config`]: the job's parameters.
-//! - [`particles`]: a rank's pre-processed, re-centred particles with poses and CTFs.
+//! - [`particles`]: the input's per-particle scales (the particles themselves, re-centred,
+//!   with poses and CTFs, come from the shared [`crate::particles`] layer).
+//! - [`start`]: consensus, solvent mask, noise model, per-particle scales, initial classes.
 //! - [`estep`]: log-likelihoods against projected class volumes; per-particle scales.
 //! - [`model`]: statistics, back-projection, reconstruction with FSC filtering, masks.
-//! - [`engine`]: the run (shares [`crate::em::driver`] with the other EM jobs).
+//! - [`engine`]: the problem run by the shared EM engine ([`crate::em::engine`]).
 
-pub mod checkpoint;
 pub mod config;
 pub mod engine;
 pub mod estep;
 pub mod model;
 pub mod particles;
+pub mod start;

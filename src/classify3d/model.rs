@@ -22,7 +22,7 @@
 use ndarray::{Array2, Array3, Zip};
 use rayon::prelude::*;
 
-use crate::classify2d::grid::WorkGrid;
+use crate::particles::{Particles, WorkGrid};
 use crate::em::stats::{Stats, StatsLayout};
 use crate::error::Result;
 use crate::numerics::fft::{fftfreq, half_len, irfft3, rfft3, Complex32};
@@ -33,7 +33,6 @@ use crate::numerics::project3d::{
 use crate::numerics::rotation::{matmul, transpose, Mat3};
 use crate::numerics::volume::{rms, rms_difference};
 
-use super::particles::Particles3d;
 
 /// Oversampling of projection and back-projection.
 pub const PAD: usize = 2;
@@ -59,14 +58,15 @@ pub fn layout(k: usize, grid: &WorkGrid) -> Result<StatsLayout> {
     ])
 }
 
-/// Back-projects the local particles `locals` with class weights `probs` (`locals.len() × K`,
-/// row-major) into `st`, and adds their class weights. Parallel over (class, half) targets,
+/// Back-projects particles `idx` of `block` (scale `scale[j]` for `idx[j]`) with class
+/// weights `probs` (`idx.len() × K`, row-major) into `st`, and adds their class weights. Parallel over (class, half) targets,
 /// so each accumulator has one writer and the summation order does not depend on threads.
 pub fn backproject(
     st: &mut Stats,
     grid: &WorkGrid,
-    parts: &Particles3d,
-    locals: &[usize],
+    block: &Particles,
+    idx: &[usize],
+    scale: &[f64],
     probs: &[f64],
     syms: &[Mat3],
 ) -> Result<()> {
@@ -85,7 +85,7 @@ pub fn backproject(
     let h = grid.h();
     let m = grid.n * PAD;
     let chunk_len = CHUNK.max(4 * rayon::current_num_threads());
-    for (ci, chunk) in locals.chunks(chunk_len).enumerate() {
+    for (ci, chunk) in idx.chunks(chunk_len).enumerate() {
         // Trilinear contributions of each particle (and symmetry copy), computed once and
         // spread into every class it has weight in.
         let contribs: Vec<Vec<Contribution>> = chunk
@@ -97,17 +97,17 @@ pub fn backproject(
                     return Vec::new();
                 }
                 let mut c = vec![0.0f32; grid.len()];
-                parts.ctf_into(i, grid, &mut c);
+                block.ctf_into(i, grid, &mut c);
                 let y = Array2::from_shape_fn((grid.n, h), |(a, b)| {
                     let j = a * h + b;
-                    parts.spectrum(i)[j] * c[j]
+                    block.spectrum(i)[j] * c[j]
                 });
                 let slice = PaddedSlice::new(y.view(), PAD, grid.k_max, |kx, ky| {
-                    parts.ctf2_at(i, grid, kx, ky)
+                    block.ctf2_at(i, grid, kx, ky)
                 });
                 let mut out = Vec::with_capacity(slice.len() * 9 * syms.len());
                 for g in syms {
-                    slice.contributions(&matmul(&parts.pose[i], &transpose(g)), m, &mut out);
+                    slice.contributions(&matmul(block.pose(i), &transpose(g)), m, &mut out);
                 }
                 out
             })
@@ -116,10 +116,10 @@ pub fn backproject(
             let (class, half) = (*t / 2, (*t % 2) as u8);
             for (j, &i) in chunk.iter().enumerate() {
                 let p = probs[(ci * chunk_len + j) * k + class];
-                if parts.half[i] != half || p < MIN_WEIGHT {
+                if block.half[i] != half || p < MIN_WEIGHT {
                     continue;
                 }
-                let alpha = parts.scale[i];
+                let alpha = scale[ci * chunk_len + j];
                 scatter(&contribs[j], p * alpha, p * alpha * alpha, acc);
             }
         });

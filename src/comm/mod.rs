@@ -11,6 +11,19 @@ pub use partition::partition;
 
 use crate::error::{Error, Result};
 
+/// Bytes a rank sent or received through each kind of collective.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Sent into all-reduces.
+    pub all_reduced: u64,
+    /// Received from other ranks in gathers (root only).
+    pub gathered: u64,
+    /// Sent or received in broadcasts.
+    pub broadcast: u64,
+    /// Sent to other ranks in all-to-all exchanges.
+    pub all_to_all: u64,
+}
+
 /// What ranks can ask of each other. Every method is collective: all ranks call it, in the
 /// same order, or the job deadlocks (the MPI semantics).
 pub trait Comm {
@@ -42,6 +55,11 @@ pub trait Comm {
         let mut v = [u64::from(!ok)];
         self.all_reduce_sum_u64(&mut v);
         v[0] == 0
+    }
+    /// Bytes this rank has moved through each kind of collective so far (zero for a
+    /// communicator that does not count).
+    fn traffic(&self) -> Traffic {
+        Traffic::default()
     }
     /// Is this the rank that does serial work (import, export, final writes)?
     fn is_root(&self) -> bool {

@@ -12,6 +12,7 @@ use super::Comm;
 pub struct MpiComm {
     world: mpi::topology::SimpleCommunicator,
     node_rank: usize,
+    traffic: std::cell::Cell<super::Traffic>,
     // Declared last so it is dropped (MPI_Finalize) after the communicators.
     _universe: mpi::environment::Universe,
 }
@@ -43,8 +44,14 @@ impl MpiComm {
         Some(MpiComm {
             world,
             node_rank,
+            traffic: Default::default(),
             _universe: universe,
         })
+    }
+    fn count(&self, f: impl FnOnce(&mut super::Traffic)) {
+        let mut t = self.traffic.get();
+        f(&mut t);
+        self.traffic.set(t);
     }
     /// Rank among the ranks on this node (picks the GPU).
     pub fn node_rank(&self) -> usize {
@@ -119,6 +126,9 @@ fn unframe(all: &[u8], counts: &[Count], displs: &[Count]) -> Vec<Vec<u8>> {
 }
 
 impl Comm for MpiComm {
+    fn traffic(&self) -> super::Traffic {
+        self.traffic.get()
+    }
     fn rank(&self) -> usize {
         self.world.rank() as usize
     }
@@ -129,6 +139,7 @@ impl Comm for MpiComm {
         if buf.is_empty() {
             return;
         }
+        self.count(|t| t.all_reduced += 8 * buf.len() as u64);
         let send = buf.to_vec();
         self.world
             .all_reduce_into(&send[..], buf, mpi::collective::SystemOperation::sum());
@@ -137,6 +148,7 @@ impl Comm for MpiComm {
         if buf.is_empty() {
             return;
         }
+        self.count(|t| t.all_reduced += 8 * buf.len() as u64);
         let send = buf.to_vec();
         self.world
             .all_reduce_into(&send[..], buf, mpi::collective::SystemOperation::sum());
@@ -145,6 +157,7 @@ impl Comm for MpiComm {
         if buf.is_empty() {
             return;
         }
+        self.count(|t| t.all_reduced += 8 * buf.len() as u64);
         // MPI's max of a NaN is undefined: a NaN takes part as -inf.
         let send: Vec<f64> = buf
             .iter()
@@ -158,6 +171,7 @@ impl Comm for MpiComm {
         let mut len = buf.len() as u64;
         root_proc.broadcast_into(&mut len);
         buf.resize(len as usize, 0);
+        self.count(|t| t.broadcast += len);
         if len > 0 {
             root_proc.broadcast_into(&mut buf[..]);
         }
@@ -176,6 +190,8 @@ impl Comm for MpiComm {
                 let mut part = PartitionMut::new(&mut all[..], &counts[..], &displs[..]);
                 root_proc.gather_varcount_into_root(&send[..], &mut part);
             }
+            let others = total - send.len();
+            self.count(|t| t.gathered += others as u64);
             Some(unframe(&all, &counts, &displs))
         } else {
             root_proc.gather_into(&my_len);
@@ -194,6 +210,13 @@ impl Comm for MpiComm {
         self.world
             .all_to_all_into(&send_counts[..], &mut recv_counts[..]);
         let sendbuf: Vec<u8> = send.iter().flat_map(|p| framed(p)).collect();
+        let others: usize = send
+            .iter()
+            .enumerate()
+            .filter(|(r, _)| *r != self.rank())
+            .map(|(_, p)| p.len())
+            .sum();
+        self.count(|t| t.all_to_all += others as u64);
         let send_displs = displacements(&send_counts);
         let recv_displs = displacements(&recv_counts);
         let total: usize = recv_counts.iter().map(|&c| c as usize).sum();

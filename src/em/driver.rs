@@ -105,6 +105,11 @@ impl Driver {
         (self.phase(t) == Phase::Online).then(|| self.batches.batch(t + self.batch_offset))
     }
 
+    /// The first O-EM batch of the permutation (global rows), whatever the offset.
+    pub fn first_batch(&mut self) -> Vec<usize> {
+        self.batches.batch(0)
+    }
+
     /// η(t): the schedule's value in O-EM, 1 otherwise.
     pub fn learning_rate(&self, t: usize) -> f64 {
         if self.phase(t) == Phase::Online {

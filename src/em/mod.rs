@@ -32,7 +32,9 @@
 
 pub mod batches;
 pub mod binned;
+pub mod checkpoint;
 pub mod driver;
+pub mod engine;
 pub mod metrics;
 pub mod responsibilities;
 pub mod schedule;
@@ -43,5 +45,5 @@ use crate::error::Error;
 /// An invalid argument given to the engine (a bug in the caller or a parameter that config
 /// validation should have rejected): one line naming the quantity and what is wrong.
 pub(crate) fn invalid(what: &str, msg: impl std::fmt::Display) -> Error {
-    Error::Usage(format!("EM engine: {what}: {msg}"))
+    Error::Internal(format!("EM engine: {what}: {msg}"))
 }

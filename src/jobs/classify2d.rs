@@ -10,15 +10,18 @@ use std::path::{Path, PathBuf};
 use ndarray::{Array2, Array3, Axis};
 use serde_json::json;
 
-use crate::classify2d::checkpoint::{self, Checkpoint};
 use crate::classify2d::config::Classify2dConfig;
 use crate::classify2d::duplicate_routing::{self, PickTruth, RoutedPick};
 use crate::classify2d::duplicates;
-use crate::classify2d::engine::{Engine, IterationView, Outcome};
-use crate::classify2d::grid::WorkGrid;
-use crate::classify2d::model::PostProcess;
+use crate::classify2d::engine::{Classify2d, Extra};
+use crate::classify2d::model::{ClassUpdate, PostProcess};
+use crate::em::binned::Binned;
+use crate::em::checkpoint::{self, Keeper};
+use crate::em::engine::{Engine, Plan, Record, View};
+use crate::em::schedule::LearningRate;
+use crate::jobs::em_shell::{output_dir, particle_source, read_resume};
 use crate::classify2d::results::{self, ResultRow, SpillReader, SpillWriter};
-use crate::classify2d::source::{MemoryPlan, ParticleSource};
+use crate::particles::{Needs, WorkGrid};
 use crate::cli::JobArgs;
 use crate::comm::{partition, Comm};
 use crate::config::{self, JobConfig};
@@ -26,9 +29,7 @@ use crate::dataset::{Dataset, DatasetAttrs, ParticleTable};
 use crate::error::{Error, Result};
 use crate::formats::mrc::write_stack;
 use crate::jobs::collective;
-use crate::jobs::output::{
-    check_same_config, check_writable, checkpoint_bytes, config_without_output, OutputDir,
-};
+use crate::jobs::output::{config_without_output, OutputDir};
 use crate::jobs::turns::{gathered_ari, shared_dir, write_in_turns};
 use crate::numerics::fft::{irfft2, rfft2};
 use crate::numerics::frc::frc_resolution_a;
@@ -69,27 +70,18 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         crate::backend::select(cfg.backend, &args.config, "classify2d")
     });
     let backend = collective(comm, checked)?;
-    // The output folder (rank 0), refused before any work if it exists; or, with --resume,
-    // the staging folder of the killed run and its checkpoint (read by rank 0, sent to all).
-    let out = if comm.is_root() {
-        collective(
-            comm,
-            match &args.resume {
-                Some(dir) => OutputDir::resume(dir),
-                None => check_writable(&cfg.output, args.overwrite)
-                    .and_then(|_| OutputDir::create(cfg.output(), args.overwrite)),
-            }
-            .map(Some),
-        )?
-    } else {
-        collective(comm, Ok(None))?
-    };
+    let out = output_dir(comm, args, cfg.output())?;
+    let staging = shared_dir(comm, out.as_ref().map(|o| o.path()))?;
     let config_yaml = config_without_output(&cfg);
+    let keeper = Keeper {
+        dir: &staging,
+        job: "classify2d",
+        config_yaml: &config_yaml,
+        n_total,
+        rows: rows.clone(),
+    };
     let resume = match &args.resume {
-        Some(dir) => Some(collective(
-            comm,
-            read_checkpoint(comm, out.as_ref().map(|o| o.path()), dir, &config_yaml),
-        )?),
+        Some(dir) => Some(read_resume::<Classify2d>(comm, &keeper, dir)?),
         None => None,
     };
     let grid = WorkGrid::new(box_px, psize, cfg.max_res_a);
@@ -100,63 +92,57 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         grid.psize_a(),
         grid.shell_res_a(grid.k_max)
     );
-    let plan = MemoryPlan::new(rows.len(), &grid, cfg.ctf_correct, cfg.max_resident_gb);
-    log::info!(
-        "memory plan (rank {}): {}",
-        comm.rank(),
-        plan.describe(rows.len())
-    );
-    let source = if plan.streamed {
-        // Metadata, image references and CTF fields are checked once here, block by block;
-        // a bad block of images found later ends the job.
-        collective(
-            comm,
-            ParticleSource::check_streamed(&cfg.input, rows.clone(), cfg.ctf_correct),
-        )?;
-        ParticleSource::streamed(&cfg.input, rows.clone(), &grid, cfg.ctf_correct)
-    } else {
-        // The rank's metadata table is not kept: the output re-reads it block by block.
-        let ds = collective(comm, Dataset::open_range(&cfg.input, rows.clone()))?;
-        collective(
-            comm,
-            ParticleSource::resident(&ds, rows.clone(), &grid, cfg.ctf_correct),
-        )?
+    let needs = Needs {
+        ctf: cfg.ctf_correct,
+        poses: false,
     };
+    let source = particle_source(comm, &cfg.input, rows.clone(), &grid, needs, cfg.max_resident_gb)?;
     let post = collective(comm, post_process(&cfg, &args.config, &grid, box_px, psize))?;
+    let mut problem = Classify2d::new(&cfg, &grid, post, backend.as_ref())?;
     let engine = Engine {
-        cfg: &cfg,
-        grid: &grid,
+        plan: Plan {
+            n_total,
+            batch_size: cfg.batch_size_per_class * cfg.num_classes,
+            seed: cfg.seed,
+            rate: LearningRate::new(1.0, 2.0)?,
+            online: cfg.online_em_iterations,
+            full_max: cfg.full_iterations,
+            batch_offset: 1,
+        },
         source: &source,
         comm,
-        n_total,
-        post,
-        backend: backend.as_ref(),
+        job: "classify2d",
     };
     let plots = out.as_ref().map(|o| o.path().join("plots"));
     if let Some(p) = &plots {
         std::fs::create_dir_all(p).map_err(|e| Error::io(p, e))?;
     }
-    let staging = shared_dir(comm, out.as_ref().map(|o| o.path()))?;
     let spill_path = results::spill_path(&staging, comm.rank());
     let mut spill = collective(comm, SpillWriter::create(&spill_path, cfg.num_classes))?;
-    let outcome = engine.run(
+    let ran = engine.run(
+        &mut problem,
         resume,
         |view| {
             if let Some(dir) = &plots {
                 iteration_plots(dir, view, &grid, box_px, psize)?;
             }
-            match &view.checkpoint {
-                Some(c) if comm.is_root() => {
-                    let mut c = c.clone();
-                    c.config_yaml = config_yaml.clone();
-                    c.write(&staging)
-                }
-                _ => Ok(()),
+            match &view.snapshot {
+                Some(snap) => keeper.write(comm, snap),
+                None => Ok(()),
             }
         },
-        |row| spill.push(row),
+        |_, row| spill.push(row),
     );
-    let outcome = collective(comm, outcome)?;
+    let ran = collective(comm, ran)?;
+    let outcome = Outcome {
+        classes: problem.classes,
+        history: ran.history,
+        sigma2_init: problem.sigma2_init,
+        sigma2_current: problem.sigma2_current,
+        sigma2_used: problem.sigma2_used,
+        ess: ran.ess,
+        best_prob: ran.best_prob,
+    };
     let spilled = spill.finish().and_then(|n| {
         if n == rows.len() {
             Ok(())
@@ -169,6 +155,9 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
     });
     collective(comm, spilled)?;
     let written = write_particles(comm, &cfg, &args.config, &staging, rows, &spill_path, psize)?;
+    if comm.is_root() {
+        checkpoint::remove_all(&staging);
+    }
     collective(
         comm,
         match out {
@@ -178,6 +167,18 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
             None => Ok(()),
         },
     )
+}
+
+/// What the run produced, for the output.
+struct Outcome {
+    classes: ClassUpdate,
+    history: Vec<Record<Extra>>,
+    sigma2_init: Vec<f64>,
+    sigma2_current: Vec<f64>,
+    sigma2_used: Vec<f64>,
+    /// ESS and best-class probability of every particle in the last pass (binned over ranks).
+    ess: Binned,
+    best_prob: Binned,
 }
 
 /// The class-average mask and post-processing switches.
@@ -206,20 +207,6 @@ fn post_process(
     })
 }
 
-/// Rank 0 reads the checkpoint in `staging` and sends it to every rank; each checks that it
-/// was made with the same configuration.
-fn read_checkpoint(
-    comm: &dyn Comm,
-    staging: Option<&Path>,
-    dir: &Path,
-    config_yaml: &str,
-) -> Result<Checkpoint> {
-    let path = staging.map(|s| s.join(checkpoint::FILE));
-    let bytes = checkpoint_bytes(comm, path.as_deref(), dir)?;
-    let c = Checkpoint::from_bytes(&bytes, &dir.join(checkpoint::FILE))?;
-    check_same_config(dir, &c.config_yaml, config_yaml)?;
-    Ok(c)
-}
 
 /// Class averages padded back to the input box and pixel size.
 fn full_size(images: &[Array2<f32>], grid: &WorkGrid, box_px: usize) -> Array3<f32> {
@@ -281,17 +268,17 @@ fn scale_bar_a(side_a: f64) -> f64 {
 /// Per-iteration plots (rank 0).
 fn iteration_plots(
     dir: &Path,
-    v: &IterationView,
+    v: &View<Classify2d>,
     grid: &WorkGrid,
     box_px: usize,
     psize: f64,
 ) -> Result<()> {
-    let imgs = full_size(&v.classes.images, grid, box_px);
+    let imgs = full_size(&v.problem.classes.images, grid, box_px);
     montage(
         &dir.join(format!("classes_iter{:03}.png", v.record.iteration)),
         &imgs,
-        &v.classes.counts,
-        &v.record.class_frc05_res_a,
+        &v.problem.classes.counts,
+        &v.record.extra.class_frc05_res_a,
         psize,
         box_px,
     )

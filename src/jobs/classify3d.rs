@@ -13,10 +13,8 @@ use std::path::{Path, PathBuf};
 use ndarray::Array3;
 use serde_json::json;
 
-use crate::classify2d::grid::WorkGrid;
-use crate::classify3d::checkpoint::{self, RankState, Shared};
 use crate::classify3d::config::{Classify3dConfig, InitMode, ScaleMode};
-use crate::classify3d::engine::{Engine, Outcome, Results};
+use crate::classify3d::engine::{Classify3d, Extra, Inputs, Results};
 use crate::classify3d::model::ClassVolume;
 use crate::classify3d::particles;
 use crate::cli::JobArgs;
@@ -24,23 +22,47 @@ use crate::comm::{partition, Comm};
 use crate::config;
 use crate::dataset::{Column, ColumnData, Dataset, DatasetAttrs, ParticleTable};
 use crate::em::binned::{Binned, BINS};
+use crate::em::checkpoint::{self, Keeper};
 use crate::em::driver::Phase;
+use crate::em::engine::{Engine, Plan, Record};
+use crate::em::schedule::LearningRate;
 use crate::error::{Error, Result};
 use crate::formats::mrc::{read_volume, write_volume};
-use crate::jobs::output::{
-    check_same_config, check_writable, checkpoint_bytes, config_without_output, OutputDir,
-};
+use crate::jobs::em_shell::{output_dir, particle_source, read_resume};
+use crate::jobs::output::{config_without_output, OutputDir};
 use crate::jobs::turns::{gathered_ari, shared_dir, write_in_turns};
 use crate::jobs::{collective, select_backend};
 use crate::numerics::symmetry::point_group;
 use crate::numerics::volume::{check_mask, resample3};
+use crate::particles::{Needs, WorkGrid};
 use crate::report::plot::{histogram_counts_png, lines_png, PLOT_SIZE_PX};
 use crate::report::plots3d::{
     class_flow_diagram_png, class_flow_matrix_png, grouped_bars_png, volume_slices_png,
 };
 
-/// Runs the job on every rank.
-pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
+/// What the run produced, for the output.
+struct Outcome {
+    consensus: ClassVolume,
+    solvent_mask: Array3<f32>,
+    solvent_mask_generated: bool,
+    classes: Vec<ClassVolume>,
+    history: Vec<Record<Extra>>,
+    flows: Vec<(usize, Vec<Vec<u64>>)>,
+    sigma2: Vec<f64>,
+    stop_reason: String,
+}
+
+/// The configuration and inputs every rank reads (small files), checked collectively.
+struct Setup {
+    cfg: Classify3dConfig,
+    n_total: usize,
+    rows: Range<usize>,
+    box_px: usize,
+    psize: f64,
+    grid: WorkGrid,
+}
+
+fn setup(args: &JobArgs, comm: &dyn Comm) -> Result<Setup> {
     let mut cfg: Classify3dConfig = collective(comm, config::load(&args.config, &args.set))?;
     if let Some(dir) = &args.resume {
         cfg.output = dir.clone();
@@ -53,33 +75,50 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         );
     }
     let rows = partition(n_total, comm.size(), comm.rank());
-    let ds = collective(comm, Dataset::open_range(&cfg.input, rows.clone()))?;
-    let (box_px, psize) = (ds.box_px(), ds.psize_a() as f64);
+    // The header only: the rank's rows are read in full only if they are to be held.
+    let head = collective(
+        comm,
+        Dataset::open_range(&cfg.input, rows.start..rows.start),
+    )?;
+    let (box_px, psize) = (head.box_px(), head.psize_a() as f64);
+    drop(head);
     let checked = cfg
         .validate_for(&args.config, box_px, psize, n_total)
         .and_then(|_| select_backend(&args.config, cfg.backend, "classify3d"));
     collective(comm, checked)?;
     let grid = WorkGrid::new(box_px, psize, cfg.res_a());
-    // Masks and initial volumes (every rank reads them: small files).
-    let side_a = box_px as f64 * psize;
+    Ok(Setup {
+        cfg,
+        n_total,
+        rows,
+        box_px,
+        psize,
+        grid,
+    })
+}
+
+/// Masks, initial volumes, input scales and symmetry operators.
+fn inputs<'a>(args: &JobArgs, comm: &dyn Comm, s: &'a Setup) -> Result<Inputs<'a>> {
+    let (cfg, grid) = (&s.cfg, &s.grid);
+    let side_a = s.box_px as f64 * s.psize;
     let volume = |p: &Path, key: &str, is_mask: bool| {
         read_working_volume(p, &args.config, key, side_a, grid.n, is_mask)
     };
-    let solvent = collective(
+    let solvent_mask = collective(
         comm,
         cfg.solvent_mask
             .as_ref()
             .map(|p| volume(p, "solvent_mask", true))
             .transpose(),
     )?;
-    let focus = collective(
+    let focus_mask = collective(
         comm,
         cfg.focus_mask
             .as_ref()
             .map(|p| volume(p, "focus_mask", true))
             .transpose(),
     )?;
-    let initial = collective(
+    let initial_volumes = collective(
         comm,
         match cfg.init_mode {
             InitMode::Simple => Ok(None),
@@ -91,10 +130,10 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
                 .map(Some),
         },
     )?;
-    let scales = collective(
+    let input_scales = collective(
         comm,
         match cfg.per_particle_scale {
-            ScaleMode::Input => particles::input_scales(&ds).map(Some),
+            ScaleMode::Input => particles::input_scales(&cfg.input, s.rows.clone()).map(Some),
             _ => Ok(None),
         },
     )?;
@@ -103,114 +142,154 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         point_group(&cfg.symmetry)
             .map_err(|e| Error::config(&args.config, "symmetry", e.to_string())),
     )?;
-    // The output folder (rank 0), refused before any work if it exists; or, with --resume,
-    // the staging folder of the killed run and its checkpoint.
-    let out = if comm.is_root() {
-        collective(
-            comm,
-            match &args.resume {
-                Some(dir) => OutputDir::resume(dir),
-                None => check_writable(&cfg.output, args.overwrite)
-                    .and_then(|_| OutputDir::create(&cfg.output, args.overwrite)),
-            }
-            .map(Some),
-        )?
-    } else {
-        collective(comm, Ok(None))?
-    };
+    Ok(Inputs {
+        cfg,
+        grid,
+        n_total: s.n_total,
+        syms,
+        solvent_mask,
+        focus_mask,
+        initial_volumes,
+        input_scales,
+    })
+}
+
+/// Runs the job on every rank.
+pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
+    let s = setup(args, comm)?;
+    let (cfg, grid, rows, n_total) = (&s.cfg, &s.grid, &s.rows, s.n_total);
+    let inputs = inputs(args, comm, &s)?;
+    let focus = inputs.focus_mask.clone();
+    let out = output_dir(comm, args, &cfg.output)?;
     let staging = shared_dir(comm, out.as_ref().map(|o| o.path()))?;
-    let config_yaml = config_without_output(&cfg);
+    let config_yaml = config_without_output(cfg);
+    let keeper = Keeper {
+        dir: &staging,
+        job: "classify3d",
+        config_yaml: &config_yaml,
+        n_total,
+        rows: rows.clone(),
+    };
     let resume = match &args.resume {
-        Some(dir) => Some(collective(
-            comm,
-            read_checkpoint(comm, &staging, dir, &config_yaml),
-        )?),
+        Some(dir) => Some(read_resume::<Classify3d>(comm, &keeper, dir)?),
         None => None,
     };
     log::info!(
-        "classify3d: {n_total} particles on {} rank(s), {} classes, box {box_px} px at {psize} Å → volumes {} px at {:.2} Å (filter {} Å), symmetry {} ({} operators)",
+        "classify3d: {n_total} particles on {} rank(s), {} classes, box {} px at {} Å → volumes {} px at {:.2} Å (filter {} Å), symmetry {} ({} operators)",
         comm.size(),
         cfg.num_classes,
+        s.box_px,
+        s.psize,
         grid.n,
         grid.psize_a(),
         cfg.res_a(),
         cfg.symmetry,
-        syms.len()
+        inputs.syms.len()
     );
-    let mut parts = collective(comm, particles::load(&ds, rows.clone(), &grid))?;
-    let engine = Engine {
-        cfg: &cfg,
-        grid: &grid,
-        comm,
-        n_total,
-        syms,
-        solvent_mask: solvent,
-        focus_mask: focus.clone(),
-        initial_volumes: initial,
-        input_scales: scales,
+    let has_ctf = collective(comm, Dataset::open_range(&cfg.input, 0..0))?
+        .table()
+        .get("ctf/df1_A")
+        .is_some();
+    if !has_ctf {
+        log::info!(
+            "{}: no ctf/* fields, classifying without CTF correction",
+            cfg.input.display()
+        );
+    }
+    let needs = Needs {
+        ctf: has_ctf,
+        poses: true,
     };
+    let source = particle_source(comm, &cfg.input, rows.clone(), grid, needs, cfg.max_resident_gb)?;
+    let mut problem = Classify3d::new(inputs)?;
     let dir = out.as_ref().map(|o| o.path().to_path_buf());
     if let Some(d) = &dir {
         let p = d.join("plots");
         std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
     }
-    let outcome = engine.run(&mut parts, resume, |view| {
-        if let Some((shared, mine)) = &view.checkpoint {
-            write_checkpoint(comm, &staging, shared, mine, &config_yaml)?;
-        }
-        if cfg.output_every_fem_iter && view.phase == Phase::Full {
-            // Every rank writes its rows of this iteration's particles.h5 in turn.
-            let sub = dir.as_ref().map(|d| {
-                d.join("fem_iterations")
-                    .join(format!("iter_{:03}", view.record.iteration))
-            });
-            if let Some(sub) = &sub {
-                std::fs::create_dir_all(sub).map_err(|e| Error::io(sub, e))?;
+    let engine = Engine {
+        plan: plan(cfg, n_total)?,
+        source: &source,
+        comm,
+        job: "classify3d",
+    };
+    let ran = engine.run(
+        &mut problem,
+        resume,
+        |view| {
+            if let Some(snap) = &view.snapshot {
+                keeper.write(comm, snap)?;
             }
-            let shared = shared_dir(comm, sub.as_deref())?;
-            write_particles(
-                comm,
-                &cfg,
-                &args.config,
-                &shared,
-                &rows,
-                view.results,
-                view.scale,
-                false,
-            )?;
-            if let Some(sub) = &sub {
-                write_volumes(sub, view.classes, grid.psize_a())?;
-                log::info!("F-EM iteration output: {}", sub.display());
+            let p = view.problem;
+            if cfg.output_every_fem_iter && view.it.phase == Phase::Full {
+                // Every rank writes its rows of this iteration's particles.h5 in turn.
+                let sub = dir.as_ref().map(|d| {
+                    d.join("fem_iterations")
+                        .join(format!("iter_{:03}", view.record.iteration))
+                });
+                if let Some(sub) = &sub {
+                    std::fs::create_dir_all(sub).map_err(|e| Error::io(sub, e))?;
+                }
+                let shared = shared_dir(comm, sub.as_deref())?;
+                write_particles(comm, cfg, &args.config, &shared, rows, &p.results, &p.scale, false)?;
+                if let Some(sub) = &sub {
+                    write_volumes(sub, &p.classes, grid.psize_a())?;
+                    log::info!("F-EM iteration output: {}", sub.display());
+                }
             }
-        }
-        match (&dir, view.flow) {
-            (Some(d), Some(flow)) => flow_plots(&d.join("plots"), flow, view.record.iteration),
-            _ => Ok(()),
-        }
-    });
-    let mut outcome = collective(comm, outcome)?;
-    let scale: Vec<f64> = parts.scale.clone();
-    let mut results = std::mem::replace(&mut outcome.results, Results::empty(cfg.num_classes));
+            match (&dir, p.flow_now, p.flows.last()) {
+                (Some(d), true, Some((t, flow))) => flow_plots(&d.join("plots"), flow, *t),
+                _ => Ok(()),
+            }
+        },
+        |_, _| Ok(()),
+    );
+    let ran = collective(comm, ran)?;
+    let scale = std::mem::take(&mut problem.scale);
+    let mut results = std::mem::replace(&mut problem.results, Results::new(0, cfg.num_classes));
+    let mut outcome = Outcome {
+        consensus: problem.consensus,
+        solvent_mask: problem.mask,
+        solvent_mask_generated: problem.mask_generated,
+        classes: problem.classes,
+        history: ran.history,
+        flows: problem.flows,
+        sigma2: problem.sigma2,
+        stop_reason: ran.stop_reason,
+    };
     if cfg.reorder_classes_by_size {
         reorder_by_size(comm, &mut outcome, &mut results);
     }
-    let written = write_particles(
-        comm,
-        &cfg,
-        &args.config,
-        &staging,
-        &rows,
-        &results,
-        &scale,
-        true,
-    )?;
+    let written = write_particles(comm, cfg, &args.config, &staging, rows, &results, &scale, true)?;
+    if comm.is_root() {
+        checkpoint::remove_all(&staging);
+    }
     collective(
         comm,
         match out {
-            Some(out) => write_outputs(&cfg, out, &outcome, &written, &grid, focus.as_ref()),
+            Some(out) => write_outputs(cfg, out, &outcome, &written, grid, focus.as_ref()),
             None => Ok(()),
         },
     )
+}
+
+/// The engine's iteration plan from the configuration.
+fn plan(cfg: &Classify3dConfig, n_total: usize) -> Result<Plan> {
+    let online = if cfg.oem_epochs == 0 {
+        0
+    } else {
+        cfg.oem_iterations(n_total)
+    };
+    let halflife = cfg.oem_learning_rate_halflife_pct / 100.0 * online as f64;
+    Ok(Plan {
+        n_total,
+        batch_size: cfg.batch_total(n_total),
+        seed: cfg.seed,
+        rate: LearningRate::new(cfg.oem_learning_rate_init, halflife)?,
+        online,
+        full_max: cfg.fem_max_iterations,
+        batch_offset: 0,
+    })
 }
 
 /// Reads an MRC volume covering the particle box (`side_a` Å, within 2%) and resamples it to
@@ -254,63 +333,6 @@ fn read_working_volume(
         return Ok(resample3(vol.view(), n).mapv(|v| v.clamp(0.0, 1.0)));
     }
     Ok(resample3(vol.view(), n))
-}
-
-/// Every rank writes its part of the checkpoint, then rank 0 the shared part, then each
-/// rank removes its part of the previous one: at any moment the folder holds a complete
-/// checkpoint.
-fn write_checkpoint(
-    comm: &dyn Comm,
-    staging: &Path,
-    shared: &Shared,
-    mine: &RankState,
-    config_yaml: &str,
-) -> Result<()> {
-    collective(comm, mine.write(staging))?;
-    let root = if comm.is_root() {
-        let mut s = shared.clone();
-        s.config_yaml = config_yaml.to_string();
-        s.write(staging)
-    } else {
-        Ok(())
-    };
-    collective(comm, root)?;
-    if shared.next_iteration > 0 {
-        let old = staging.join(checkpoint::rank_file(
-            comm.rank(),
-            shared.next_iteration - 1,
-        ));
-        if old.exists() {
-            std::fs::remove_file(&old).map_err(|e| Error::io(&old, e))?;
-        }
-    }
-    Ok(())
-}
-
-/// Rank 0 reads the shared checkpoint in `staging` and sends it to every rank; each checks
-/// the configuration and rank count and reads its own part.
-fn read_checkpoint(
-    comm: &dyn Comm,
-    staging: &Path,
-    dir: &Path,
-    config_yaml: &str,
-) -> Result<(Shared, RankState)> {
-    let path = staging.join(checkpoint::FILE);
-    let bytes = checkpoint_bytes(comm, comm.is_root().then_some(path.as_path()), dir)?;
-    let c = Shared::from_bytes(&bytes, &dir.join(checkpoint::FILE))?;
-    check_same_config(dir, &c.config_yaml, config_yaml)?;
-    if c.ranks != comm.size() {
-        return Err(Error::file(
-            dir,
-            format!(
-                "the checkpoint was made on {} rank(s); resume classify3d on the same number (this run has {})",
-                c.ranks,
-                comm.size()
-            ),
-        ));
-    }
-    let mine = RankState::read(staging, comm.rank(), c.next_iteration)?;
-    Ok((c, mine))
 }
 
 /// Renumbers classes by assigned size over all ranks, largest first: every rank its
@@ -445,7 +467,7 @@ fn write_particles(
         blob_root: empty.attrs().blob_root.clone(),
         source: format!("emclass classify3d {}", cfg_path.display()),
     };
-    let schema = result_table(empty.table(), &Results::empty(k), scale.map(|_| &[][..]), 0);
+    let schema = result_table(empty.table(), &Results::new(0, k), scale.map(|_| &[][..]), 0);
     drop(empty);
     let mut paths = vec![dir.join("particles.h5")];
     if per_class {

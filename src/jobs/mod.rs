@@ -7,6 +7,7 @@ pub mod classes2d;
 pub mod classify2d;
 pub mod classify3d;
 pub mod comm_check;
+pub mod em_shell;
 pub mod export;
 pub mod import;
 pub mod info;
@@ -38,8 +39,8 @@ pub fn run(cmd: &Command, comm: &dyn Comm) -> Result<()> {
         Command::Import(args) => on_root(comm, || import::run(args)),
         Command::Export(args) => on_root(comm, || export::run(args)),
         Command::Simulate(args) => on_root(comm, || simulate::run(args)),
-        Command::Classify2d(args) => classify2d::run(args, comm),
-        Command::Classify3d(args) => classify3d::run(args, comm),
+        Command::Classify2d(args) => classify2d::run(args, comm).inspect(|_| log_traffic(comm)),
+        Command::Classify3d(args) => classify3d::run(args, comm).inspect(|_| log_traffic(comm)),
         Command::Subset(args) => subset::run(args, comm),
         Command::Select2d(args) => select2d::run(args, comm),
         Command::Rebalance2d(args) => rebalance2d::run(args, comm),
@@ -50,15 +51,30 @@ pub fn run(cmd: &Command, comm: &dyn Comm) -> Result<()> {
     }
 }
 
+/// Rank 0's communication totals of a job (the EM jobs gather nothing per particle: this
+/// line shows it, and the tests check it does not grow with the particle count).
+fn log_traffic(comm: &dyn Comm) {
+    let t = comm.traffic();
+    if comm.is_root() && comm.size() > 1 {
+        log::info!(
+            "communication (rank 0): all-reduced {} B, gathered {} B from other ranks, broadcast {} B, all-to-all {} B sent",
+            t.all_reduced,
+            t.gathered,
+            t.broadcast,
+            t.all_to_all
+        );
+    }
+}
+
 /// For jobs without CUDA kernels (classify3d: its projection and back-projection have no GPU
 /// version yet): `auto` and `cpu` run on the CPU (logged); `cuda` is refused, naming the
 /// config file, the key and the job.
 pub(crate) fn select_backend(
     path: &std::path::Path,
-    b: crate::classify2d::config::BackendChoice,
+    b: crate::backend::BackendChoice,
     job: &str,
 ) -> Result<()> {
-    use crate::classify2d::config::BackendChoice;
+    use crate::backend::BackendChoice;
     match b {
         BackendChoice::Cpu => Ok(()),
         BackendChoice::Auto => {

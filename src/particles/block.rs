@@ -1,41 +1,45 @@
-//! A rank's particles, pre-processed once: normalised, Fourier transformed and cropped to the
-//! working grid, with their CTF parameters.
-//!
-//! Normalisation (RELION's): each image has the mean of its background (pixels outside a
-//! centred circle of diameter 0.8·box) subtracted and is divided by that background's standard
-//! deviation, so the noise level is comparable between micrographs; the per-shell noise model
-//! takes care of the rest.
+//! Pre-processed particles: a rank's share when held in memory, or one block of it when
+//! streamed. Both jobs use the same block: working-grid spectra, CTFs, half-set labels and,
+//! for 3D classification, the known poses (spectra then re-centred by the known shifts).
 
-use std::ops::Range;
-
-use ndarray::ArrayView2;
+use ndarray::Array2;
 
 use crate::dataset::Dataset;
 use crate::error::{Error, Result};
-use crate::numerics::ctf::{Ctf, CtfParams};
-use crate::numerics::fft::{rfft2, Complex32};
-use crate::numerics::image2d::fourier_crop;
+use crate::numerics::ctf::Ctf;
+use crate::numerics::fft::Complex32;
+use crate::numerics::rotation::{pose_to_matrix, Mat3};
 
 use super::grid::WorkGrid;
+use super::preprocess::{crop, preprocess, preprocess_stack, read_ctfs, recenter};
 
-/// CTF fields read when `ctf_correct` is on.
-pub const CTF_FIELDS: [&str; 6] = [
-    "ctf/accel_kv",
-    "ctf/cs_mm",
-    "ctf/amp_contrast",
-    "ctf/df1_A",
-    "ctf/df2_A",
-    "ctf/df_angle_rad",
-];
+/// Known pose and shift fields (3D classification without alignment).
+pub const POSE_FIELD: &str = "alignments3D/pose";
+pub const SHIFT_FIELD: &str = "alignments3D/shift";
+
+/// Images read and pre-processed per read.
+const READ_CHUNK: usize = 512;
+
+/// What a job needs of each particle beside its spectrum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Needs {
+    /// Read `ctf/*` (all of [`super::preprocess::CTF_FIELDS`] must exist).
+    pub ctf: bool,
+    /// Read the known pose ([`POSE_FIELD`]) and re-centre by the known shift
+    /// ([`SHIFT_FIELD`], zero when absent).
+    pub poses: bool,
+}
 
 /// Pre-processed particles: a rank's share when held, or one block when streamed.
 pub struct Particles {
     /// Working-grid spectra, `len × grid.len()`.
     pub spectra: Vec<Complex32>,
-    /// CTF of each particle (None: `ctf_correct` off, CTF = 1).
+    /// CTF of each particle (None: no CTF correction, CTF = 1).
     pub ctf: Option<Vec<Ctf>>,
-    /// Half set of each particle (global row parity), for the FRC of class averages.
+    /// Half set of each particle (global row parity), for half-set FRC/FSC.
     pub half: Vec<u8>,
+    /// Known pose of each particle (with [`Needs::poses`]).
+    pub pose: Option<Vec<Mat3>>,
     per: usize,
 }
 
@@ -47,9 +51,30 @@ impl Particles {
     pub fn is_empty(&self) -> bool {
         self.half.is_empty()
     }
-    /// Spectrum of local particle `i`.
+    /// Spectrum of particle `i`.
     pub fn spectrum(&self, i: usize) -> &[Complex32] {
         &self.spectra[i * self.per..(i + 1) * self.per]
+    }
+    /// Known pose of particle `i` (panics without [`Needs::poses`]: a bug of the caller).
+    pub fn pose(&self, i: usize) -> &Mat3 {
+        &self.pose.as_ref().expect("particles loaded with poses")[i]
+    }
+    /// The CTF of particle `i` on the working half plane (1 without CTF).
+    pub fn ctf_into(&self, i: usize, grid: &WorkGrid, out: &mut [f32]) {
+        match &self.ctf {
+            Some(c) => c[i].half_plane_into(grid.n, grid.n, grid.psize_a(), out),
+            None => out.iter_mut().for_each(|v| *v = 1.0),
+        }
+    }
+    /// `C²` of particle `i` at a fractional frequency in index units of the input box.
+    pub fn ctf2_at(&self, i: usize, grid: &WorkGrid, kx: f64, ky: f64) -> f64 {
+        match &self.ctf {
+            Some(c) => {
+                let s = 1.0 / (grid.box_in as f64 * grid.psize_in_a);
+                c[i].eval(kx * s, ky * s).powi(2)
+            }
+            None => 1.0,
+        }
     }
     /// A block of already pre-processed particles (`spectra` is `half.len() × grid.len()`).
     pub fn from_spectra(
@@ -63,13 +88,32 @@ impl Particles {
             spectra,
             ctf,
             half,
+            pose: None,
+            per: grid.len(),
+        }
+    }
+    /// Particles at known poses from in-memory parts (tests); global rows from `first_row`.
+    pub fn with_poses(
+        first_row: usize,
+        spectra: Vec<Complex32>,
+        ctf: Option<Vec<Ctf>>,
+        pose: Vec<Mat3>,
+        grid: &WorkGrid,
+    ) -> Particles {
+        let n = pose.len();
+        assert_eq!(spectra.len(), n * grid.len(), "spectra size");
+        Particles {
+            spectra,
+            ctf,
+            half: (0..n).map(|i| ((first_row + i) % 2) as u8).collect(),
+            pose: Some(pose),
             per: grid.len(),
         }
     }
     /// Pre-processed particles from in-memory images (tests, benchmarks); `normalize` off
     /// keeps the grey levels (noise-free test images have no background to normalise by).
     pub fn from_images(
-        images: &[ndarray::Array2<f32>],
+        images: &[Array2<f32>],
         ctf: Option<Vec<Ctf>>,
         first_row: usize,
         grid: &WorkGrid,
@@ -89,135 +133,111 @@ impl Particles {
             half: (0..images.len())
                 .map(|i| ((first_row + i) % 2) as u8)
                 .collect(),
+            pose: None,
             per: grid.len(),
         }
     }
 }
 
-/// Reads the CTF parameters of every row of `ds` (all of [`CTF_FIELDS`] must exist).
-pub fn read_ctfs(ds: &Dataset) -> Result<Vec<Ctf>> {
+/// A numeric per-particle field with `width` values per row, checked finite.
+pub fn numeric_field(ds: &Dataset, name: &str, width: usize, why: &str) -> Result<Vec<f64>> {
     let t = ds.table();
-    let col = |name: &str| -> Result<Vec<f64>> {
-        t.get(name)
-            .and_then(|c| c.data.to_f64())
-            .ok_or_else(|| {
-                Error::field(
-                    ds.path(),
-                    name,
-                    "missing: CTF correction needs it (set ctf_correct: false for data that needs none)",
-                )
-            })
-    };
-    let opt = |name: &str, default: f64| -> Vec<f64> {
-        t.get(name)
-            .and_then(|c| c.data.to_f64())
-            .unwrap_or_else(|| vec![default; t.len()])
-    };
-    let [kv, cs, amp, df1, df2, ang] = CTF_FIELDS.map(col);
-    let (kv, cs, amp, df1, df2, ang) = (kv?, cs?, amp?, df1?, df2?, ang?);
-    let phase = opt("ctf/phase_shift_rad", 0.0);
-    let bfac = opt("ctf/bfactor", 0.0);
-    let scale = opt("ctf/scale", 1.0);
-    (0..t.len())
-        .map(|i| {
-            let p = CtfParams {
-                accel_kv: kv[i],
-                cs_mm: cs[i],
-                amp_contrast: amp[i],
-                df1_a: df1[i],
-                df2_a: df2[i],
-                df_angle_rad: ang[i],
-                phase_shift_rad: phase[i],
-                bfactor_a2: bfac[i],
-                scale: scale[i],
-            };
-            let finite = [
-                p.accel_kv,
-                p.cs_mm,
-                p.amp_contrast,
-                p.df1_a,
-                p.df2_a,
-                p.df_angle_rad,
-            ];
-            if finite.iter().any(|v| !v.is_finite()) || p.accel_kv <= 0.0 {
-                return Err(Error::field(
-                    ds.path(),
-                    "ctf/*",
-                    format!(
-                        "particle {} (uid {}) has an invalid CTF: {p:?}",
-                        i,
-                        t.uid()[i]
-                    ),
-                ));
-            }
-            Ok(Ctf::new(&p))
-        })
-        .collect()
+    let col = t
+        .get(name)
+        .ok_or_else(|| Error::field(ds.path(), name, format!("missing: {why}")))?;
+    if col.width != width {
+        return Err(Error::field(
+            ds.path(),
+            name,
+            format!("has {} values per particle, expected {width}", col.width),
+        ));
+    }
+    let v = col
+        .data
+        .to_f64()
+        .ok_or_else(|| Error::field(ds.path(), name, "is not numeric"))?;
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(Error::field(
+            ds.path(),
+            name,
+            format!("particle {} has a non-finite value", i / width),
+        ));
+    }
+    Ok(v)
 }
 
-/// Loads and pre-processes the particles of `ds` (a rank's row range `rows` of the file,
-/// already opened with `Dataset::open_range`).
+/// Known poses and shifts of every row of `ds` (`3 × len` and `2 × len`).
+fn poses_and_shifts(ds: &Dataset) -> Result<(Vec<f64>, Vec<f64>)> {
+    let why = "3D classification without alignment needs known poses (run a refinement first, or import them)";
+    let pose = numeric_field(ds, POSE_FIELD, 3, why)?;
+    let shift = match ds.table().get(SHIFT_FIELD) {
+        Some(_) => numeric_field(ds, SHIFT_FIELD, 2, why)?,
+        None => vec![0.0; 2 * ds.len()],
+    };
+    Ok((pose, shift))
+}
+
+/// Checks the fields `needs` asks for on every row of `ds` (holding nothing afterwards).
+pub fn check(ds: &Dataset, needs: Needs) -> Result<()> {
+    if needs.ctf {
+        read_ctfs(ds)?;
+    }
+    if needs.poses {
+        poses_and_shifts(ds)?;
+    }
+    Ok(())
+}
+
+/// Loads and pre-processes rows `rows` (sorted indices into `ds`) of a dataset opened on a
+/// range whose first row is global row `first_global`. Images are read in contiguous runs.
 pub fn load(
     ds: &Dataset,
-    rows: Range<usize>,
+    first_global: usize,
+    rows: &[usize],
     grid: &WorkGrid,
-    ctf_correct: bool,
+    needs: Needs,
 ) -> Result<Particles> {
-    let ctf = if ctf_correct {
-        Some(read_ctfs(ds)?)
+    let ctf = if needs.ctf {
+        let all = read_ctfs(ds)?;
+        Some(rows.iter().map(|&i| all[i]).collect())
     } else {
         None
     };
-    let n = ds.len();
-    let mut spectra = Vec::with_capacity(n * grid.len());
-    let chunk = 512;
-    let mut start = 0;
-    while start < n {
-        let end = (start + chunk).min(n);
-        spectra.extend(preprocess_stack(&ds.read_images(start..end)?, grid));
-        start = end;
+    let ps = if needs.poses {
+        Some(poses_and_shifts(ds)?)
+    } else {
+        None
+    };
+    let mut spectra = Vec::with_capacity(rows.len() * grid.len());
+    let mut a = 0;
+    while a < rows.len() {
+        let mut b = a + 1;
+        while b < rows.len() && rows[b] == rows[b - 1] + 1 && b - a < READ_CHUNK {
+            b += 1;
+        }
+        let imgs = ds.read_images(rows[a]..rows[b - 1] + 1)?;
+        let mut s = preprocess_stack(&imgs, grid);
+        if let Some((_, shift)) = &ps {
+            for (j, spec) in s.chunks_exact_mut(grid.len()).enumerate() {
+                let r = rows[a + j];
+                recenter(spec, [shift[2 * r], shift[2 * r + 1]], grid);
+            }
+        }
+        spectra.extend(s);
+        a = b;
     }
     Ok(Particles {
         spectra,
         ctf,
-        half: rows.map(|g| (g % 2) as u8).collect(),
+        half: rows
+            .iter()
+            .map(|&i| ((first_global + i) % 2) as u8)
+            .collect(),
+        pose: ps.map(|(pose, _)| {
+            rows.iter()
+                .map(|&i| pose_to_matrix([pose[3 * i], pose[3 * i + 1], pose[3 * i + 2]]))
+                .collect()
+        }),
         per: grid.len(),
     })
-}
-
-/// Pre-processes a stack of images `(n, box, box)` in parallel, spectra concatenated.
-pub fn preprocess_stack(imgs: &ndarray::Array3<f32>, grid: &WorkGrid) -> Vec<Complex32> {
-    use rayon::prelude::*;
-    let out: Vec<Vec<Complex32>> = (0..imgs.dim().0)
-        .into_par_iter()
-        .map(|i| preprocess(imgs.index_axis(ndarray::Axis(0), i), grid))
-        .collect();
-    out.concat()
-}
-
-/// Normalises one image (background mean 0, standard deviation 1), transforms it and crops
-/// it to the working grid (values as `fourier_crop` scales them).
-pub fn preprocess(img: ArrayView2<f32>, grid: &WorkGrid) -> Vec<Complex32> {
-    let ny = img.dim().0;
-    let c = (ny / 2) as f64;
-    let r2 = (0.4 * ny as f64).powi(2);
-    let (mut s, mut s2, mut m) = (0.0f64, 0.0f64, 0.0f64);
-    for ((i, j), &v) in img.indexed_iter() {
-        if (i as f64 - c).powi(2) + (j as f64 - c).powi(2) > r2 {
-            s += v as f64;
-            s2 += (v as f64).powi(2);
-            m += 1.0;
-        }
-    }
-    let mean = s / m;
-    let sd = (s2 / m - mean * mean).max(1e-20).sqrt();
-    let norm = img.mapv(|v| ((v as f64 - mean) / sd) as f32);
-    crop(norm.view(), grid)
-}
-
-/// Transform and crop to the working grid.
-fn crop(img: ArrayView2<f32>, grid: &WorkGrid) -> Vec<Complex32> {
-    let spec = rfft2(img);
-    let small = fourier_crop(spec.view(), grid.box_in, grid.k_max);
-    small.into_raw_vec_and_offset().0
 }

@@ -22,8 +22,8 @@ use crate::error::{Error, Result};
 use crate::numerics::ctf::Ctf;
 use crate::numerics::fft::Complex32;
 
+use super::block::{self, Needs, Particles};
 use super::grid::WorkGrid;
-use super::particles::{self, Particles};
 
 /// Local rows per block (a multiple of the E-step's 16-particle GEMM batch).
 pub const BLOCK_PARTICLES: usize = 1024;
@@ -37,7 +37,7 @@ enum Store {
     Streamed {
         path: PathBuf,
         grid: WorkGrid,
-        ctf_correct: bool,
+        needs: Needs,
     },
 }
 
@@ -50,7 +50,7 @@ pub struct ParticleSource {
 /// The memory plan of one rank, logged at start.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MemoryPlan {
-    /// Pre-processed bytes of one particle (spectrum on the working grid + CTF).
+    /// Pre-processed bytes of one particle (spectrum on the working grid + CTF + pose).
     pub bytes_per_particle: usize,
     /// Bytes all of this rank's particles would take resident.
     pub resident_bytes: u64,
@@ -62,10 +62,15 @@ pub struct MemoryPlan {
 
 impl MemoryPlan {
     /// Resident when the rank's share fits in `max_resident_gb` (GiB; 0 always streams).
-    pub fn new(n_local: usize, grid: &WorkGrid, ctf_correct: bool, max_resident_gb: f64) -> Self {
+    pub fn new(n_local: usize, grid: &WorkGrid, needs: Needs, max_resident_gb: f64) -> Self {
         let bytes_per_particle = grid.len() * std::mem::size_of::<Complex32>()
-            + if ctf_correct {
+            + if needs.ctf {
                 std::mem::size_of::<Ctf>()
+            } else {
+                0
+            }
+            + if needs.poses {
+                std::mem::size_of::<crate::numerics::rotation::Mat3>()
             } else {
                 0
             }
@@ -113,43 +118,46 @@ impl MemoryPlan {
 
 impl ParticleSource {
     /// Loads the rank's rows into memory (`ds` opened on `rows`).
-    pub fn resident(
-        ds: &Dataset,
-        rows: Range<usize>,
-        grid: &WorkGrid,
-        ctf_correct: bool,
-    ) -> Result<Self> {
-        let parts = particles::load(ds, rows.clone(), grid, ctf_correct)?;
+    pub fn resident(ds: &Dataset, rows: Range<usize>, grid: &WorkGrid, needs: Needs) -> Result<Self> {
+        let all: Vec<usize> = (0..rows.len()).collect();
+        let parts = block::load(ds, rows.start, &all, grid, needs)?;
         Ok(ParticleSource {
             rows,
             store: Store::Resident(parts),
         })
     }
 
+    /// Particles already in memory as the rank's rows `rows` (tests, benchmarks).
+    pub fn in_memory(parts: Particles, rows: Range<usize>) -> Self {
+        assert_eq!(parts.len(), rows.len(), "particles for rows");
+        ParticleSource {
+            rows,
+            store: Store::Resident(parts),
+        }
+    }
+
     /// Streams the rows `rows` of `path` each time they are asked for. The caller has
     /// opened and checked the range once (fields, CTF, image references).
-    pub fn streamed(path: &Path, rows: Range<usize>, grid: &WorkGrid, ctf_correct: bool) -> Self {
+    pub fn streamed(path: &Path, rows: Range<usize>, grid: &WorkGrid, needs: Needs) -> Self {
         ParticleSource {
             rows,
             store: Store::Streamed {
                 path: path.to_path_buf(),
                 grid: grid.clone(),
-                ctf_correct,
+                needs,
             },
         }
     }
 
-    /// Checks the metadata, image references and (with `ctf_correct`) CTF fields of rows
+    /// Checks the metadata, image references and the fields `needs` asks for of rows
     /// `rows` of `path`, a block of rows at a time, holding none of them afterwards.
-    pub fn check_streamed(path: &Path, rows: Range<usize>, ctf_correct: bool) -> Result<()> {
+    pub fn check_streamed(path: &Path, rows: Range<usize>, needs: Needs) -> Result<()> {
         const CHECK_ROWS: usize = 64 * BLOCK_PARTICLES;
         let mut start = rows.start;
         while start < rows.end {
             let end = (start + CHECK_ROWS).min(rows.end);
             let ds = Dataset::open_range(path, start..end)?;
-            if ctf_correct {
-                particles::read_ctfs(&ds)?;
-            }
+            block::check(&ds, needs)?;
             start = end;
         }
         Ok(())
@@ -190,11 +198,7 @@ impl ParticleSource {
                 }
                 Ok(())
             }
-            Store::Streamed {
-                path,
-                grid,
-                ctf_correct,
-            } => {
+            Store::Streamed { path, grid, needs } => {
                 let first = self.rows.start;
                 std::thread::scope(|scope| {
                     // Capacity 1: one block queued while one is scored and the next is read.
@@ -202,7 +206,7 @@ impl ParticleSource {
                     let to_read = &groups;
                     scope.spawn(move || {
                         for g in to_read {
-                            let block = load_rows(path, first, g, grid, *ctf_correct);
+                            let block = load_rows(path, first, g, grid, *needs);
                             let failed = block.is_err();
                             if tx.send(block).is_err() || failed {
                                 break;
@@ -222,6 +226,22 @@ impl ParticleSource {
                 })
             }
         }
+    }
+}
+
+impl ParticleSource {
+    /// [`Self::for_each_block`] over every local row, in segments of 64 blocks (so no list
+    /// of all rows is built).
+    pub fn for_each_all(
+        &self,
+        mut f: impl FnMut(&[usize], &[usize], &Particles) -> Result<()>,
+    ) -> Result<()> {
+        let n = self.len();
+        let seg = 64 * BLOCK_PARTICLES;
+        (0..n.div_ceil(seg)).try_for_each(|s| {
+            let rows: Vec<usize> = (s * seg..((s + 1) * seg).min(n)).collect();
+            self.for_each_block(&rows, &mut f)
+        })
     }
 }
 
@@ -247,33 +267,12 @@ fn load_rows(
     first: usize,
     ids: &[usize],
     grid: &WorkGrid,
-    ctf_correct: bool,
+    needs: Needs,
 ) -> Result<Particles> {
     let (lo, hi) = (ids[0], ids[ids.len() - 1] + 1);
     let ds = Dataset::open_range(path, first + lo..first + hi)?;
-    let ctf = if ctf_correct {
-        let all = particles::read_ctfs(&ds)?;
-        Some(ids.iter().map(|&i| all[i - lo]).collect())
-    } else {
-        None
-    };
-    let mut spectra = Vec::with_capacity(ids.len() * grid.len());
-    let mut a = 0;
-    while a < ids.len() {
-        let mut b = a + 1;
-        while b < ids.len() && ids[b] == ids[b - 1] + 1 {
-            b += 1;
-        }
-        let imgs = ds.read_images(ids[a] - lo..ids[b - 1] + 1 - lo)?;
-        spectra.extend(particles::preprocess_stack(&imgs, grid));
-        a = b;
-    }
-    Ok(Particles::from_spectra(
-        spectra,
-        ctf,
-        ids.iter().map(|&i| ((first + i) % 2) as u8).collect(),
-        grid,
-    ))
+    let rows: Vec<usize> = ids.iter().map(|&i| i - lo).collect();
+    block::load(&ds, first + lo, &rows, grid, needs)
 }
 
 #[cfg(test)]
@@ -295,11 +294,15 @@ mod tests {
     #[test]
     fn the_plan_streams_only_over_the_budget() {
         let grid = WorkGrid::new(64, 2.0, 6.0);
-        let p = MemoryPlan::new(1000, &grid, true, 1.0);
+        let needs = Needs {
+            ctf: true,
+            poses: false,
+        };
+        let p = MemoryPlan::new(1000, &grid, needs, 1.0);
         assert!(!p.streamed, "{p:?}");
         assert_eq!(p.held_bytes(), p.resident_bytes);
-        assert!(MemoryPlan::new(1000, &grid, true, 0.0).streamed);
-        let big = MemoryPlan::new(10_000_000, &grid, true, 1.0);
+        assert!(MemoryPlan::new(1000, &grid, needs, 0.0).streamed);
+        let big = MemoryPlan::new(10_000_000, &grid, needs, 1.0);
         assert!(big.streamed);
         assert!(big.held_bytes() < 100 << 20, "{}", big.held_bytes());
         assert!(big.describe(10_000_000).contains("streamed"));
