@@ -184,106 +184,27 @@ pub fn update_classes(
 ) -> ClassUpdate {
     use rayon::prelude::*;
     let n = grid.n;
-    let len = grid.len();
-    let num = stats.segment(NUM).expect("num");
-    let den = stats.segment(DEN).expect("den");
-    let wts = stats.segment(WEIGHT).expect("weight");
-    let ns = grid.n_shells();
-    let h = half_len(n);
-    // Pass 1, per class: half-set spectra, FRC, mean denominator per shell.
-    struct Half {
-        n0: Array2<Complex32>,
-        n1: Array2<Complex32>,
-        frc: Vec<f64>,
-        dmean: Vec<f64>,
-        count: f64,
-    }
-    let den2 = stats.segment(DEN2).expect("den2");
+    let seg = Segments {
+        num: stats.segment(NUM).expect("num"),
+        den: stats.segment(DEN).expect("den"),
+        wts: stats.segment(WEIGHT).expect("weight"),
+        den2: stats.segment(DEN2).expect("den2"),
+    };
     let mask_ms = post.mask.iter().map(|&m| (m as f64).powi(2)).sum::<f64>() / (n * n) as f64;
-    let halves: Vec<Half> = (0..k)
+    // Pass 1, per class: half-set spectra, FRC, mean denominator per shell.
+    let halves: Vec<ClassHalves> = (0..k)
         .into_par_iter()
-        .map(|c| {
-            let count = wts[2 * c] + wts[2 * c + 1];
-            let spec_of = |h: usize| -> Array2<Complex32> {
-                let s = (2 * c + h) * n * n;
-                let img = Array2::from_shape_fn((n, n), |(i, j)| num[s + i * n + j] as f32);
-                rfft2(img.view())
-            };
-            let (n0, n1) = (spec_of(0), spec_of(1));
-            let d0 = &den[(2 * c) * len..(2 * c + 1) * len];
-            let d1 = &den[(2 * c + 1) * len..(2 * c + 2) * len];
-            // Half averages for the FRC (a tiny regulariser keeps empty coefficients finite).
-            let eps = 1e-6 * (d0.iter().chain(d1).sum::<f64>() / (2 * len) as f64).max(1e-30);
-            let half = |s: &Array2<Complex32>, d: &[f64]| -> Array2<Complex32> {
-                Array2::from_shape_fn(s.dim(), |(i, j)| s[[i, j]] / (d[i * h + j] + eps) as f32)
-            };
-            let frc = frc_spectra(half(&n0, d0).view(), half(&n1, d1).view(), n);
-            let (mut dsum, mut dcnt) = (vec![0.0f64; ns], vec![0.0f64; ns]);
-            for cc in 0..len {
-                let s = grid.shell[cc] as usize;
-                if s < ns {
-                    dsum[s] += d0[cc] + d1[cc];
-                    dcnt[s] += 1.0;
-                }
-            }
-            let dmean: Vec<f64> = dsum
-                .iter()
-                .zip(&dcnt)
-                .map(|(s, c)| s / c.max(1.0))
-                .collect();
-            Half {
-                n0,
-                n1,
-                frc,
-                dmean,
-                count,
-            }
-        })
+        .map(|c| class_halves(grid, &seg, c))
         .collect();
-    // The SSNR is pooled over classes (count-weighted mean FRC), so every class is shrunk by
-    // the same factor per shell relative to its own denominator: a class with few particles
-    // is noisier but not faded out, which would hand all particles to the largest class.
-    let total: f64 = halves.iter().map(|c| c.count.max(0.0)).sum();
-    let pooled: Vec<f64> = (0..ns)
-        .map(|s| {
-            if total <= 0.0 {
-                return 0.0;
-            }
-            halves
-                .iter()
-                .map(|c| c.count.max(0.0) * c.frc[s])
-                .sum::<f64>()
-                / total
-        })
-        .collect();
+    let pooled = pooled_frc(&halves, grid.n_shells());
+    // Pass 2, per class: the Wiener-filtered average, post-processed (or the previous one
+    // for a class without particles), and its noise gain.
     type ClassOut = (Array2<f32>, Vec<f64>, f64, Vec<f64>);
     let per_class: Vec<ClassOut> = halves
         .into_par_iter()
         .enumerate()
         .map(|(c, hc)| {
-            let d0 = &den[(2 * c) * len..(2 * c + 1) * len];
-            let d1 = &den[(2 * c + 1) * len..(2 * c + 2) * len];
-            let q = &den2[(2 * c) * len..(2 * c + 2) * len];
-            let (mut gain, mut gcnt) = (vec![0.0f64; ns], vec![0.0f64; ns]);
-            let spec = Array2::from_shape_fn((n, h), |(i, j)| {
-                let cc = i * h + j;
-                let s = grid.shell[cc] as usize;
-                if s >= ns || hc.count <= 0.0 {
-                    return Complex32::new(0.0, 0.0);
-                }
-                let f = pooled[s].clamp(1e-3, 0.999);
-                let ssnr = 2.0 * f / (1.0 - f);
-                let d = d0[cc] + d1[cc] + hc.dmean[s] / ssnr;
-                if d > 0.0 && !(grid.kx[cc] == 0 && grid.ky[cc] < 0) {
-                    gain[s] += (q[cc] + q[len + cc]) / (d * d);
-                    gcnt[s] += 1.0;
-                }
-                if d > 0.0 {
-                    (hc.n0[[i, j]] + hc.n1[[i, j]]) / d as f32
-                } else {
-                    Complex32::new(0.0, 0.0)
-                }
-            });
+            let (spec, gain) = wiener_spectrum(grid, &seg, c, &hc, &pooled, mask_ms);
             let mut img = irfft2(spec.view(), n);
             if hc.count <= 0.0 {
                 if let Some(prev) = previous {
@@ -292,11 +213,6 @@ pub fn update_classes(
             } else {
                 img = postprocess(img, post);
             }
-            let gain = gain
-                .iter()
-                .zip(&gcnt)
-                .map(|(g, c)| mask_ms * g / c.max(1.0))
-                .collect();
             (img, hc.frc, hc.count, gain)
         })
         .collect();
@@ -313,6 +229,136 @@ pub fn update_classes(
         out.noise_gain.push(gain);
     }
     out
+}
+
+/// The reduced statistics segments the class averages are made from.
+struct Segments<'a> {
+    num: &'a [f64],
+    den: &'a [f64],
+    wts: &'a [f64],
+    den2: &'a [f64],
+}
+
+/// Pass 1 of [`update_classes`] for one class: its half-set numerator spectra, their FRC,
+/// the mean summed denominator per shell and the summed weight.
+struct ClassHalves {
+    n0: Array2<Complex32>,
+    n1: Array2<Complex32>,
+    frc: Vec<f64>,
+    dmean: Vec<f64>,
+    count: f64,
+}
+
+/// The half-set spectra, FRC and mean denominator per shell of class `c`.
+fn class_halves(grid: &WorkGrid, seg: &Segments, c: usize) -> ClassHalves {
+    let n = grid.n;
+    let len = grid.len();
+    let ns = grid.n_shells();
+    let h = half_len(n);
+    let (num, den, wts) = (seg.num, seg.den, seg.wts);
+    let count = wts[2 * c] + wts[2 * c + 1];
+    let spec_of = |h: usize| -> Array2<Complex32> {
+        let s = (2 * c + h) * n * n;
+        let img = Array2::from_shape_fn((n, n), |(i, j)| num[s + i * n + j] as f32);
+        rfft2(img.view())
+    };
+    let (n0, n1) = (spec_of(0), spec_of(1));
+    let d0 = &den[(2 * c) * len..(2 * c + 1) * len];
+    let d1 = &den[(2 * c + 1) * len..(2 * c + 2) * len];
+    // Half averages for the FRC (a tiny regulariser keeps empty coefficients finite).
+    let eps = 1e-6 * (d0.iter().chain(d1).sum::<f64>() / (2 * len) as f64).max(1e-30);
+    let half = |s: &Array2<Complex32>, d: &[f64]| -> Array2<Complex32> {
+        Array2::from_shape_fn(s.dim(), |(i, j)| s[[i, j]] / (d[i * h + j] + eps) as f32)
+    };
+    let frc = frc_spectra(half(&n0, d0).view(), half(&n1, d1).view(), n);
+    let (mut dsum, mut dcnt) = (vec![0.0f64; ns], vec![0.0f64; ns]);
+    for cc in 0..len {
+        let s = grid.shell[cc] as usize;
+        if s < ns {
+            dsum[s] += d0[cc] + d1[cc];
+            dcnt[s] += 1.0;
+        }
+    }
+    let dmean: Vec<f64> = dsum
+        .iter()
+        .zip(&dcnt)
+        .map(|(s, c)| s / c.max(1.0))
+        .collect();
+    ClassHalves {
+        n0,
+        n1,
+        frc,
+        dmean,
+        count,
+    }
+}
+
+/// The count-weighted mean FRC of the classes per shell (0 without particles).
+///
+/// The SSNR is pooled over classes, so every class is shrunk by the same factor per shell
+/// relative to its own denominator: a class with few particles is noisier but not faded
+/// out, which would hand all particles to the largest class.
+fn pooled_frc(halves: &[ClassHalves], ns: usize) -> Vec<f64> {
+    let total: f64 = halves.iter().map(|c| c.count.max(0.0)).sum();
+    (0..ns)
+        .map(|s| {
+            if total <= 0.0 {
+                return 0.0;
+            }
+            halves
+                .iter()
+                .map(|c| c.count.max(0.0) * c.frc[s])
+                .sum::<f64>()
+                / total
+        })
+        .collect()
+}
+
+/// The Wiener-filtered spectrum of class `c` (zero for a class without particles) with the
+/// pooled FRC as regulariser, and its noise gain per shell (times `mask_ms`, the mask's mean
+/// square).
+fn wiener_spectrum(
+    grid: &WorkGrid,
+    seg: &Segments,
+    c: usize,
+    hc: &ClassHalves,
+    pooled: &[f64],
+    mask_ms: f64,
+) -> (Array2<Complex32>, Vec<f64>) {
+    let n = grid.n;
+    let len = grid.len();
+    let ns = grid.n_shells();
+    let h = half_len(n);
+    let den = seg.den;
+    let d0 = &den[(2 * c) * len..(2 * c + 1) * len];
+    let d1 = &den[(2 * c + 1) * len..(2 * c + 2) * len];
+    let q = &seg.den2[(2 * c) * len..(2 * c + 2) * len];
+    let (mut gain, mut gcnt) = (vec![0.0f64; ns], vec![0.0f64; ns]);
+    let spec = Array2::from_shape_fn((n, h), |(i, j)| {
+        let cc = i * h + j;
+        let s = grid.shell[cc] as usize;
+        if s >= ns || hc.count <= 0.0 {
+            return Complex32::new(0.0, 0.0);
+        }
+        let f = pooled[s].clamp(1e-3, 0.999);
+        let ssnr = 2.0 * f / (1.0 - f);
+        let d = d0[cc] + d1[cc] + hc.dmean[s] / ssnr;
+        if d > 0.0 && !(grid.kx[cc] == 0 && grid.ky[cc] < 0) {
+            gain[s] += (q[cc] + q[len + cc]) / (d * d);
+            gcnt[s] += 1.0;
+        }
+        if d > 0.0 {
+            (hc.n0[[i, j]] + hc.n1[[i, j]]) / d as f32
+        } else {
+            Complex32::new(0.0, 0.0)
+        }
+    });
+    let gain = gain
+        .iter()
+        .zip(&gcnt)
+        .map(|(g, c)| mask_ms * g / c.max(1.0))
+        .collect();
+    (spec, gain)
 }
 
 /// Re-centring, vertical alignment, mask, non-negativity and solvent clamping.

@@ -35,109 +35,11 @@ struct Source {
 /// Runs the import (on the calling rank).
 pub fn run(args: &ImportArgs) -> Result<()> {
     check_writable(&args.out, args.overwrite)?;
-    let (mut table, root, src) = if let Some(path) = &args.star {
-        let parsed = star::read_star(path)?;
-        let table = relion::star_to_table(&parsed, path)?;
-        (
-            table,
-            abs_parent(path)?,
-            Source {
-                file: path.clone(),
-                image_field: "_rlnImageName",
-            },
-        )
-    } else if let Some(path) = &args.cs {
-        let table = cs::read_cs(path)?;
-        let root = match &args.project_dir {
-            Some(d) => std::fs::canonicalize(d).map_err(|e| Error::io(d, e))?,
-            None => abs_parent(path)?,
-        };
-        (
-            table,
-            root,
-            Source {
-                file: path.clone(),
-                image_field: "blob/path",
-            },
-        )
-    } else if let Some(path) = &args.mrcs {
-        let stack = MrcStack::open(path)?;
-        let name = path
-            .file_name()
-            .ok_or_else(|| Error::file(path, "not a file name"))?
-            .to_string_lossy()
-            .into_owned();
-        let n = stack.len();
-        let mut t = ParticleTable::new(vec![0; n]);
-        t.set_str("blob/path", vec![name; n]);
-        t.set_u32("blob/idx", (0..n as u32).collect());
-        (
-            t,
-            abs_parent(path)?,
-            Source {
-                file: path.clone(),
-                image_field: "blob/idx",
-            },
-        )
-    } else {
-        return Err(Error::Usage(
-            "import needs one of --star, --cs or --mrcs".into(),
-        ));
-    };
-    for f in ["blob/path", "blob/idx"] {
-        if !table.has(f) {
-            return Err(Error::field(
-                &src.file,
-                f,
-                "missing: particles must reference their images",
-            ));
-        }
-    }
-    let n = table.len();
-    if n == 0 {
-        return Err(Error::file(&src.file, "no particles"));
-    }
-    let paths: Vec<PathBuf> = table
-        .str("blob/path")
-        .ok_or_else(|| Error::field(&src.file, "blob/path", "not a string field"))?
-        .iter()
-        .map(|p| resolve(&root, p.trim_start_matches('>')))
-        .collect();
-    let idx = table
-        .get("blob/idx")
-        .and_then(|c| c.data.to_f64())
-        .ok_or_else(|| Error::field(&src.file, "blob/idx", "not a numeric field"))?;
-
-    // Geometry from the first stack; every other stack must agree. The first image must
-    // exist before its size is believed: an empty stack's header can declare any nx, ny.
-    let first = open_stack(&paths[0], &src, 0)?;
-    checked_index(idx[0], &first, 0, &src)?;
-    if first.nx() != first.ny() {
-        return Err(Error::field(
-            &src.file,
-            src.image_field,
-            format!(
-                "particle row 1 is in stack {} of {}×{} px images; particle images must be square",
-                first.path().display(),
-                first.nx(),
-                first.ny()
-            ),
-        ));
-    }
-    let box_px = first.nx();
+    let (mut table, root, src) = read_metadata(args)?;
+    let (paths, idx) = image_references(&table, &root, &src)?;
+    let (first, box_px) = first_stack(&paths, &idx, &src)?;
     let psize_a = pixel_size(&table, &first, args, &src)?;
-    // CryoSPARC particles keep their uids; the others get uids from their image references.
-    if args.cs.is_none() {
-        let uids = stable_uids(&paths, &idx, &src)?;
-        table
-            .set_uids(uids)
-            .map_err(|m| Error::file(&src.file, m))?;
-    }
-    table.set_f32("blob/psize_A", vec![psize_a; n]);
-    table.set(
-        "blob/shape",
-        Column::new(ColumnData::U32([box_px as u32; 2].repeat(n)), 2),
-    );
+    add_derived_columns(&mut table, args, &paths, &idx, &src, psize_a, box_px)?;
 
     let spec_dtype = match args.dtype {
         DtypeArg::F32 => ImageDtype::F32,
@@ -151,7 +53,8 @@ pub fn run(args: &ImportArgs) -> Result<()> {
         chunk_particles: 64,
     };
     log::info!(
-        "importing {n} particles ({box_px}×{box_px} px, {psize_a} Å/px) from {} into {}",
+        "importing {} particles ({box_px}×{box_px} px, {psize_a} Å/px) from {} into {}",
+        table.len(),
         src.file.display(),
         args.out.display()
     );
@@ -167,6 +70,141 @@ pub fn run(args: &ImportArgs) -> Result<()> {
     };
     writer.finish(table, &attrs)?;
     log::info!("wrote {}", args.out.display());
+    Ok(())
+}
+
+/// Reads the particle metadata named by `--star`, `--cs` or `--mrcs`: the table, the folder
+/// its image references are relative to, and where it came from.
+fn read_metadata(args: &ImportArgs) -> Result<(ParticleTable, PathBuf, Source)> {
+    if let Some(path) = &args.star {
+        let parsed = star::read_star(path)?;
+        let table = relion::star_to_table(&parsed, path)?;
+        Ok((
+            table,
+            abs_parent(path)?,
+            Source {
+                file: path.clone(),
+                image_field: "_rlnImageName",
+            },
+        ))
+    } else if let Some(path) = &args.cs {
+        let table = cs::read_cs(path)?;
+        let root = match &args.project_dir {
+            Some(d) => std::fs::canonicalize(d).map_err(|e| Error::io(d, e))?,
+            None => abs_parent(path)?,
+        };
+        Ok((
+            table,
+            root,
+            Source {
+                file: path.clone(),
+                image_field: "blob/path",
+            },
+        ))
+    } else if let Some(path) = &args.mrcs {
+        let stack = MrcStack::open(path)?;
+        let name = path
+            .file_name()
+            .ok_or_else(|| Error::file(path, "not a file name"))?
+            .to_string_lossy()
+            .into_owned();
+        let n = stack.len();
+        let mut t = ParticleTable::new(vec![0; n]);
+        t.set_str("blob/path", vec![name; n]);
+        t.set_u32("blob/idx", (0..n as u32).collect());
+        Ok((
+            t,
+            abs_parent(path)?,
+            Source {
+                file: path.clone(),
+                image_field: "blob/idx",
+            },
+        ))
+    } else {
+        Err(Error::Usage(
+            "import needs one of --star, --cs or --mrcs".into(),
+        ))
+    }
+}
+
+/// Every particle's image reference: its stack's path (resolved against `root`) and its
+/// index in that stack. Refuses a table without references or without particles.
+fn image_references(
+    table: &ParticleTable,
+    root: &Path,
+    src: &Source,
+) -> Result<(Vec<PathBuf>, Vec<f64>)> {
+    for f in ["blob/path", "blob/idx"] {
+        if !table.has(f) {
+            return Err(Error::field(
+                &src.file,
+                f,
+                "missing: particles must reference their images",
+            ));
+        }
+    }
+    if table.is_empty() {
+        return Err(Error::file(&src.file, "no particles"));
+    }
+    let paths: Vec<PathBuf> = table
+        .str("blob/path")
+        .ok_or_else(|| Error::field(&src.file, "blob/path", "not a string field"))?
+        .iter()
+        .map(|p| resolve(root, p.trim_start_matches('>')))
+        .collect();
+    let idx = table
+        .get("blob/idx")
+        .and_then(|c| c.data.to_f64())
+        .ok_or_else(|| Error::field(&src.file, "blob/idx", "not a numeric field"))?;
+    Ok((paths, idx))
+}
+
+/// The first particle's stack and the box size it sets: every other stack must agree. The
+/// first image must exist before its size is believed: an empty stack's header can declare
+/// any nx, ny.
+fn first_stack(paths: &[PathBuf], idx: &[f64], src: &Source) -> Result<(MrcStack, usize)> {
+    let first = open_stack(&paths[0], src, 0)?;
+    checked_index(idx[0], &first, 0, src)?;
+    if first.nx() != first.ny() {
+        return Err(Error::field(
+            &src.file,
+            src.image_field,
+            format!(
+                "particle row 1 is in stack {} of {}×{} px images; particle images must be square",
+                first.path().display(),
+                first.nx(),
+                first.ny()
+            ),
+        ));
+    }
+    let box_px = first.nx();
+    Ok((first, box_px))
+}
+
+/// Adds the columns the dataset derives at import: stable uids (CryoSPARC particles keep
+/// their own), the pixel size and the image shape of every particle.
+fn add_derived_columns(
+    table: &mut ParticleTable,
+    args: &ImportArgs,
+    paths: &[PathBuf],
+    idx: &[f64],
+    src: &Source,
+    psize_a: f32,
+    box_px: usize,
+) -> Result<()> {
+    let n = table.len();
+    // CryoSPARC particles keep their uids; the others get uids from their image references.
+    if args.cs.is_none() {
+        let uids = stable_uids(paths, idx, src)?;
+        table
+            .set_uids(uids)
+            .map_err(|m| Error::file(&src.file, m))?;
+    }
+    table.set_f32("blob/psize_A", vec![psize_a; n]);
+    table.set(
+        "blob/shape",
+        Column::new(ColumnData::U32([box_px as u32; 2].repeat(n)), 2),
+    );
     Ok(())
 }
 
@@ -312,34 +350,7 @@ fn copy_images(
         let count = end - row;
         checked_index(idx[end - 1], &stack, end - 1, src)?;
         let images = stack.read(start_idx..start_idx + count)?;
-        if let Some(k) = images
-            .outer_iter()
-            .position(|im| im.iter().any(|v| !v.is_finite()))
-        {
-            return Err(Error::field(
-                stack.path(),
-                "pixels",
-                format!(
-                    "image {} (particle row {}) has NaN or infinite pixels",
-                    start_idx + k + 1,
-                    row + k + 1
-                ),
-            ));
-        }
-        if let Some(k) = images
-            .outer_iter()
-            .position(|im| im.iter().any(|v| v.abs() > limit))
-        {
-            return Err(Error::field(
-                stack.path(),
-                "pixels",
-                format!(
-                    "image {} (particle row {}) has pixels beyond the float16 range (±{F16_MAX}); import with --dtype f32",
-                    start_idx + k + 1,
-                    row + k + 1
-                ),
-            ));
-        }
+        check_pixels(&images, &stack, start_idx, row, limit)?;
         batch
             .slice_mut(s![filled..filled + count, .., ..])
             .assign(&images);
@@ -353,6 +364,46 @@ fn copy_images(
     }
     if filled > 0 {
         writer.append_images(batch.slice(s![..filled, .., ..]))?;
+    }
+    Ok(())
+}
+
+/// Refuses images (`start_idx..` of `stack`, particle rows `row..`) with NaN or infinite
+/// pixels, or with pixels beyond `limit` in magnitude (the float16 range for `--dtype f16`).
+fn check_pixels(
+    images: &Array3<f32>,
+    stack: &MrcStack,
+    start_idx: usize,
+    row: usize,
+    limit: f32,
+) -> Result<()> {
+    if let Some(k) = images
+        .outer_iter()
+        .position(|im| im.iter().any(|v| !v.is_finite()))
+    {
+        return Err(Error::field(
+            stack.path(),
+            "pixels",
+            format!(
+                "image {} (particle row {}) has NaN or infinite pixels",
+                start_idx + k + 1,
+                row + k + 1
+            ),
+        ));
+    }
+    if let Some(k) = images
+        .outer_iter()
+        .position(|im| im.iter().any(|v| v.abs() > limit))
+    {
+        return Err(Error::field(
+            stack.path(),
+            "pixels",
+            format!(
+                "image {} (particle row {}) has pixels beyond the float16 range (±{F16_MAX}); import with --dtype f32",
+                start_idx + k + 1,
+                row + k + 1
+            ),
+        ));
     }
     Ok(())
 }

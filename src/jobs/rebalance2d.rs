@@ -47,99 +47,27 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
     )?;
     let k = classes.k;
     let m = cfg.num_superclasses;
-    let checked = if !cfg.do_superclassification && m != k {
-        Err(Error::config(
-            &args.config,
-            "num_superclasses",
-            format!("is {m}, but with do_superclassification off each of the {k} classes is its own superclass: set it to {k}"),
-        ))
-    } else if m > k {
-        Err(Error::config(
-            &args.config,
-            "num_superclasses",
-            format!("is {m}, more than the {k} classes"),
-        ))
-    } else {
-        Ok(())
-    };
-    collective(comm, checked)?;
+    collective(comm, check_num_superclasses(&cfg, k, &args.config))?;
     let grouped = match &classes.averages {
         Some(avg) => superclasses(&cfg, avg).map(Some),
         None => Ok(None),
     };
     let grouped = collective(comm, grouped)?;
-    // Rank 0's superclass of each class, on every rank.
-    let mut bytes: Vec<u8> = grouped
-        .as_ref()
-        .map(|(_, labels)| {
-            labels
-                .iter()
-                .flat_map(|&l| (l as u64).to_le_bytes())
-                .collect()
-        })
-        .unwrap_or_default();
-    comm.broadcast_bytes(0, &mut bytes);
-    let labels: Vec<usize> = bytes
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")) as usize)
-        .collect();
-    let superclass: Vec<usize> = classes.class.iter().map(|&c| labels[c as usize]).collect();
-    let mut before = vec![0u64; m];
-    superclass.iter().for_each(|&s| before[s] += 1);
-    comm.all_reduce_sum_u64(&mut before);
-    let before: Vec<usize> = before.into_iter().map(|n| n as usize).collect();
-    let cap = superclass_cap(&before, cfg.rebalance_factor, cfg.max_superclass_size);
-    let first_row = share.rows.start as u64;
-    let keep = choose_kept(comm, &superclass, first_row, m, cap, cfg.seed);
-    let mut after = vec![0u64; m];
-    superclass
-        .iter()
-        .zip(&keep)
-        .filter(|(_, &k)| k)
-        .for_each(|(&s, _)| after[s] += 1);
-    comm.all_reduce_sum_u64(&mut after);
-    let after: Vec<usize> = after.into_iter().map(|n| n as usize).collect();
-    log::info!("superclass sizes before: {before:?}");
-    log::info!(
-        "superclass sizes after:  {after:?} (cap {})",
-        cap.map_or("none".to_string(), |c| c.to_string())
-    );
-    let truth = purity_vs_views(comm, &share, &superclass, m)?;
+    let labels = broadcast_labels(comm, grouped.as_ref().map(|(_, l)| l.as_slice()));
+    let reb = rebalance(comm, &cfg, &share, &classes, &labels);
+    let truth = purity_vs_views(comm, &share, &reb.superclass, m)?;
     if let Some(t) = &truth {
         log::info!("superclasses vs simulated views: {t}");
     }
 
     let (out, staging) = create_output(comm, &cfg.output, args.overwrite)?;
-    let subsets = selected_excluded(
-        "particles kept after rebalancing",
-        "particles dropped by rebalancing",
-    );
     let source = format!("emclass rebalance2d {}", args.config.display());
-    let add_superclass = |t: &mut ParticleTable, local: std::ops::Range<usize>| {
-        let s = superclass[local].iter().map(|&s| s as u32).collect();
-        t.set_u32("alignments2D/superclass", s);
-    };
-    let (counts, true_particles) = write_groups(
-        comm,
-        &staging,
-        &share,
-        &subsets,
-        &keep_groups(&keep),
-        &add_superclass,
-        &source,
-    )?;
+    let (counts, true_particles) = write_rows(comm, &staging, &share, &reb, &source)?;
     let (Some(out), Some((affinity, _)), Some(avg)) = (out, grouped, &classes.averages) else {
         return collective(comm, Ok(()));
     };
     let finished = (|| {
-        let dir = out.path().to_path_buf();
-        write_csv(&dir.join("affinity.csv"), &affinity_csv(&affinity))?;
-        write_csv(
-            &dir.join("superclasses.csv"),
-            &superclass_csv(&labels, &classes),
-        )?;
-        let order = sorted_order(affinity.view(), &labels);
-        plots(&dir, &affinity, &labels, &order, &before, &after, &classes)?;
+        let order = write_tables_and_plots(out.path(), &affinity, &labels, &reb, &classes)?;
         let summary = json!({
             "job": "rebalance2d",
             "input": cfg.input,
@@ -150,9 +78,9 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
             "class_sizes": classes.sizes,
             "num_superclasses": m,
             "superclass_of_class": labels,
-            "superclass_sizes_before": before,
-            "superclass_sizes_after": after,
-            "cap": cap,
+            "superclass_sizes_before": reb.before,
+            "superclass_sizes_after": reb.after,
+            "cap": reb.cap,
             "rebalance_factor": cfg.rebalance_factor,
             "max_superclass_size": cfg.max_superclass_size,
             "sorted_class_order": order,
@@ -162,6 +90,153 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         out.finish(&summary, &cfg, "rebalance2d")
     })();
     collective(comm, finished)
+}
+
+/// The outcome of rebalancing this rank's rows.
+struct Rebalanced {
+    /// Superclass of each local row.
+    superclass: Vec<usize>,
+    /// Particles per superclass before and after rebalancing (all ranks).
+    before: Vec<usize>,
+    after: Vec<usize>,
+    /// The cap on superclass sizes, if any.
+    cap: Option<usize>,
+    /// Whether each local row is kept.
+    keep: Vec<bool>,
+}
+
+/// Refuses a `num_superclasses` that does not fit the `k` classes (or, with
+/// `do_superclassification` off, is not `k`).
+fn check_num_superclasses(cfg: &Rebalance2dConfig, k: usize, config: &Path) -> Result<()> {
+    let m = cfg.num_superclasses;
+    if !cfg.do_superclassification && m != k {
+        Err(Error::config(
+            config,
+            "num_superclasses",
+            format!("is {m}, but with do_superclassification off each of the {k} classes is its own superclass: set it to {k}"),
+        ))
+    } else if m > k {
+        Err(Error::config(
+            config,
+            "num_superclasses",
+            format!("is {m}, more than the {k} classes"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Rank 0's superclass of each class (`labels`, `None` on the other ranks), on every rank.
+/// Collective.
+fn broadcast_labels(comm: &dyn Comm, labels: Option<&[usize]>) -> Vec<usize> {
+    let mut bytes: Vec<u8> = labels
+        .map(|labels| {
+            labels
+                .iter()
+                .flat_map(|&l| (l as u64).to_le_bytes())
+                .collect()
+        })
+        .unwrap_or_default();
+    comm.broadcast_bytes(0, &mut bytes);
+    bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")) as usize)
+        .collect()
+}
+
+/// The superclass of every local row, the superclass sizes before and after (summed over
+/// ranks), the cap and the seeded choice of the rows kept. Collective.
+fn rebalance(
+    comm: &dyn Comm,
+    cfg: &Rebalance2dConfig,
+    share: &Share,
+    classes: &Classes2d,
+    labels: &[usize],
+) -> Rebalanced {
+    let m = cfg.num_superclasses;
+    let superclass: Vec<usize> = classes.class.iter().map(|&c| labels[c as usize]).collect();
+    let before = summed_sizes(comm, m, superclass.iter().copied());
+    let cap = superclass_cap(&before, cfg.rebalance_factor, cfg.max_superclass_size);
+    let first_row = share.rows.start as u64;
+    let keep = choose_kept(comm, &superclass, first_row, m, cap, cfg.seed);
+    let kept = superclass.iter().zip(&keep).filter(|(_, &k)| k);
+    let after = summed_sizes(comm, m, kept.map(|(&s, _)| s));
+    log::info!("superclass sizes before: {before:?}");
+    log::info!(
+        "superclass sizes after:  {after:?} (cap {})",
+        cap.map_or("none".to_string(), |c| c.to_string())
+    );
+    Rebalanced {
+        superclass,
+        before,
+        after,
+        cap,
+        keep,
+    }
+}
+
+/// Particles per superclass (of `m`) over all ranks, from each rank's superclass of each
+/// of its rows. Collective.
+fn summed_sizes(comm: &dyn Comm, m: usize, superclass: impl Iterator<Item = usize>) -> Vec<usize> {
+    let mut sizes = vec![0u64; m];
+    superclass.for_each(|s| sizes[s] += 1);
+    comm.all_reduce_sum_u64(&mut sizes);
+    sizes.into_iter().map(|n| n as usize).collect()
+}
+
+/// Writes `selected.h5` / `excluded.h5` into `staging`, with `alignments2D/superclass`
+/// added; returns the subset counts and the true particles (simulated data). Collective.
+fn write_rows(
+    comm: &dyn Comm,
+    staging: &Path,
+    share: &Share,
+    reb: &Rebalanced,
+    source: &str,
+) -> Result<(serde_json::Value, Option<u64>)> {
+    let subsets = selected_excluded(
+        "particles kept after rebalancing",
+        "particles dropped by rebalancing",
+    );
+    let add_superclass = |t: &mut ParticleTable, local: std::ops::Range<usize>| {
+        let s = reb.superclass[local].iter().map(|&s| s as u32).collect();
+        t.set_u32("alignments2D/superclass", s);
+    };
+    write_groups(
+        comm,
+        staging,
+        share,
+        &subsets,
+        &keep_groups(&reb.keep),
+        &add_superclass,
+        source,
+    )
+}
+
+/// Rank 0's tables and plots in `dir`: `affinity.csv`, `superclasses.csv` and the plots.
+/// Returns the class order sorted by superclass.
+fn write_tables_and_plots(
+    dir: &Path,
+    affinity: &Array2<f64>,
+    labels: &[usize],
+    reb: &Rebalanced,
+    classes: &Classes2d,
+) -> Result<Vec<usize>> {
+    write_csv(&dir.join("affinity.csv"), &affinity_csv(affinity))?;
+    write_csv(
+        &dir.join("superclasses.csv"),
+        &superclass_csv(labels, classes),
+    )?;
+    let order = sorted_order(affinity.view(), labels);
+    plots(
+        dir,
+        affinity,
+        labels,
+        &order,
+        &reb.before,
+        &reb.after,
+        classes,
+    )?;
+    Ok(order)
 }
 
 /// The affinity of the class averages and the superclass of each class (rank 0).
