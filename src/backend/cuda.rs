@@ -72,7 +72,7 @@ impl Cuda {
 }
 
 fn gpu_err(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Usage(format!("CUDA backend: {what}: {e}"))
+    Error::Backend(format!("CUDA: {what}: {e}"))
 }
 
 /// A right-hand operand resident on the device.

@@ -10,6 +10,7 @@
 //! number of devices.
 
 pub mod cuda;
+pub mod phases;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -66,10 +67,37 @@ impl Backend for Cpu {
     }
 }
 
+/// A slow, straightforward reference for parity tests: products summed in f64 in index
+/// order (no blocking, no SIMD), so it differs from [`Cpu`]'s SGEMM only by rounding.
+pub struct Naive;
+
+struct NaiveOperand(Array2<f32>);
+
+impl RightOperand for NaiveOperand {
+    fn left_mul(&self, a: ArrayView2<f32>) -> Result<Array2<f32>> {
+        check_inner(a.ncols(), self.0.nrows())?;
+        let b = &self.0;
+        Ok(Array2::from_shape_fn((a.nrows(), b.ncols()), |(i, j)| {
+            (0..a.ncols())
+                .map(|l| a[[i, l]] as f64 * b[[l, j]] as f64)
+                .sum::<f64>() as f32
+        }))
+    }
+}
+
+impl Backend for Naive {
+    fn describe(&self) -> String {
+        "naive reference (f64 sums)".into()
+    }
+    fn right_operand(&self, b: Array2<f32>) -> Result<Box<dyn RightOperand>> {
+        Ok(Box::new(NaiveOperand(b)))
+    }
+}
+
 /// `a`'s columns must match `b`'s rows.
 pub(crate) fn check_inner(a_cols: usize, b_rows: usize) -> Result<()> {
     if a_cols != b_rows {
-        return Err(Error::Usage(format!(
+        return Err(Error::Internal(format!(
             "matrix product: {a_cols} columns on the left, {b_rows} rows on the right"
         )));
     }

@@ -5,9 +5,11 @@
 //! pose under `force_max` / hard classification) and its residual power at the best class
 //! and pose into the noise sums.
 
-use ndarray::Array2;
+use ndarray::{Array2, ArrayView2};
 
-use crate::em::responsibilities::{marginalize_poses, pose_weights, responsibilities, EStepParams};
+use crate::backend::phases::{Accumulate, BlockRef, ClassScores, Score};
+use crate::backend::Cpu;
+use crate::em::responsibilities::{marginalize_poses, pose_weights, PoseMarginal, Responsibilities};
 use crate::em::stats::Stats;
 use crate::error::Result;
 use crate::numerics::fft::Complex32;
@@ -62,100 +64,153 @@ impl<'a> Local<'a> {
             .collect()
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn chunk(
+}
+
+/// The model of one 2D iteration as the E-step phases use it.
+pub struct PlaneModel<'a> {
+    pub cfg: &'a Classify2dConfig,
+    pub scorer: Scorer<'a>,
+    /// Class averages (the residual for the noise model is taken against them).
+    pub images: Vec<Array2<f32>>,
+    /// Phase ramps ρ_t on the whole working half plane, `T × len`.
+    pub ramps: Vec<Complex32>,
+    /// Back-project each class at its best pose only (`force_max`, hard classification).
+    pub best_pose_only: bool,
+}
+
+/// Scores of a chunk: `[(i·K + k)·P + j]` log-likelihoods and their pose marginals.
+pub struct PlaneScores {
+    pub ll: Vec<f64>,
+    pub marg: PoseMarginal,
+}
+
+impl ClassScores for PlaneScores {
+    fn class_ll(&self) -> ArrayView2<'_, f64> {
+        self.marg.log_marginal().view()
+    }
+}
+
+impl Score<PlaneModel<'_>> for Cpu {
+    type Scores = PlaneScores;
+    fn score(&self, m: &PlaneModel, b: &BlockRef) -> Result<PlaneScores> {
+        let ll = m.scorer.score(b.particles, b.idx)?;
+        let (k, np) = (m.cfg.num_classes, m.scorer.poses.len());
+        let marg = marginalize_poses(&ll, b.idx.len(), k, np, 1.0)?;
+        Ok(PlaneScores { ll, marg })
+    }
+}
+
+impl Accumulate<PlaneModel<'_>> for Cpu {
+    fn accumulate(
         &self,
-        scorer: &Scorer,
-        chunk: &[usize],
-        images: &[Array2<f32>],
-        params: &EStepParams,
-        log_prior: &[f64],
-        ramps: &[Complex32],
+        m: &PlaneModel,
+        b: &BlockRef,
+        sc: &PlaneScores,
+        resp: &Responsibilities,
         st: &mut Stats,
-        rows: &mut Vec<(usize, ResultRow)>,
     ) -> Result<()> {
-        let k = self.cfg.num_classes;
-        let poses = &scorer.poses;
-        let np = poses.len();
-        let nt = poses.n_shift();
-        let len = self.grid.len();
-        let ll = scorer.score(self.particles, chunk)?;
-        let marg = marginalize_poses(&ll, chunk.len(), k, np, 1.0)?;
-        let resp = responsibilities(marg.log_marginal().view(), log_prior, params)?;
-        let mut wbuf = vec![0.0f64; np];
-        for (bi, &i) in chunk.iter().enumerate() {
-            let probs = resp.probs().row(bi);
-            let best_k = resp.best_class()[bi];
-            let best_j = marg.best_pose()[[bi, best_k]];
-            let (br, bt) = poses.split(best_j);
-            let half = self.particles.half[i];
-            let ctf = self.ctf(i);
-            let full_ctf = self.full_ctf(i);
-            let x = self.particles.spectrum(i);
-            for kk in 0..k {
-                let p = probs[kk];
-                if p < MIN_WEIGHT {
-                    continue;
-                }
-                if self.cfg.force_max || params.hard() {
-                    let (r, t) = poses.split(marg.best_pose()[[bi, kk]]);
-                    let y = combine(
-                        x,
-                        full_ctf.as_deref(),
-                        &[(&ramps[t * len..(t + 1) * len], 1.0)],
-                    );
-                    model::add_contribution(st, self.grid, kk, half, &y, ctf, poses.psi_rad[r], p);
-                } else {
-                    let base = (bi * k + kk) * np;
-                    pose_weights(&ll[base..base + np], 1.0, &mut wbuf);
-                    for r in 0..poses.n_rot() {
-                        let w = &wbuf[r * nt..(r + 1) * nt];
-                        let wr: f64 = w.iter().sum();
-                        if wr * p < MIN_WEIGHT * 1e-2 {
-                            continue;
-                        }
-                        let terms: Vec<(&[Complex32], f64)> = (0..nt)
-                            .filter(|&t| w[t] > 1e-4 * wr)
-                            .map(|t| (&ramps[t * len..(t + 1) * len], w[t] / wr))
-                            .collect();
-                        let y = combine(x, full_ctf.as_deref(), &terms);
-                        model::add_contribution(
-                            st,
-                            self.grid,
-                            kk,
-                            half,
-                            &y,
-                            ctf,
-                            poses.psi_rad[r],
-                            p * wr,
-                        );
-                    }
-                }
-            }
-            // Noise: residual at the best class and pose.
-            let tmpl = rotated_spectrum(&images[best_k], poses.psi_rad[br]);
-            let ramp = &ramps[bt * len..(bt + 1) * len];
-            let resid: Vec<Complex32> = (0..len)
-                .map(|c| {
-                    let cv = full_ctf.as_ref().map_or(1.0, |f| f[c]);
-                    x[c] * ramp[c] - tmpl[c] * cv
-                })
-                .collect();
-            model::add_noise(st, self.grid, &resid);
-            let s = poses.shifts_px[bt];
-            rows.push((
-                i,
-                ResultRow {
-                    probs: probs.iter().map(|&v| v as f32).collect(),
-                    class: best_k as u32,
-                    prob: resp.best_prob()[bi] as f32,
-                    ess: resp.ess()[bi] as f32,
-                    psi: poses.psi_rad[br] as f32,
-                    shift: [s[0] as f32, s[1] as f32],
-                },
-            ));
+        let local = Local {
+            cfg: m.cfg,
+            grid: m.scorer.grid,
+            particles: b.particles,
+        };
+        for (bi, &i) in b.idx.iter().enumerate() {
+            local.accumulate_one(m, sc, resp, bi, i, st);
         }
         Ok(())
+    }
+}
+
+impl Local<'_> {
+    /// Particle `i` (row `bi` of the chunk): its class sums at its pose weights and its
+    /// residual at the best class and pose.
+    fn accumulate_one(
+        &self,
+        m: &PlaneModel,
+        sc: &PlaneScores,
+        resp: &Responsibilities,
+        bi: usize,
+        i: usize,
+        st: &mut Stats,
+    ) {
+        let k = self.cfg.num_classes;
+        let poses = &m.scorer.poses;
+        let (np, nt, len) = (poses.len(), poses.n_shift(), self.grid.len());
+        let ramps = &m.ramps;
+        let mut wbuf = vec![0.0f64; np];
+        let probs = resp.probs().row(bi);
+        let best_k = resp.best_class()[bi];
+        let (br, bt) = poses.split(sc.marg.best_pose()[[bi, best_k]]);
+        let half = self.particles.half[i];
+        let ctf = self.ctf(i);
+        let full_ctf = self.full_ctf(i);
+        let x = self.particles.spectrum(i);
+        for kk in 0..k {
+            let p = probs[kk];
+            if p < MIN_WEIGHT {
+                continue;
+            }
+            if m.best_pose_only {
+                let (r, t) = poses.split(sc.marg.best_pose()[[bi, kk]]);
+                let y = combine(
+                    x,
+                    full_ctf.as_deref(),
+                    &[(&ramps[t * len..(t + 1) * len], 1.0)],
+                );
+                model::add_contribution(st, self.grid, kk, half, &y, ctf, poses.psi_rad[r], p);
+            } else {
+                let base = (bi * k + kk) * np;
+                pose_weights(&sc.ll[base..base + np], 1.0, &mut wbuf);
+                for r in 0..poses.n_rot() {
+                    let w = &wbuf[r * nt..(r + 1) * nt];
+                    let wr: f64 = w.iter().sum();
+                    if wr * p < MIN_WEIGHT * 1e-2 {
+                        continue;
+                    }
+                    let terms: Vec<(&[Complex32], f64)> = (0..nt)
+                        .filter(|&t| w[t] > 1e-4 * wr)
+                        .map(|t| (&ramps[t * len..(t + 1) * len], w[t] / wr))
+                        .collect();
+                    let y = combine(x, full_ctf.as_deref(), &terms);
+                    model::add_contribution(
+                        st,
+                        self.grid,
+                        kk,
+                        half,
+                        &y,
+                        ctf,
+                        poses.psi_rad[r],
+                        p * wr,
+                    );
+                }
+            }
+        }
+        // Noise: residual at the best class and pose.
+        let tmpl = rotated_spectrum(&m.images[best_k], poses.psi_rad[br]);
+        let ramp = &ramps[bt * len..(bt + 1) * len];
+        let resid: Vec<Complex32> = (0..len)
+            .map(|c| {
+                let cv = full_ctf.as_ref().map_or(1.0, |f| f[c]);
+                x[c] * ramp[c] - tmpl[c] * cv
+            })
+            .collect();
+        model::add_noise(st, self.grid, &resid);
+    }
+}
+
+/// The result of row `bi` of a scored chunk.
+pub fn result_row(m: &PlaneModel, sc: &PlaneScores, resp: &Responsibilities, bi: usize) -> ResultRow {
+    let poses = &m.scorer.poses;
+    let best_k = resp.best_class()[bi];
+    let (br, bt) = poses.split(sc.marg.best_pose()[[bi, best_k]]);
+    let s = poses.shifts_px[bt];
+    ResultRow {
+        probs: resp.probs().row(bi).iter().map(|&v| v as f32).collect(),
+        class: best_k as u32,
+        prob: resp.best_prob()[bi] as f32,
+        ess: resp.ess()[bi] as f32,
+        psi: poses.psi_rad[br] as f32,
+        shift: [s[0] as f32, s[1] as f32],
     }
 }
 
@@ -205,4 +260,132 @@ pub fn signal_shell(classes: &ClassUpdate, threshold: f64) -> usize {
         }
     }
     v[v.len() - 1].0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify2d::estep::Templates;
+    use crate::classify2d::grid::{Band, PoseGrid};
+    use crate::em::responsibilities::EStepParams;
+    use crate::em::stats::StatsLayout;
+    use crate::numerics::ctf::{Ctf, CtfParams};
+    use rand::{Rng, SeedableRng};
+
+    /// Noisy particles made from random blob classes, with a CTF each.
+    fn fixture() -> (&'static Classify2dConfig, &'static WorkGrid, Vec<Array2<f32>>, Particles) {
+        let cfg: &'static Classify2dConfig = Box::leak(Box::new(Classify2dConfig {
+            num_classes: 3,
+            ..Classify2dConfig::with_paths("in.h5", "out")
+        }));
+        let grid: &'static WorkGrid = Box::leak(Box::new(WorkGrid::new(32, 2.0, 6.0)));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let blob = |rng: &mut rand_chacha::ChaCha8Rng| {
+            let c: Vec<(f64, f64)> = (0..5)
+                .map(|_| (rng.gen_range(10.0..22.0), rng.gen_range(10.0..22.0)))
+                .collect();
+            Array2::from_shape_fn((32, 32), |(i, j)| {
+                c.iter()
+                    .map(|(y, x)| (-((i as f64 - y).powi(2) + (j as f64 - x).powi(2)) / 8.0).exp())
+                    .sum::<f64>() as f32
+            })
+        };
+        let classes: Vec<Array2<f32>> = (0..3).map(|_| blob(&mut rng)).collect();
+        let images: Vec<Array2<f32>> = (0..40)
+            .map(|i| classes[i % 3].mapv(|v| v + rng.gen_range(-0.5f32..0.5)))
+            .collect();
+        let ctf = (0..40)
+            .map(|i| {
+                Ctf::new(&CtfParams {
+                    accel_kv: 300.0,
+                    cs_mm: 2.7,
+                    amp_contrast: 0.1,
+                    df1_a: 15000.0 + 100.0 * i as f64,
+                    df2_a: 14500.0 + 100.0 * i as f64,
+                    df_angle_rad: 0.3,
+                    phase_shift_rad: 0.0,
+                    bfactor_a2: 0.0,
+                    scale: 1.0,
+                })
+            })
+            .collect();
+        let small: Vec<Array2<f32>> = {
+            let p = Particles::from_images(&classes, None, 0, grid, false);
+            (0..3)
+                .map(|k| {
+                    let s = p.spectrum(k).to_vec();
+                    crate::numerics::fft::irfft2(
+                        ndarray::Array2::from_shape_vec((grid.n, grid.h()), s).unwrap().view(),
+                        grid.n,
+                    )
+                })
+                .collect()
+        };
+        (cfg, grid, small, Particles::from_images(&images, Some(ctf), 0, grid, true))
+    }
+
+    fn model(
+        cfg: &'static Classify2dConfig,
+        grid: &'static WorkGrid,
+        classes: &[Array2<f32>],
+        backend: &dyn crate::backend::Backend,
+        best_pose_only: bool,
+    ) -> PlaneModel<'static> {
+        let poses = PoseGrid::new(8, 2.0);
+        let band = Band::new(grid, 1, 8);
+        let templates = Templates::build(classes, &poses, &band, None);
+        let sigma2 = vec![1.0; grid.n_shells()];
+        let g = grid;
+        let nb = g.box_in as f64;
+        let ramps = poses
+            .shifts_px
+            .iter()
+            .flat_map(|s| {
+                (0..g.len()).map(move |c| {
+                    let ph = -std::f64::consts::TAU
+                        * (g.kx[c] as f64 * s[0] + g.ky[c] as f64 * s[1])
+                        / nb;
+                    Complex32::new(ph.cos() as f32, ph.sin() as f32)
+                })
+            })
+            .collect();
+        PlaneModel {
+            cfg,
+            scorer: Scorer::new(grid, band, poses, templates, &sigma2, backend).unwrap(),
+            images: classes.to_vec(),
+            ramps,
+            best_pose_only,
+        }
+    }
+
+    type Setup2d = (
+        Cpu,
+        PlaneModel<'static>,
+        Cpu,
+        PlaneModel<'static>,
+        (Particles, Vec<usize>, Vec<f64>),
+        StatsLayout,
+        Vec<f64>,
+        EStepParams,
+    );
+
+    fn setup(hard: bool) -> Setup2d {
+        let (cfg, grid, classes, parts) = fixture();
+        let idx: Vec<usize> = (0..parts.len()).step_by(2).collect();
+        let scale = vec![1.0; idx.len()];
+        (
+            Cpu,
+            model(cfg, grid, &classes, &crate::backend::Cpu, hard),
+            Cpu,
+            model(cfg, grid, &classes, &crate::backend::Naive, hard),
+            (parts, idx, scale),
+            crate::classify2d::model::layout(3, grid).unwrap(),
+            vec![0.0; 3],
+            EStepParams::new(1.0, 0.0, hard).unwrap(),
+        )
+    }
+
+    // The 2D phases with the templates on ndarray's SGEMM against the naive f64 products.
+    crate::backend_parity_test!(plane_phases_sgemm_match_the_naive_products, || setup(false), 1e-4);
+    crate::backend_parity_test!(plane_phases_hard_sgemm_match_the_naive_products, || setup(true), 1e-4);
 }

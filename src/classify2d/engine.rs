@@ -10,8 +10,9 @@
 //!   templates (class averages × rotations, whitened by the per-class noise), the
 //!   ICUF-annealed σ² and the scorer on the backend; hard in the last iterations with
 //!   `final_hard_classification`;
-//! - E-step per block ([`super::accumulate`]): scores, responsibilities, back-rotated
-//!   class sums and noise sums;
+//! - E-step per chunk of 16 particles, through the backend's phases
+//!   ([`crate::backend::phases`], the CPU ones in [`super::accumulate`]): scores against
+//!   every class × pose, responsibilities, back-rotated class sums and noise sums;
 //! - M-step: class averages (mask, re-centring, …) and the noise model;
 //! - conclude: the record (alignment limit, class sizes and FRC resolutions), then the
 //!   alignment limit is raised to where the class averages have signal.
@@ -26,6 +27,8 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::backend::phases::{e_step_block, BlockRef};
+use crate::backend::Cpu;
 use crate::comm::agree;
 use crate::em::batches::permutation;
 use crate::em::engine::{Conclusion, Context, Iteration, Problem, Scored};
@@ -37,7 +40,7 @@ use crate::numerics::fft::Complex32;
 use crate::numerics::frc::frc_resolution_a;
 use crate::particles::{Particles, WorkGrid};
 
-use super::accumulate::{signal_shell, Local};
+use super::accumulate::{result_row, signal_shell, Local, PlaneModel};
 use super::config::Classify2dConfig;
 use super::estep::{Scorer, Templates};
 use super::grid::{Band, PoseGrid};
@@ -90,11 +93,8 @@ impl Scored for ResultRow {
 
 /// What the E-step of one iteration uses.
 pub struct Prepared<'a> {
-    scorer: Scorer<'a>,
+    model: PlaneModel<'a>,
     params: EStepParams,
-    /// Phase ramps ρ_t on the whole working half plane, `T × len`.
-    ramps: Vec<Complex32>,
-    images: Vec<Array2<f32>>,
 }
 
 /// 2D classification: inputs and the model as it evolves.
@@ -295,10 +295,14 @@ impl<'a> Problem for Classify2d<'a> {
         );
         let ramps = self.full_ramps(&poses);
         Ok(Prepared {
-            scorer: Scorer::new(self.grid, band, poses, templates, &self.sigma2_used, self.backend)?,
+            model: PlaneModel {
+                cfg: self.cfg,
+                scorer: Scorer::new(self.grid, band, poses, templates, &self.sigma2_used, self.backend)?,
+                images: self.classes.images.clone(),
+                ramps,
+                best_pose_only: self.cfg.force_max || hard,
+            },
             params: EStepParams::new(1.0, 0.0, hard)?,
-            ramps,
-            images: self.classes.images.clone(),
         })
     }
 
@@ -311,13 +315,8 @@ impl<'a> Problem for Classify2d<'a> {
         _: &[usize],
         stats: &mut Stats,
     ) -> Result<Vec<(usize, ResultRow)>> {
-        let k = self.cfg.num_classes;
-        let log_prior = vec![0.0; k];
-        let local = Local {
-            cfg: self.cfg,
-            grid: self.grid,
-            particles: block,
-        };
+        let log_prior = vec![0.0; self.cfg.num_classes];
+        let ones = vec![1.0; CHUNK];
         type Partial = Result<(Stats, Vec<(usize, ResultRow)>)>;
         let folded: Vec<Partial> = idx
             .par_chunks(CHUNK)
@@ -325,16 +324,20 @@ impl<'a> Problem for Classify2d<'a> {
                 || Ok((Stats::zeros(&self.layout), Vec::new())),
                 |acc: Partial, chunk| {
                     let (mut st, mut rows) = acc?;
-                    local.chunk(
-                        &prep.scorer,
-                        chunk,
-                        &prep.images,
-                        &prep.params,
-                        &log_prior,
-                        &prep.ramps,
-                        &mut st,
-                        &mut rows,
-                    )?;
+                    let b = BlockRef {
+                        particles: block,
+                        idx: chunk,
+                        scale: &ones[..chunk.len()],
+                    };
+                    let m = &prep.model;
+                    let (sc, resp) =
+                        e_step_block(&Cpu, m, &b, &log_prior, &prep.params, true, &mut st)?;
+                    rows.extend(
+                        chunk
+                            .iter()
+                            .enumerate()
+                            .map(|(bi, &i)| (i, result_row(m, &sc, &resp, bi))),
+                    );
                     Ok((st, rows))
                 },
             )

@@ -7,9 +7,10 @@
 //!   initial classes (or the checkpoint's classes);
 //! - prepare: the effective volumes (focus mask) as projectors, the class priors from the
 //!   class weights, similarity and hardness of the annealing schedule;
-//! - E-step per block: log-likelihoods against the K projections with scale, CTF and noise,
-//!   responsibilities, back-projection of the particles with their class weights
-//!   (symmetry copies included) and the per-shell residual power;
+//! - E-step per block, through the backend's phases ([`crate::backend::phases`], the CPU
+//!   ones in [`super::estep`]): log-likelihoods against the K projections with scale, CTF
+//!   and noise, responsibilities, back-projection of the particles with their class
+//!   weights (symmetry copies included) and the per-shell residual power;
 //! - M-step: FSC-filtered, masked reconstructions, noise model and class weights;
 //! - conclude: class sizes (all-reduced counts), the class flow against the previous F-EM
 //!   assignment, the RMS density change, and the convergence criteria.
@@ -19,7 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::em::driver::{class_flow, switched_pct, Phase};
 use crate::em::engine::{Conclusion, Context, Iteration, Problem, Scored};
-use crate::em::responsibilities::{responsibilities, EStepParams};
+use crate::backend::phases::{e_step_block, BlockRef};
+use crate::backend::Cpu;
+use crate::em::responsibilities::EStepParams;
 use crate::em::schedule::SimilaritySchedule;
 use crate::em::stats::{Stats, StatsLayout};
 use crate::error::{Error, Result};
@@ -28,7 +31,7 @@ use crate::numerics::rotation::Mat3;
 use crate::particles::{Particles, WorkGrid};
 
 use super::config::Classify3dConfig;
-use super::estep::score;
+use super::estep::VolumeModel;
 use super::model::{self, ClassVolume, PAD};
 
 /// Per-particle results of the last iteration that saw the particle (local rows).
@@ -112,8 +115,8 @@ pub struct RowState {
 }
 
 /// What the E-step of one iteration uses.
-pub struct Prepared {
-    projs: Vec<Projector>,
+pub struct Prepared<'a> {
+    model: VolumeModel<'a>,
     params: EStepParams,
     log_prior: Vec<f64>,
 }
@@ -207,8 +210,8 @@ impl<'a> Classify3d<'a> {
     }
 }
 
-impl Problem for Classify3d<'_> {
-    type Prepared = Prepared;
+impl<'a> Problem for Classify3d<'a> {
+    type Prepared = Prepared<'a>;
     type Row = Row;
     type Extra = Extra;
     type Shared = Shared;
@@ -262,7 +265,7 @@ impl Problem for Classify3d<'_> {
         Ok(())
     }
 
-    fn prepare(&mut self, it: &Iteration, _: &Context) -> Result<Prepared> {
+    fn prepare(&mut self, it: &Iteration, _: &Context) -> Result<Prepared<'a>> {
         let k = self.cfg.num_classes;
         self.assigned = vec![0; k];
         self.rms_change = None;
@@ -270,7 +273,12 @@ impl Problem for Classify3d<'_> {
         let eff = model::effective_volumes(&self.classes, &self.mask, focus);
         let tot: f64 = self.weights.iter().sum::<f64>().max(1e-300);
         Ok(Prepared {
-            projs: eff.iter().map(|v| Projector::new(v.view(), PAD)).collect(),
+            model: VolumeModel {
+                grid: self.grid,
+                projs: eff.iter().map(|v| Projector::new(v.view(), PAD)).collect(),
+                sigma2: self.sigma2.clone(),
+                syms: self.syms.clone(),
+            },
             params: EStepParams::new(1.0, self.sim.similarity(it.t), self.sim.hard(it.t))?,
             log_prior: self
                 .weights
@@ -282,36 +290,28 @@ impl Problem for Classify3d<'_> {
 
     fn e_step(
         &self,
-        prep: &Prepared,
+        prep: &Prepared<'a>,
         it: &Iteration,
         block: &Particles,
         idx: &[usize],
         ids: &[usize],
         st: &mut Stats,
     ) -> Result<Vec<(usize, Row)>> {
-        let (grid, k, ns) = (self.grid, self.cfg.num_classes, self.grid.n_shells());
+        let k = self.cfg.num_classes;
         let scale: Vec<f64> = ids.iter().map(|&l| self.scale[l]).collect();
-        let prefs: Vec<&Projector> = prep.projs.iter().collect();
-        let sc = score(block, grid, &prefs, idx, &scale, &self.sigma2);
-        let resp = responsibilities(sc.ll.view(), &prep.log_prior, &prep.params)?;
-        let probs = resp.probs().as_standard_layout().into_owned().into_raw_vec_and_offset().0;
-        if it.phase != Phase::Assign {
-            model::backproject(st, grid, block, idx, &scale, &probs, &self.syms)?;
-            let mut noise = vec![0.0; ns];
-            for j in 0..idx.len() {
-                for c in 0..k {
-                    let p = probs[j * k + c];
-                    let r = &sc.resid[(j * k + c) * ns..(j * k + c + 1) * ns];
-                    noise.iter_mut().zip(r).for_each(|(a, b)| *a += p * b);
-                }
-                model::add_noise(st, &noise, &sc.counts)?;
-                noise.iter_mut().for_each(|v| *v = 0.0);
-            }
-        }
+        let b = BlockRef {
+            particles: block,
+            idx,
+            scale: &scale,
+        };
+        let accumulate = it.phase != Phase::Assign;
+        let (_, resp) =
+            e_step_block(&Cpu, &prep.model, &b, &prep.log_prior, &prep.params, accumulate, st)?;
+        let probs = resp.probs();
         Ok((0..idx.len())
             .map(|j| {
                 let row = Row {
-                    probs: probs[j * k..(j + 1) * k].iter().map(|&p| p as f32).collect(),
+                    probs: (0..k).map(|c| probs[[j, c]] as f32).collect(),
                     class: resp.best_class()[j] as u32,
                     posterior: resp.best_prob()[j] as f32,
                     ess: resp.ess()[j] as f32,

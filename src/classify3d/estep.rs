@@ -13,12 +13,20 @@
 //! classes) and as many complex multiply-adds; poses are known, so there is no pose search
 //! to batch into matrix products.
 
-use ndarray::Array2;
+use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 
-use crate::particles::{Particles, WorkGrid};
+use crate::backend::phases::{Accumulate, BlockRef, ClassScores, Score};
+use crate::backend::Cpu;
+use crate::em::responsibilities::Responsibilities;
+use crate::em::stats::Stats;
+use crate::error::Result;
 use crate::numerics::fft::Complex32;
 use crate::numerics::project3d::Projector;
+use crate::numerics::rotation::Mat3;
+use crate::particles::{Particles, WorkGrid};
+
+use super::model;
 
 
 /// Log-likelihoods and residual power of a set of particles.
@@ -136,4 +144,152 @@ pub fn fit_scales(
             },
         )
         .collect()
+}
+
+/// The model of one 3D iteration as the E-step phases use it: the projectors of the
+/// effective class volumes, the noise model and the symmetry operators.
+pub struct VolumeModel<'a> {
+    pub grid: &'a WorkGrid,
+    pub projs: Vec<Projector>,
+    pub sigma2: Vec<f64>,
+    pub syms: Vec<Mat3>,
+}
+
+impl ClassScores for Scores {
+    fn class_ll(&self) -> ArrayView2<'_, f64> {
+        self.ll.view()
+    }
+}
+
+impl Score<VolumeModel<'_>> for Cpu {
+    type Scores = Scores;
+    fn score(&self, m: &VolumeModel, b: &BlockRef) -> Result<Scores> {
+        let prefs: Vec<&Projector> = m.projs.iter().collect();
+        Ok(score(b.particles, m.grid, &prefs, b.idx, b.scale, &m.sigma2))
+    }
+}
+
+impl Accumulate<VolumeModel<'_>> for Cpu {
+    /// Back-projection of the particles at their class weights (symmetry copies included)
+    /// and their per-shell residual power weighted by class probability.
+    fn accumulate(
+        &self,
+        m: &VolumeModel,
+        b: &BlockRef,
+        sc: &Scores,
+        resp: &Responsibilities,
+        st: &mut Stats,
+    ) -> Result<()> {
+        let (k, ns) = (m.projs.len(), m.grid.n_shells());
+        let probs = resp
+            .probs()
+            .as_standard_layout()
+            .into_owned()
+            .into_raw_vec_and_offset()
+            .0;
+        model::backproject(st, m.grid, b.particles, b.idx, b.scale, &probs, &m.syms)?;
+        let mut noise = vec![0.0; ns];
+        for j in 0..b.idx.len() {
+            for c in 0..k {
+                let p = probs[j * k + c];
+                let r = &sc.resid[(j * k + c) * ns..(j * k + c + 1) * ns];
+                noise.iter_mut().zip(r).for_each(|(a, b)| *a += p * b);
+            }
+            model::add_noise(st, &noise, &sc.counts)?;
+            noise.iter_mut().for_each(|v| *v = 0.0);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::em::responsibilities::EStepParams;
+    use crate::em::stats::StatsLayout;
+    use crate::numerics::rotation::pose_to_matrix;
+    use ndarray::Array3;
+    use rand::{Rng, SeedableRng};
+
+    /// The CPU phases run on one thread: a second implementation whose sums must not
+    /// depend on the thread count.
+    struct Serial;
+
+    fn one_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(f)
+    }
+
+    impl Score<VolumeModel<'_>> for Serial {
+        type Scores = Scores;
+        fn score(&self, m: &VolumeModel, b: &BlockRef) -> Result<Scores> {
+            one_thread(|| Cpu.score(m, b))
+        }
+    }
+
+    impl Accumulate<VolumeModel<'_>> for Serial {
+        fn accumulate(
+            &self,
+            m: &VolumeModel,
+            b: &BlockRef,
+            sc: &Scores,
+            resp: &Responsibilities,
+            st: &mut Stats,
+        ) -> Result<()> {
+            one_thread(|| Cpu.accumulate(m, b, sc, resp, st))
+        }
+    }
+
+    type Setup3d = (
+        Cpu,
+        VolumeModel<'static>,
+        Serial,
+        VolumeModel<'static>,
+        (Particles, Vec<usize>, Vec<f64>),
+        StatsLayout,
+        Vec<f64>,
+        EStepParams,
+    );
+
+    fn setup() -> Setup3d {
+        let grid: &'static WorkGrid = Box::leak(Box::new(WorkGrid::new(24, 3.0, 9.0)));
+        let n = grid.n;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let vols: Vec<Array3<f32>> = (0..2)
+            .map(|_| Array3::from_shape_fn((n, n, n), |_| rng.gen_range(-1.0f32..1.0)))
+            .collect();
+        let model = || VolumeModel {
+            grid,
+            projs: vols.iter().map(|v| Projector::new(v.view(), model::PAD)).collect(),
+            sigma2: vec![50.0; grid.n_shells()],
+            syms: vec![pose_to_matrix([0.0, 0.0, 0.0])],
+        };
+        let m = 30;
+        let spectra: Vec<Complex32> = (0..m * grid.len())
+            .map(|_| Complex32::new(rng.gen_range(-3.0..3.0), rng.gen_range(-3.0..3.0)))
+            .collect();
+        let poses = (0..m)
+            .map(|_| pose_to_matrix([rng.gen_range(0.0..6.28), rng.gen_range(0.0..3.14), rng.gen_range(0.0..6.28)]))
+            .collect();
+        let parts = Particles::with_poses(0, spectra, None, poses, grid);
+        let idx: Vec<usize> = (0..m).collect();
+        let scale: Vec<f64> = (0..m).map(|i| 0.8 + 0.01 * i as f64).collect();
+        (
+            Cpu,
+            model(),
+            Serial,
+            model(),
+            (parts, idx, scale),
+            model::layout(2, grid).unwrap(),
+            vec![(0.4f64).ln(), (0.6f64).ln()],
+            EStepParams::new(1.0, 0.1, false).unwrap(),
+        )
+    }
+
+    // The 3D phases on rayon's threads against one thread: the same bits are expected, the
+    // stated tolerance is rounding.
+    crate::backend_parity_test!(volume_phases_do_not_depend_on_the_thread_count, setup, 1e-12);
 }

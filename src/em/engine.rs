@@ -221,10 +221,27 @@ pub struct Engine<'a> {
     pub job: &'static str,
 }
 
+/// Empty ESS and best-class-probability bins for `k` classes.
+fn bins(k: usize) -> (Binned, Binned) {
+    (
+        Binned::new(1.0, k.max(2) as f64, BINS),
+        Binned::new(0.0, 1.0, BINS),
+    )
+}
+
 fn quartiles(b: &Binned) -> [f64; 5] {
     b.quartiles()
         .map(|q| [q.min, q.q25, q.median, q.q75, q.max])
         .unwrap_or([f64::NAN; 5])
+}
+
+/// One iteration's outcome before the caller sees it.
+struct Done<E> {
+    it: Iteration,
+    record: Record<E>,
+    ess: Binned,
+    best: Binned,
+    stop: Option<String>,
 }
 
 impl<'a> Engine<'a> {
@@ -240,7 +257,6 @@ impl<'a> Engine<'a> {
         mut on_row: impl FnMut(usize, &P::Row) -> Result<()>,
     ) -> Result<Outcome<P::Extra>> {
         let plan = self.plan;
-        let comm = self.comm;
         let mut driver = Driver::new(
             plan.n_total,
             plan.batch_size.min(plan.n_total),
@@ -252,119 +268,26 @@ impl<'a> Engine<'a> {
         )?;
         let ctx = Context {
             source: self.source,
-            comm,
+            comm: self.comm,
             n_total: plan.n_total,
             first_batch: driver.first_batch(),
         };
-        let layout = problem.layout().clone();
-        let (t0, mut history) = match resume {
-            Some(r) => {
-                driver.restore(match &r.running {
-                    Some(buf) => Some(Stats::from_slice(&layout, buf)?),
-                    None => None,
-                });
-                problem.start(&ctx, Some((r.shared, r.rows)))?;
-                if comm.is_root() {
-                    log::info!(
-                        "{}: resuming at iteration {} of {}",
-                        self.job,
-                        r.next_iteration + 1,
-                        driver.max_iterations()
-                    );
-                }
-                (r.next_iteration, r.history)
-            }
-            None => {
-                problem.start(&ctx, None)?;
-                (0, Vec::new())
-            }
-        };
-        let k = problem.num_classes();
-        let bins = || {
-            (
-                Binned::new(1.0, k.max(2) as f64, BINS),
-                Binned::new(0.0, 1.0, BINS),
-            )
-        };
-        let (mut last_ess, mut last_best) = bins();
-        let total = driver.max_iterations();
+        let (t0, mut history) = self.begin(problem, resume, &mut driver, &ctx)?;
+        let (mut ess, mut best) = bins(problem.num_classes());
         let mut stop_reason = format!(
             "reached the iteration limit ({} online + {} full)",
             plan.online, plan.full_max
         );
-        for t in t0..total {
-            let start = Instant::now();
-            let phase = driver.phase(t);
-            let it = Iteration {
-                t,
-                phase,
-                eta: driver.learning_rate(t),
-                of: total,
-                last: t + 1 == total,
-                particles: if phase == Phase::Online {
-                    driver.batch_size()
-                } else {
-                    plan.n_total
-                },
-            };
-            let prep = problem.prepare(&it, &ctx)?;
-            let t_e = Instant::now();
-            let mut batch = Stats::zeros(&layout);
-            let (mut ess, mut best) = bins();
-            let scored = self.e_step(problem, &prep, &it, &mut driver, &mut batch, |p, l, row| {
-                ess.add(row.ess());
-                best.add(row.best_prob());
-                p.keep(l, row, &it)?;
-                if it.last {
-                    on_row(l, row)?;
-                }
-                Ok(())
-            });
-            // Every rank learns whether every rank scored its particles (a bad block of the
-            // file, a full disk) before the collectives below, so none waits forever.
-            agree(comm, scored)?;
-            drop(prep);
-            let estep_seconds = t_e.elapsed().as_secs_f64();
-            let t_c = Instant::now();
-            ess.all_reduce(comm);
-            best.all_reduce(comm);
-            let mut allreduce_bytes = 0;
-            let running = if phase == Phase::Assign {
-                None
-            } else {
-                allreduce_bytes = 8 * batch.as_slice().len();
-                Some(driver.absorb(batch, t, comm)?)
-            };
-            let comm_seconds = t_c.elapsed().as_secs_f64();
-            if let Some(running) = running {
-                problem.m_step(running, &it)?;
-            }
-            let concl = problem.conclude(&it, &ctx)?;
-            let record = Record {
-                iteration: t,
-                phase: phase.name().to_string(),
-                particles: it.particles,
-                learning_rate: it.eta,
-                ess_quartiles: quartiles(&ess),
-                best_prob_quartiles: quartiles(&best),
-                extra: concl.extra,
-                seconds: start.elapsed().as_secs_f64(),
-                estep_seconds,
-                comm_seconds,
-                allreduce_bytes,
-            };
-            if comm.is_root() {
-                self.log(&it, &record, &ess, &best, problem);
-            }
-            history.push(record);
-            let stopping = concl.stop.is_some();
+        for t in t0..driver.max_iterations() {
+            let done = self.iterate(problem, &mut driver, &ctx, t, &mut on_row)?;
+            history.push(done.record);
             let view = View {
-                it,
+                it: done.it,
                 record: history.last().expect("pushed above"),
                 problem: &*problem,
-                ess: &ess,
-                best_prob: &best,
-                snapshot: (!it.last && !stopping).then(|| Snapshot {
+                ess: &done.ess,
+                best_prob: &done.best,
+                snapshot: (!done.it.last && done.stop.is_none()).then(|| Snapshot {
                     next_iteration: t + 1,
                     running: driver.running(),
                     history: &history,
@@ -373,22 +296,132 @@ impl<'a> Engine<'a> {
             };
             // A failure on one rank (rank 0's plots) ends every rank before the next
             // collective.
-            agree(comm, on_iteration(&view))?;
-            last_ess = ess;
-            last_best = best;
-            if let Some(why) = concl.stop {
+            agree(self.comm, on_iteration(&view))?;
+            (ess, best) = (done.ess, done.best);
+            if let Some(why) = done.stop {
                 stop_reason = why;
                 break;
             }
         }
-        if comm.is_root() {
+        if self.comm.is_root() {
             log::info!("{}: {stop_reason}", self.job);
         }
         Ok(Outcome {
             history,
-            ess: last_ess,
-            best_prob: last_best,
+            ess,
+            best_prob: best,
             stop_reason,
+        })
+    }
+
+    /// Starts the problem, fresh or from a checkpoint: the first iteration and the history.
+    fn begin<P: Problem>(
+        &self,
+        problem: &mut P,
+        resume: Option<Resume<P>>,
+        driver: &mut Driver,
+        ctx: &Context,
+    ) -> Result<(usize, Vec<Record<P::Extra>>)> {
+        let Some(r) = resume else {
+            problem.start(ctx, None)?;
+            return Ok((0, Vec::new()));
+        };
+        driver.restore(match &r.running {
+            Some(buf) => Some(Stats::from_slice(problem.layout(), buf)?),
+            None => None,
+        });
+        problem.start(ctx, Some((r.shared, r.rows)))?;
+        if self.comm.is_root() {
+            log::info!(
+                "{}: resuming at iteration {} of {}",
+                self.job,
+                r.next_iteration + 1,
+                driver.max_iterations()
+            );
+        }
+        Ok((r.next_iteration, r.history))
+    }
+
+    /// Iteration `t`: prepare, E-step, agree, all-reduce and blend, M-step, conclude, record.
+    fn iterate<P: Problem>(
+        &self,
+        problem: &mut P,
+        driver: &mut Driver,
+        ctx: &Context,
+        t: usize,
+        on_row: &mut impl FnMut(usize, &P::Row) -> Result<()>,
+    ) -> Result<Done<P::Extra>> {
+        let comm = self.comm;
+        let start = Instant::now();
+        let phase = driver.phase(t);
+        let total = driver.max_iterations();
+        let it = Iteration {
+            t,
+            phase,
+            eta: driver.learning_rate(t),
+            of: total,
+            last: t + 1 == total,
+            particles: if phase == Phase::Online {
+                driver.batch_size()
+            } else {
+                self.plan.n_total
+            },
+        };
+        let prep = problem.prepare(&it, ctx)?;
+        let t_e = Instant::now();
+        let mut batch = Stats::zeros(problem.layout());
+        let (mut ess, mut best) = bins(problem.num_classes());
+        let scored = self.e_step(problem, &prep, &it, driver, &mut batch, |p, l, row| {
+            ess.add(row.ess());
+            best.add(row.best_prob());
+            p.keep(l, row, &it)?;
+            if it.last {
+                on_row(l, row)?;
+            }
+            Ok(())
+        });
+        // Every rank learns whether every rank scored its particles (a bad block of the
+        // file, a full disk) before the collectives below, so none waits forever.
+        agree(comm, scored)?;
+        drop(prep);
+        let estep_seconds = t_e.elapsed().as_secs_f64();
+        let t_c = Instant::now();
+        ess.all_reduce(comm);
+        best.all_reduce(comm);
+        let mut allreduce_bytes = 0;
+        let running = if phase == Phase::Assign {
+            None
+        } else {
+            allreduce_bytes = 8 * batch.as_slice().len();
+            Some(driver.absorb(batch, t, comm)?)
+        };
+        let comm_seconds = t_c.elapsed().as_secs_f64();
+        if let Some(running) = running {
+            problem.m_step(running, &it)?;
+        }
+        let concl = problem.conclude(&it, ctx)?;
+        let record = Record {
+            iteration: t,
+            phase: phase.name().to_string(),
+            particles: it.particles,
+            learning_rate: it.eta,
+            ess_quartiles: quartiles(&ess),
+            best_prob_quartiles: quartiles(&best),
+            extra: concl.extra,
+            seconds: start.elapsed().as_secs_f64(),
+            estep_seconds,
+            comm_seconds,
+            allreduce_bytes,
+        };
+        if comm.is_root() {
+            self.log(&it, &record, &ess, &best, problem);
+        }
+        Ok(Done {
+            it,
+            record,
+            ess,
+            best,
+            stop: concl.stop,
         })
     }
 

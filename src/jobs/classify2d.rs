@@ -38,8 +38,17 @@ use crate::numerics::mask::soft_circular_mask;
 use crate::report::montage::{class_label, montage_png, MontageStyle};
 use crate::report::plot::{histogram_counts_png, lines_png, PLOT_SIZE_PX};
 
-/// Runs the job on every rank.
-pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
+/// The configuration, checked against the dataset's header on every rank, and the backend.
+struct Setup {
+    cfg: Classify2dConfig,
+    n_total: usize,
+    rows: Range<usize>,
+    box_px: usize,
+    psize: f64,
+    backend: std::sync::Arc<dyn crate::backend::Backend>,
+}
+
+fn setup(args: &JobArgs, comm: &dyn Comm) -> Result<Setup> {
     let mut cfg: Classify2dConfig = collective(comm, config::load(&args.config, &args.set))?;
     if let Some(dir) = &args.resume {
         cfg.output = dir.clone();
@@ -70,6 +79,26 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         crate::backend::select(cfg.backend, &args.config, "classify2d")
     });
     let backend = collective(comm, checked)?;
+    Ok(Setup {
+        cfg,
+        n_total,
+        rows,
+        box_px,
+        psize,
+        backend,
+    })
+}
+
+/// Runs the job on every rank.
+pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
+    let Setup {
+        cfg,
+        n_total,
+        rows,
+        box_px,
+        psize,
+        backend,
+    } = setup(args, comm)?;
     let out = output_dir(comm, args, cfg.output())?;
     let staging = shared_dir(comm, out.as_ref().map(|o| o.path()))?;
     let config_yaml = config_without_output(&cfg);
