@@ -481,7 +481,12 @@ fn a_killed_run_resumes_to_the_uninterrupted_result() {
     assert_same_3d(&d.join("whole2"), &d.join("killed2"));
     let r = emclass(d, &["classify3d", "c.yaml", "--resume", "killed1"]).ok();
     assert!(r.stderr.contains("resuming at iteration 5"), "{}", r.stderr);
-    mpirun(d, 3, &["-q", "classify3d", "c.yaml", "--set", "output=whole3"]).ok();
+    mpirun(
+        d,
+        3,
+        &["-q", "classify3d", "c.yaml", "--set", "output=whole3"],
+    )
+    .ok();
     mpirun(d, 3, &["-q", "classify3d", "c.yaml", "--resume", "killed3"]).ok();
     // Iterations before the kill summed over 2 ranks, after it over 1 or 3: the same classes
     // as the uninterrupted run on the resumed rank count, probabilities and volumes equal to
@@ -495,8 +500,15 @@ fn a_killed_run_resumes_to_the_uninterrupted_result() {
 fn assert_close_3d(a: &Path, b: &Path) {
     let f = |d: &Path, c: &str| column(&d.join("particles.h5"), c);
     assert_eq!(f(a, "alignments3D/class"), f(b, "alignments3D/class"));
-    let (pa, pb) = (f(a, "alignments3D/class_probs"), f(b, "alignments3D/class_probs"));
-    let worst = pa.iter().zip(&pb).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    let (pa, pb) = (
+        f(a, "alignments3D/class_probs"),
+        f(b, "alignments3D/class_probs"),
+    );
+    let worst = pa
+        .iter()
+        .zip(&pb)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
     assert!(worst < 1e-4, "class_probs differ by {worst}");
     for v in ["volumes/class_00.mrc", "volumes/class_01.mrc"] {
         let read = |d: &Path| {
@@ -508,7 +520,11 @@ fn assert_close_3d(a: &Path, b: &Path) {
         };
         let (va, vb) = (read(a), read(b));
         let rms = (va.iter().map(|x| x * x).sum::<f64>() / va.len() as f64).sqrt();
-        let diff = va.iter().zip(&vb).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        let diff = va
+            .iter()
+            .zip(&vb)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
         assert!(diff <= 1e-4 * rms, "{v}: differs by {diff} (RMS {rms})");
     }
 }
@@ -534,14 +550,23 @@ fn nothing_per_particle_reaches_rank_0() {
     let mut gathered = Vec::new();
     for n in [600, 1800] {
         simulate(d, &format!("sim{n}"), n, &[]);
-        config(d, &format!("c{n}.yaml"), &format!("sim{n}/particles.h5"), &format!("o{n}"), extra);
+        config(
+            d,
+            &format!("c{n}.yaml"),
+            &format!("sim{n}/particles.h5"),
+            &format!("o{n}"),
+            extra,
+        );
         let r = mpirun(d, 3, &["classify3d", &format!("c{n}.yaml")]).ok();
         gathered.push(gathered_bytes(&r.stderr));
         let s = summary(&d.join(format!("o{n}")));
         let it = &s["iterations"][0];
         assert!(it["allreduce_bytes"].as_u64().unwrap() > 0, "{it}");
     }
-    assert_eq!(gathered[0], gathered[1], "gathered bytes grow with the particle count");
+    assert_eq!(
+        gathered[0], gathered[1],
+        "gathered bytes grow with the particle count"
+    );
 }
 
 /// `max_resident_gb: 0` streams the particles from the file in every pass: the same bits as
@@ -553,12 +578,32 @@ fn streamed_particles_give_the_resident_result() {
     simulate(d, "sim", 1300, &[]);
     let extra = "fem_max_iterations: 3\n";
     config(d, "res.yaml", "sim/particles.h5", "res", extra);
-    config(d, "str.yaml", "sim/particles.h5", "str", &format!("{extra}max_resident_gb: 0\n"));
+    config(
+        d,
+        "str.yaml",
+        "sim/particles.h5",
+        "str",
+        &format!("{extra}max_resident_gb: 0\n"),
+    );
     emclass(d, &["-q", "classify3d", "res.yaml"]).ok();
     let r = emclass(d, &["classify3d", "str.yaml"]).ok();
-    assert!(r.stderr.contains("memory plan (rank 0): streamed"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("memory plan (rank 0): streamed"),
+        "{}",
+        r.stderr
+    );
     assert_same_3d(&d.join("res"), &d.join("str"));
-    mpirun(d, 2, &["-q", "classify3d", "res.yaml", "--set", "output=res2"]).ok();
-    mpirun(d, 2, &["-q", "classify3d", "str.yaml", "--set", "output=str2"]).ok();
+    mpirun(
+        d,
+        2,
+        &["-q", "classify3d", "res.yaml", "--set", "output=res2"],
+    )
+    .ok();
+    mpirun(
+        d,
+        2,
+        &["-q", "classify3d", "str.yaml", "--set", "output=str2"],
+    )
+    .ok();
     assert_same_3d(&d.join("res2"), &d.join("str2"));
 }

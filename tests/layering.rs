@@ -27,7 +27,8 @@ fn offending(dir: &str, forbidden: &[&str]) -> Vec<String> {
         for (i, line) in text.lines().enumerate() {
             let code = line.split("//").next().unwrap_or("");
             for m in forbidden {
-                if code.contains(&format!("crate::{m}::")) || code.contains(&format!("crate::{m};")) {
+                if code.contains(&format!("crate::{m}::")) || code.contains(&format!("crate::{m};"))
+                {
                     bad.push(format!("{}:{}: {}", f.display(), i + 1, line.trim()));
                 }
             }
@@ -61,7 +62,14 @@ fn the_check_sees_a_forbidden_path() {
 #[test]
 fn algorithm_code_never_names_mpi_or_cudarc() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    for dir in ["em", "particles", "classify2d", "classify3d", "curate", "numerics"] {
+    for dir in [
+        "em",
+        "particles",
+        "classify2d",
+        "classify3d",
+        "curate",
+        "numerics",
+    ] {
         for f in rust_files(&root.join(dir)) {
             let text = std::fs::read_to_string(&f).unwrap();
             for (i, line) in text.lines().enumerate() {

@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use ndarray::{Array2, ArrayView2};
 
-use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
 
 /// Which implementation runs the hot kernels.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -109,18 +109,25 @@ pub fn check_parity<M: ?Sized, R: Accumulate<M>, C: Accumulate<M>>(
         if a.len() != b.len() {
             return Err(format!("{} values against {}", b.len(), a.len()));
         }
-        Ok(a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max))
+        Ok(a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max))
     };
     let scale_of = |v: &[f64]| v.iter().map(|x| x.abs()).fold(1e-300, f64::max);
     let ll_range = {
         let (lo, hi) = ll_r
             .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| (l.min(x), h.max(x)));
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &x| {
+                (l.min(x), h.max(x))
+            });
         (hi - lo).max(1.0)
     };
     let d_ll = worst(&ll_r, &ll_c)?;
     if d_ll > tol * ll_range {
-        return Err(format!("class log-likelihoods differ by {d_ll} (range {ll_range})"));
+        return Err(format!(
+            "class log-likelihoods differ by {d_ll} (range {ll_range})"
+        ));
     }
     let d_p = worst(&p_r, &p_c)?;
     if d_p > tol {

@@ -9,7 +9,9 @@ use ndarray::{Array2, ArrayView2};
 
 use crate::backend::phases::{Accumulate, BlockRef, ClassScores, Score};
 use crate::backend::Cpu;
-use crate::em::responsibilities::{marginalize_poses, pose_weights, PoseMarginal, Responsibilities};
+use crate::em::responsibilities::{
+    marginalize_poses, pose_weights, PoseMarginal, Responsibilities,
+};
 use crate::em::stats::Stats;
 use crate::error::Result;
 use crate::numerics::fft::Complex32;
@@ -63,7 +65,6 @@ impl<'a> Local<'a> {
             })
             .collect()
     }
-
 }
 
 /// The model of one 2D iteration as the E-step phases use it.
@@ -199,7 +200,12 @@ impl Local<'_> {
 }
 
 /// The result of row `bi` of a scored chunk.
-pub fn result_row(m: &PlaneModel, sc: &PlaneScores, resp: &Responsibilities, bi: usize) -> ResultRow {
+pub fn result_row(
+    m: &PlaneModel,
+    sc: &PlaneScores,
+    resp: &Responsibilities,
+    bi: usize,
+) -> ResultRow {
     let poses = &m.scorer.poses;
     let best_k = resp.best_class()[bi];
     let (br, bt) = poses.split(sc.marg.best_pose()[[bi, best_k]]);
@@ -273,7 +279,12 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     /// Noisy particles made from random blob classes, with a CTF each.
-    fn fixture() -> (&'static Classify2dConfig, &'static WorkGrid, Vec<Array2<f32>>, Particles) {
+    fn fixture() -> (
+        &'static Classify2dConfig,
+        &'static WorkGrid,
+        Vec<Array2<f32>>,
+        Particles,
+    ) {
         let cfg: &'static Classify2dConfig = Box::leak(Box::new(Classify2dConfig {
             num_classes: 3,
             ..Classify2dConfig::with_paths("in.h5", "out")
@@ -315,13 +326,20 @@ mod tests {
                 .map(|k| {
                     let s = p.spectrum(k).to_vec();
                     crate::numerics::fft::irfft2(
-                        ndarray::Array2::from_shape_vec((grid.n, grid.h()), s).unwrap().view(),
+                        ndarray::Array2::from_shape_vec((grid.n, grid.h()), s)
+                            .unwrap()
+                            .view(),
                         grid.n,
                     )
                 })
                 .collect()
         };
-        (cfg, grid, small, Particles::from_images(&images, Some(ctf), 0, grid, true))
+        (
+            cfg,
+            grid,
+            small,
+            Particles::from_images(&images, Some(ctf), 0, grid, true),
+        )
     }
 
     fn model(
@@ -386,6 +404,14 @@ mod tests {
     }
 
     // The 2D phases with the templates on ndarray's SGEMM against the naive f64 products.
-    crate::backend_parity_test!(plane_phases_sgemm_match_the_naive_products, || setup(false), 1e-4);
-    crate::backend_parity_test!(plane_phases_hard_sgemm_match_the_naive_products, || setup(true), 1e-4);
+    crate::backend_parity_test!(
+        plane_phases_sgemm_match_the_naive_products,
+        || setup(false),
+        1e-4
+    );
+    crate::backend_parity_test!(
+        plane_phases_hard_sgemm_match_the_naive_products,
+        || setup(true),
+        1e-4
+    );
 }

@@ -4,8 +4,8 @@
 //! blending with η(t) = 1/(1 + t/2), records, checkpoints); this file says what one
 //! iteration does:
 //!
-//! - start: σ²_init from 100 random particles and random initial classes from the first
-//!   batch (or the checkpoint's classes and noise model);
+//! - start ([`super::start`]): σ²_init from 100 random particles and random initial
+//!   classes from the first batch (or the checkpoint's classes and noise model);
 //! - prepare: the alignment band and pose grid at the current alignment limit, the
 //!   templates (class averages × rotations, whitened by the per-class noise), the
 //!   ICUF-annealed σ² and the scorer on the backend; hard in the last iterations with
@@ -22,25 +22,20 @@
 //! are summed in f64, so 1, 2 or 64 ranks give the same classes up to summation order.
 
 use ndarray::Array2;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::phases::{e_step_block, BlockRef};
 use crate::backend::Cpu;
-use crate::comm::agree;
-use crate::em::batches::permutation;
 use crate::em::engine::{Conclusion, Context, Iteration, Problem, Scored};
 use crate::em::responsibilities::EStepParams;
 use crate::em::schedule::IcufSchedule;
 use crate::em::stats::{Stats, StatsLayout};
 use crate::error::{Error, Result};
-use crate::numerics::fft::Complex32;
 use crate::numerics::frc::frc_resolution_a;
 use crate::particles::{Particles, WorkGrid};
 
-use super::accumulate::{result_row, signal_shell, Local, PlaneModel};
+use super::accumulate::{result_row, signal_shell, PlaneModel};
 use super::config::Classify2dConfig;
 use super::estep::{Scorer, Templates};
 use super::grid::{Band, PoseGrid};
@@ -51,8 +46,6 @@ use super::results::ResultRow;
 pub const START_ALIGN_RES_A: f64 = 25.0;
 /// Particles scored per GEMM batch.
 const CHUNK: usize = 16;
-/// Number of random particles of the initial noise estimate (the seed's "100 random images").
-const NOISE_PARTICLES: usize = 100;
 
 /// The problem's fields of the iteration record (summary.json, log).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -104,11 +97,11 @@ pub struct Classify2d<'a> {
     pub post: PostProcess,
     /// Where the E-step's matrix products run.
     backend: &'a dyn crate::backend::Backend,
-    layout: StatsLayout,
+    pub(super) layout: StatsLayout,
     icuf: IcufSchedule,
-    k_lo: usize,
-    k_align: usize,
-    k_start: usize,
+    pub(super) k_lo: usize,
+    pub(super) k_align: usize,
+    pub(super) k_start: usize,
     /// Alignment limit (shell) of the next iteration.
     pub k_hi: usize,
     /// This iteration's record fields fixed at prepare: limit, rotations, shifts, band.
@@ -159,72 +152,6 @@ impl<'a> Classify2d<'a> {
             sigma2_used: Vec::new(),
             n_local: 0,
         })
-    }
-
-    /// Random initial classes: the particles of the first online batch, each given to a
-    /// random class at a random in-plane angle (functions of the global row and the seed).
-    fn initial_classes(&self, ctx: &Context, poses: &PoseGrid) -> Result<ClassUpdate> {
-        let mut st = Stats::zeros(&self.layout);
-        let k = self.cfg.num_classes;
-        let source = ctx.source;
-        let first = source.first_row();
-        let read = source.for_each_block(&source.local(&ctx.first_batch), |idx, ids, block| {
-            let local = Local {
-                cfg: self.cfg,
-                grid: self.grid,
-                particles: block,
-            };
-            for (&i, &l) in idx.iter().zip(ids) {
-                let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed ^ 0x5eed_c1a5);
-                rng.set_stream((first + l) as u64);
-                let c = rng.gen_range(0..k);
-                let psi = poses.psi_rad[rng.gen_range(0..poses.n_rot())];
-                let y = local.ctf_times_x(i, None);
-                model::add_contribution(&mut st, self.grid, c, block.half[i], &y, local.ctf(i), psi, 1.0);
-            }
-            Ok(())
-        });
-        agree(ctx.comm, read)?;
-        st.all_reduce(ctx.comm);
-        Ok(model::update_classes(&st, self.grid, k, &self.post, None))
-    }
-
-    /// σ²_init: mean power per shell of 100 random particles (signal + noise).
-    fn initial_noise(&self, ctx: &Context) -> Result<Vec<f64>> {
-        let ns = self.grid.n_shells();
-        let lay = StatsLayout::new(&[(model::NOISE, ns), (model::NOISE_N, ns)])?;
-        let mut st = Stats::zeros(&lay);
-        let pick: Vec<usize> = permutation(ctx.n_total, self.cfg.seed, u64::MAX)
-            .into_iter()
-            .take(NOISE_PARTICLES)
-            .collect();
-        let mut pick = ctx.source.local(&pick);
-        pick.sort_unstable();
-        let read = ctx.source.for_each_block(&pick, |idx, _, block| {
-            for &i in idx {
-                model::add_noise(&mut st, self.grid, block.spectrum(i));
-            }
-            Ok(())
-        });
-        agree(ctx.comm, read)?;
-        st.all_reduce(ctx.comm);
-        let noise = model::noise_per_shell(&st);
-        Ok(noise.iter().map(|v| v.unwrap_or(1.0).max(1e-12)).collect())
-    }
-
-    /// Phase ramps ρ_t on the whole working half plane, `T × len`.
-    fn full_ramps(&self, poses: &PoseGrid) -> Vec<Complex32> {
-        let g = self.grid;
-        let nb = g.box_in as f64;
-        let mut out = Vec::with_capacity(poses.n_shift() * g.len());
-        for s in &poses.shifts_px {
-            for c in 0..g.len() {
-                let ph =
-                    -std::f64::consts::TAU * (g.kx[c] as f64 * s[0] + g.ky[c] as f64 * s[1]) / nb;
-                out.push(Complex32::new(ph.cos() as f32, ph.sin() as f32));
-            }
-        }
-        out
     }
 }
 
@@ -281,11 +208,20 @@ impl<'a> Problem for Classify2d<'a> {
             .classes
             .noise_gain
             .iter()
-            .map(|g| g.iter().zip(&self.sigma2_current).map(|(g, s)| g * s).collect())
+            .map(|g| {
+                g.iter()
+                    .zip(&self.sigma2_current)
+                    .map(|(g, s)| g * s)
+                    .collect()
+            })
             .collect();
         let templates = Templates::build(&self.classes.images, &poses, &band, Some(&noise_power));
-        self.icuf
-            .sigma2(it.t, &self.sigma2_init, &self.sigma2_current, &mut self.sigma2_used)?;
+        self.icuf.sigma2(
+            it.t,
+            &self.sigma2_init,
+            &self.sigma2_current,
+            &mut self.sigma2_used,
+        )?;
         let hard = self.cfg.final_hard_classification && it.t + 1 >= self.cfg.total_iterations();
         self.now = (
             self.grid.shell_res_a(self.k_hi),
@@ -297,7 +233,14 @@ impl<'a> Problem for Classify2d<'a> {
         Ok(Prepared {
             model: PlaneModel {
                 cfg: self.cfg,
-                scorer: Scorer::new(self.grid, band, poses, templates, &self.sigma2_used, self.backend)?,
+                scorer: Scorer::new(
+                    self.grid,
+                    band,
+                    poses,
+                    templates,
+                    &self.sigma2_used,
+                    self.backend,
+                )?,
                 images: self.classes.images.clone(),
                 ramps,
                 best_pose_only: self.cfg.force_max || hard,
@@ -366,7 +309,11 @@ impl<'a> Problem for Classify2d<'a> {
             &self.post,
             Some(&self.classes.images),
         );
-        for (s, v) in self.sigma2_current.iter_mut().zip(model::noise_per_shell(running)) {
+        for (s, v) in self
+            .sigma2_current
+            .iter_mut()
+            .zip(model::noise_per_shell(running))
+        {
             if let Some(v) = v {
                 *s = v.max(1e-12);
             }

@@ -22,3 +22,4 @@ pub mod estep;
 pub mod grid;
 pub mod model;
 pub mod results;
+pub mod start;

@@ -16,12 +16,11 @@
 //!   assignment, the RMS density change, and the convergence criteria.
 
 use ndarray::Array3;
-use serde::{Deserialize, Serialize};
 
-use crate::em::driver::{class_flow, switched_pct, Phase};
-use crate::em::engine::{Conclusion, Context, Iteration, Problem, Scored};
 use crate::backend::phases::{e_step_block, BlockRef};
 use crate::backend::Cpu;
+use crate::em::driver::{class_flow, switched_pct, Phase};
+use crate::em::engine::{Conclusion, Context, Iteration, Problem};
 use crate::em::responsibilities::EStepParams;
 use crate::em::schedule::SimilaritySchedule;
 use crate::em::stats::{Stats, StatsLayout};
@@ -33,86 +32,7 @@ use crate::particles::{Particles, WorkGrid};
 use super::config::Classify3dConfig;
 use super::estep::VolumeModel;
 use super::model::{self, ClassVolume, PAD};
-
-/// Per-particle results of the last iteration that saw the particle (local rows).
-#[derive(Clone, Debug)]
-pub struct Results {
-    pub k: usize,
-    /// `len × K` class probabilities.
-    pub probs: Vec<f32>,
-    pub class: Vec<u32>,
-    pub class_posterior: Vec<f32>,
-    pub class_ess: Vec<f32>,
-}
-
-impl Results {
-    pub fn new(n: usize, k: usize) -> Results {
-        Results {
-            k,
-            probs: vec![0.0; n * k],
-            class: vec![0; n],
-            class_posterior: vec![0.0; n],
-            class_ess: vec![0.0; n],
-        }
-    }
-}
-
-/// One particle's result of an iteration.
-pub struct Row {
-    pub probs: Vec<f32>,
-    pub class: u32,
-    pub posterior: f32,
-    pub ess: f32,
-}
-
-impl Scored for Row {
-    fn ess(&self) -> f64 {
-        self.ess as f64
-    }
-    fn best_prob(&self) -> f64 {
-        self.posterior as f64
-    }
-}
-
-/// The problem's fields of the iteration record (summary.json, log).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Extra {
-    pub class_similarity: f64,
-    pub hard_classification: bool,
-    /// Particles whose most likely class is k (this iteration's particles).
-    pub class_assignments: Vec<u64>,
-    /// Σ_i p_ik of the running statistics.
-    pub class_effective_size: Vec<f64>,
-    #[serde(rename = "class_fsc0143_res_A")]
-    pub class_res_a: Vec<f64>,
-    /// % of particles that changed class since the previous F-EM iteration.
-    pub switched_pct: Option<f64>,
-    /// Size-weighted RMS change of the class volumes (relative to the consensus RMS).
-    pub rms_density_change: Option<f64>,
-}
-
-/// The model in a checkpoint.
-#[derive(Serialize, Deserialize)]
-pub struct Shared {
-    /// Per class: volume, half maps A and B (flat, `n³` each), FSC, resolution.
-    pub vols: Vec<[Vec<f32>; 3]>,
-    pub fsc: Vec<Vec<f64>>,
-    pub res_a: Vec<f64>,
-    pub sigma2: Vec<f64>,
-    pub weights: Vec<f64>,
-    pub flows: Vec<(usize, Vec<Vec<u64>>)>,
-    pub has_prev_fem: bool,
-}
-
-/// One particle in a checkpoint: its latest result and previous F-EM class.
-#[derive(Clone, Serialize, Deserialize)]
-pub struct RowState {
-    pub probs: Vec<f32>,
-    pub class: u32,
-    pub posterior: f32,
-    pub ess: f32,
-    pub prev_fem: u32,
-}
+pub use super::state::{Extra, Results, Row, RowState, Shared};
 
 /// What the E-step of one iteration uses.
 pub struct Prepared<'a> {
@@ -253,7 +173,10 @@ impl<'a> Problem for Classify3d<'a> {
         let mut prev = Vec::with_capacity(n);
         for (l, r) in rows.into_iter().enumerate() {
             if r.probs.len() != k {
-                return Err(Error::Checkpoint(format!("row state of {} classes", r.probs.len())));
+                return Err(Error::Checkpoint(format!(
+                    "row state of {} classes",
+                    r.probs.len()
+                )));
             }
             self.results.probs[l * k..(l + 1) * k].copy_from_slice(&r.probs);
             self.results.class[l] = r.class;
@@ -305,8 +228,15 @@ impl<'a> Problem for Classify3d<'a> {
             scale: &scale,
         };
         let accumulate = it.phase != Phase::Assign;
-        let (_, resp) =
-            e_step_block(&Cpu, &prep.model, &b, &prep.log_prior, &prep.params, accumulate, st)?;
+        let (_, resp) = e_step_block(
+            &Cpu,
+            &prep.model,
+            &b,
+            &prep.log_prior,
+            &prep.params,
+            accumulate,
+            st,
+        )?;
         let probs = resp.probs();
         Ok((0..idx.len())
             .map(|j| {
@@ -395,14 +325,22 @@ impl<'a> Problem for Classify3d<'a> {
     }
 
     fn describe(&self, e: &Extra) -> Vec<String> {
-        let res: Vec<f64> = e.class_res_a.iter().map(|r| (r * 10.0).round() / 10.0).collect();
+        let res: Vec<f64> = e
+            .class_res_a
+            .iter()
+            .map(|r| (r * 10.0).round() / 10.0)
+            .collect();
         vec![format!(
             "similarity {:.3}{}; assignments {:?}, FSC 0.143 {res:?} Å{}{}",
             e.class_similarity,
             if e.hard_classification { ", hard" } else { "" },
             e.class_assignments,
-            e.switched_pct.map(|s| format!(", switched {s:.2}%")).unwrap_or_default(),
-            e.rms_density_change.map(|r| format!(", RMS change {r:.4}")).unwrap_or_default()
+            e.switched_pct
+                .map(|s| format!(", switched {s:.2}%"))
+                .unwrap_or_default(),
+            e.rms_density_change
+                .map(|r| format!(", RMS change {r:.4}"))
+                .unwrap_or_default()
         )]
     }
 

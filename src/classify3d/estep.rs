@@ -28,7 +28,6 @@ use crate::particles::{Particles, WorkGrid};
 
 use super::model;
 
-
 /// Log-likelihoods and residual power of a set of particles.
 pub struct Scores {
     /// `len × K` log-likelihoods.
@@ -165,7 +164,14 @@ impl Score<VolumeModel<'_>> for Cpu {
     type Scores = Scores;
     fn score(&self, m: &VolumeModel, b: &BlockRef) -> Result<Scores> {
         let prefs: Vec<&Projector> = m.projs.iter().collect();
-        Ok(score(b.particles, m.grid, &prefs, b.idx, b.scale, &m.sigma2))
+        Ok(score(
+            b.particles,
+            m.grid,
+            &prefs,
+            b.idx,
+            b.scale,
+            &m.sigma2,
+        ))
     }
 }
 
@@ -263,7 +269,10 @@ mod tests {
             .collect();
         let model = || VolumeModel {
             grid,
-            projs: vols.iter().map(|v| Projector::new(v.view(), model::PAD)).collect(),
+            projs: vols
+                .iter()
+                .map(|v| Projector::new(v.view(), model::PAD))
+                .collect(),
             sigma2: vec![50.0; grid.n_shells()],
             syms: vec![pose_to_matrix([0.0, 0.0, 0.0])],
         };
@@ -272,7 +281,13 @@ mod tests {
             .map(|_| Complex32::new(rng.gen_range(-3.0..3.0), rng.gen_range(-3.0..3.0)))
             .collect();
         let poses = (0..m)
-            .map(|_| pose_to_matrix([rng.gen_range(0.0..6.28), rng.gen_range(0.0..3.14), rng.gen_range(0.0..6.28)]))
+            .map(|_| {
+                pose_to_matrix([
+                    rng.gen_range(0.0..6.28),
+                    rng.gen_range(0.0..3.14),
+                    rng.gen_range(0.0..6.28),
+                ])
+            })
             .collect();
         let parts = Particles::with_poses(0, spectra, None, poses, grid);
         let idx: Vec<usize> = (0..m).collect();
@@ -291,5 +306,9 @@ mod tests {
 
     // The 3D phases on rayon's threads against one thread: the same bits are expected, the
     // stated tolerance is rounding.
-    crate::backend_parity_test!(volume_phases_do_not_depend_on_the_thread_count, setup, 1e-12);
+    crate::backend_parity_test!(
+        volume_phases_do_not_depend_on_the_thread_count,
+        setup,
+        1e-12
+    );
 }

@@ -19,3 +19,4 @@ pub mod estep;
 pub mod model;
 pub mod particles;
 pub mod start;
+pub mod state;

@@ -22,7 +22,6 @@
 use ndarray::{Array2, Array3, Zip};
 use rayon::prelude::*;
 
-use crate::particles::{Particles, WorkGrid};
 use crate::em::stats::{Stats, StatsLayout};
 use crate::error::Result;
 use crate::numerics::fft::{fftfreq, half_len, irfft3, rfft3, Complex32};
@@ -32,7 +31,7 @@ use crate::numerics::project3d::{
 };
 use crate::numerics::rotation::{matmul, transpose, Mat3};
 use crate::numerics::volume::{rms, rms_difference};
-
+use crate::particles::{Particles, WorkGrid};
 
 /// Oversampling of projection and back-projection.
 pub const PAD: usize = 2;

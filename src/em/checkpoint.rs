@@ -99,7 +99,10 @@ impl Keeper<'_> {
                 rows: self.rows.len(),
                 states: encode(&states)?,
             };
-            crate::paths::write_atomic(&self.dir.join(rank_file(comm.rank(), next)), &encode(&file)?)
+            crate::paths::write_atomic(
+                &self.dir.join(rank_file(comm.rank(), next)),
+                &encode(&file)?,
+            )
         })();
         agree(comm, mine)?;
         let shared = if comm.is_root() {
@@ -139,7 +142,10 @@ impl Keeper<'_> {
         if f.version != VERSION {
             return Err(Error::file(
                 &path,
-                format!("checkpoint version {} (this emclass reads {VERSION})", f.version),
+                format!(
+                    "checkpoint version {} (this emclass reads {VERSION})",
+                    f.version
+                ),
             ));
         }
         if f.job != self.job {

@@ -204,13 +204,30 @@ fn a_gaussian_mixture_is_recovered() {
             },
         )
         .unwrap();
-    assert!((p.means[0] + 3.0).abs() < 0.1 && (p.means[1] - 3.0).abs() < 0.1, "{:?}", p.means);
+    assert!(
+        (p.means[0] + 3.0).abs() < 0.1 && (p.means[1] - 3.0).abs() < 0.1,
+        "{:?}",
+        p.means
+    );
     assert!((p.weights[1] - 0.7).abs() < 0.03, "{:?}", p.weights);
     let wrong = p.class.iter().zip(&truth).filter(|(a, b)| a != b).count();
     assert!(wrong < n / 100, "{wrong} misassigned");
-    assert!(out.stop_reason.starts_with("converged"), "{}", out.stop_reason);
+    assert!(
+        out.stop_reason.starts_with("converged"),
+        "{}",
+        out.stop_reason
+    );
     assert!(out.history.len() < 24, "{}", out.history.len());
-    assert_eq!(&phases[..5], &[Phase::Online, Phase::Online, Phase::Online, Phase::Online, Phase::Full]);
+    assert_eq!(
+        &phases[..5],
+        &[
+            Phase::Online,
+            Phase::Online,
+            Phase::Online,
+            Phase::Online,
+            Phase::Full
+        ]
+    );
     assert_eq!(out.history[0].particles, 200);
     assert_eq!(out.history[0].allreduce_bytes, 32);
     // A converged run ends before the last planned pass: no final-pass rows (a problem that
@@ -248,10 +265,15 @@ fn a_run_resumed_from_its_checkpoint_ends_with_the_same_result() {
     let mut whole = mixture();
     let mut rows_whole = Vec::new();
     let out = engine
-        .run(&mut whole, None, |_| Ok(()), |l, r| {
-            rows_whole.push((l, r.probs));
-            Ok(())
-        })
+        .run(
+            &mut whole,
+            None,
+            |_| Ok(()),
+            |l, r| {
+                rows_whole.push((l, r.probs));
+                Ok(())
+            },
+        )
         .unwrap();
     assert_eq!(rows_whole.len(), n, "the last pass gives every particle");
     // Stop after iteration 5 (the checkpoint continues at 6), then resume.
@@ -277,10 +299,15 @@ fn a_run_resumed_from_its_checkpoint_ends_with_the_same_result() {
     let mut resumed = mixture();
     let mut rows_resumed = Vec::new();
     let out2 = engine
-        .run(&mut resumed, Some(resume), |_| Ok(()), |l, r| {
-            rows_resumed.push((l, r.probs));
-            Ok(())
-        })
+        .run(
+            &mut resumed,
+            Some(resume),
+            |_| Ok(()),
+            |l, r| {
+                rows_resumed.push((l, r.probs));
+                Ok(())
+            },
+        )
         .unwrap();
     assert_eq!(resumed.means, whole.means);
     assert_eq!(rows_resumed, rows_whole);

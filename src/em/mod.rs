@@ -14,18 +14,14 @@
 //! - [`stats`]: the sufficient statistics as one flat f64 buffer with named segments,
 //!   reduced over ranks by exactly one all-reduce per iteration.
 //!
-//! How the jobs use it, per iteration t:
-//! 1. `batches::OnlineBatches::batch(b)` (O-EM) or all particles (F-EM), then
-//!    `batches::local_part(batch, my_range)` for the rank's own members.
-//! 2. The job's model scores its particles against its classes (2D: class images × in-plane
-//!    poses, using the ICUF-annealed sigma² from `schedule::IcufSchedule`; 3D: projected
-//!    class volumes with per-particle scale) and gives a log-likelihood matrix; 2D first
-//!    reduces its poses with `responsibilities::marginalize_poses`.
-//! 3. `responsibilities::responsibilities` turns it into posteriors using the similarity
-//!    and hardness of `schedule::SimilaritySchedule` (3D) or plain posteriors (2D).
-//! 4. The job accumulates its numerators/denominators into a `stats::Stats`, calls
-//!    `Stats::all_reduce` once, blends it into the running statistics with the learning
-//!    rate of `schedule::LearningRate` (O-EM) and runs its deterministic M-step.
+//! - [`engine`]: the iteration loop for any [`engine::Problem`] (classify2d and classify3d
+//!   are the two problems): phases, batches, learning rate, blending, the one all-reduce,
+//!   records, logging, convergence, callbacks, agreement across ranks; its opening comment
+//!   walks through one iteration.
+//! - [`checkpoint`]: the one checkpoint codec (shared state plus per-particle states keyed
+//!   by global row, so a run resumes on any number of ranks).
+//! - [`driver`]: phases, rows and learning rate of iteration t and the blending of
+//!   statistics, used by the engine; class flow between assignments.
 //!
 //! The engine never names `mpi::` or a GPU library: ranks are reached through
 //! [`crate::comm::Comm`] only.

@@ -15,26 +15,26 @@ use crate::classify2d::duplicate_routing::{self, PickTruth, RoutedPick};
 use crate::classify2d::duplicates;
 use crate::classify2d::engine::{Classify2d, Extra};
 use crate::classify2d::model::{ClassUpdate, PostProcess};
-use crate::em::binned::Binned;
-use crate::em::checkpoint::{self, Keeper};
-use crate::em::engine::{Engine, Plan, Record, View};
-use crate::em::schedule::LearningRate;
-use crate::jobs::em_shell::{output_dir, particle_source, read_resume};
 use crate::classify2d::results::{self, ResultRow, SpillReader, SpillWriter};
-use crate::particles::{Needs, WorkGrid};
 use crate::cli::JobArgs;
 use crate::comm::{partition, Comm};
 use crate::config::{self, JobConfig};
 use crate::dataset::{Dataset, DatasetAttrs, ParticleTable};
+use crate::em::binned::Binned;
+use crate::em::checkpoint::{self, Keeper};
+use crate::em::engine::{Engine, Plan, Record, View};
+use crate::em::schedule::LearningRate;
 use crate::error::{Error, Result};
 use crate::formats::mrc::write_stack;
 use crate::jobs::collective;
+use crate::jobs::em_shell::{output_dir, particle_source, read_resume};
 use crate::jobs::output::{config_without_output, OutputDir};
 use crate::jobs::turns::{gathered_ari, shared_dir, write_in_turns};
 use crate::numerics::fft::{irfft2, rfft2};
 use crate::numerics::frc::frc_resolution_a;
 use crate::numerics::image2d::fourier_pad;
 use crate::numerics::mask::soft_circular_mask;
+use crate::particles::{Needs, WorkGrid};
 use crate::report::montage::{class_label, montage_png, MontageStyle};
 use crate::report::plot::{histogram_counts_png, lines_png, PLOT_SIZE_PX};
 
@@ -125,7 +125,14 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         ctf: cfg.ctf_correct,
         poses: false,
     };
-    let source = particle_source(comm, &cfg.input, rows.clone(), &grid, needs, cfg.max_resident_gb)?;
+    let source = particle_source(
+        comm,
+        &cfg.input,
+        rows.clone(),
+        &grid,
+        needs,
+        cfg.max_resident_gb,
+    )?;
     let post = collective(comm, post_process(&cfg, &args.config, &grid, box_px, psize))?;
     let mut problem = Classify2d::new(&cfg, &grid, post, backend.as_ref())?;
     let engine = Engine {
@@ -235,7 +242,6 @@ fn post_process(
         clamp_solvent: cfg.clamp_solvent,
     })
 }
-
 
 /// Class averages padded back to the input box and pixel size.
 fn full_size(images: &[Array2<f32>], grid: &WorkGrid, box_px: usize) -> Array3<f32> {

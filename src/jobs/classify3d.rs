@@ -200,7 +200,14 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         ctf: has_ctf,
         poses: true,
     };
-    let source = particle_source(comm, &cfg.input, rows.clone(), grid, needs, cfg.max_resident_gb)?;
+    let source = particle_source(
+        comm,
+        &cfg.input,
+        rows.clone(),
+        grid,
+        needs,
+        cfg.max_resident_gb,
+    )?;
     let mut problem = Classify3d::new(inputs)?;
     let dir = out.as_ref().map(|o| o.path().to_path_buf());
     if let Some(d) = &dir {
@@ -231,7 +238,16 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
                     std::fs::create_dir_all(sub).map_err(|e| Error::io(sub, e))?;
                 }
                 let shared = shared_dir(comm, sub.as_deref())?;
-                write_particles(comm, cfg, &args.config, &shared, rows, &p.results, &p.scale, false)?;
+                write_particles(
+                    comm,
+                    cfg,
+                    &args.config,
+                    &shared,
+                    rows,
+                    &p.results,
+                    &p.scale,
+                    false,
+                )?;
                 if let Some(sub) = &sub {
                     write_volumes(sub, &p.classes, grid.psize_a())?;
                     log::info!("F-EM iteration output: {}", sub.display());
@@ -260,7 +276,16 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
     if cfg.reorder_classes_by_size {
         reorder_by_size(comm, &mut outcome, &mut results);
     }
-    let written = write_particles(comm, cfg, &args.config, &staging, rows, &results, &scale, true)?;
+    let written = write_particles(
+        comm,
+        cfg,
+        &args.config,
+        &staging,
+        rows,
+        &results,
+        &scale,
+        true,
+    )?;
     if comm.is_root() {
         checkpoint::remove_all(&staging);
     }
@@ -467,7 +492,12 @@ fn write_particles(
         blob_root: empty.attrs().blob_root.clone(),
         source: format!("emclass classify3d {}", cfg_path.display()),
     };
-    let schema = result_table(empty.table(), &Results::new(0, k), scale.map(|_| &[][..]), 0);
+    let schema = result_table(
+        empty.table(),
+        &Results::new(0, k),
+        scale.map(|_| &[][..]),
+        0,
+    );
     drop(empty);
     let mut paths = vec![dir.join("particles.h5")];
     if per_class {

@@ -65,7 +65,10 @@ mod tests {
     fn a_target_in_a_missing_folder_is_refused_naming_the_folder() {
         let d = tempfile::tempdir().unwrap();
         let target = d.path().join("nope/x.star");
-        let e = Staged::default().stage(&target, false).unwrap_err().to_string();
+        let e = Staged::default()
+            .stage(&target, false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nope") && e.contains("does not exist"), "{e}");
         assert!(!d.path().join("nope").exists());
     }

@@ -118,7 +118,12 @@ impl MemoryPlan {
 
 impl ParticleSource {
     /// Loads the rank's rows into memory (`ds` opened on `rows`).
-    pub fn resident(ds: &Dataset, rows: Range<usize>, grid: &WorkGrid, needs: Needs) -> Result<Self> {
+    pub fn resident(
+        ds: &Dataset,
+        rows: Range<usize>,
+        grid: &WorkGrid,
+        needs: Needs,
+    ) -> Result<Self> {
         let all: Vec<usize> = (0..rows.len()).collect();
         let parts = block::load(ds, rows.start, &all, grid, needs)?;
         Ok(ParticleSource {
