@@ -18,7 +18,7 @@ use crate::classify3d::engine::{Classify3d, Extra, Inputs, Results};
 use crate::classify3d::model::ClassVolume;
 use crate::classify3d::particles;
 use crate::cli::JobArgs;
-use crate::comm::{partition, Comm};
+use crate::comm::Comm;
 use crate::config;
 use crate::dataset::{Column, ColumnData, Dataset, DatasetAttrs, ParticleTable};
 use crate::em::binned::{Binned, BINS};
@@ -28,7 +28,7 @@ use crate::em::engine::{Engine, Plan, Record};
 use crate::em::schedule::LearningRate;
 use crate::error::{Error, Result};
 use crate::formats::mrc::{read_volume, write_volume};
-use crate::jobs::em_shell::{output_dir, particle_source, read_resume};
+use crate::jobs::em_shell::{open_input, output_dir, particle_source, read_resume, Input};
 use crate::jobs::output::{config_without_output, OutputDir};
 use crate::jobs::turns::{gathered_ari, shared_dir, write_in_turns};
 use crate::jobs::{collective, select_backend};
@@ -67,21 +67,12 @@ fn setup(args: &JobArgs, comm: &dyn Comm) -> Result<Setup> {
     if let Some(dir) = &args.resume {
         cfg.output = dir.clone();
     }
-    let n_total = collective(comm, Dataset::count(&cfg.input))?;
-    if n_total == 0 {
-        return collective(
-            comm,
-            Err(Error::file(&cfg.input, "has no particles to classify")),
-        );
-    }
-    let rows = partition(n_total, comm.size(), comm.rank());
-    // The header only: the rank's rows are read in full only if they are to be held.
-    let head = collective(
-        comm,
-        Dataset::open_range(&cfg.input, rows.start..rows.start),
-    )?;
-    let (box_px, psize) = (head.box_px(), head.psize_a() as f64);
-    drop(head);
+    let Input {
+        n_total,
+        rows,
+        box_px,
+        psize,
+    } = open_input(comm, &cfg.input)?;
     let checked = cfg
         .validate_for(&args.config, box_px, psize, n_total)
         .and_then(|_| select_backend(&args.config, cfg.backend, "classify3d"));

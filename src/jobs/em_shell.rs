@@ -6,14 +6,43 @@ use std::ops::Range;
 use std::path::Path;
 
 use crate::cli::JobArgs;
-use crate::comm::Comm;
+use crate::comm::{partition, Comm};
 use crate::dataset::Dataset;
 use crate::em::checkpoint::{self, Keeper};
 use crate::em::engine::{Problem, Resume};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::jobs::collective;
 use crate::jobs::output::{check_writable, checkpoint_bytes, OutputDir};
 use crate::particles::{MemoryPlan, Needs, ParticleSource, WorkGrid};
+
+/// The particle input as every rank sees it before reading particles: the count, this
+/// rank's rows, and the box and pixel size from the header (the rank's rows are read in
+/// full only if they are to be held).
+pub struct Input {
+    pub n_total: usize,
+    pub rows: Range<usize>,
+    pub box_px: usize,
+    pub psize: f64,
+}
+
+/// Counts the particles of `input` (refusing none), partitions them and reads the header.
+pub fn open_input(comm: &dyn Comm, input: &Path) -> Result<Input> {
+    let n_total = collective(comm, Dataset::count(input))?;
+    if n_total == 0 {
+        return collective(
+            comm,
+            Err(Error::file(input, "has no particles to classify")),
+        );
+    }
+    let rows = partition(n_total, comm.size(), comm.rank());
+    let head = collective(comm, Dataset::open_range(input, rows.start..rows.start))?;
+    Ok(Input {
+        n_total,
+        box_px: head.box_px(),
+        psize: head.psize_a() as f64,
+        rows,
+    })
+}
 
 /// The output folder (rank 0), refused before any work if it exists; or, with `--resume`,
 /// the staging folder of the killed run.
