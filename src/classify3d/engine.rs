@@ -29,9 +29,9 @@ use crate::numerics::project3d::Projector;
 use crate::numerics::rotation::Mat3;
 use crate::particles::{Particles, WorkGrid};
 
-use super::config::Classify3dConfig;
 use super::estep::VolumeModel;
 use super::model::{self, ClassVolume, PAD};
+use super::plan::Plan3d;
 pub use super::state::{Extra, Results, Row, RowState, Shared};
 
 /// What the E-step of one iteration uses.
@@ -43,7 +43,7 @@ pub struct Prepared<'a> {
 
 /// The inputs of a run.
 pub struct Inputs<'a> {
-    pub cfg: &'a Classify3dConfig,
+    pub plan: &'a Plan3d,
     pub grid: &'a WorkGrid,
     pub n_total: usize,
     pub syms: Vec<Mat3>,
@@ -58,7 +58,7 @@ pub struct Inputs<'a> {
 
 /// 3D classification: inputs and the model as it evolves.
 pub struct Classify3d<'a> {
-    pub cfg: &'a Classify3dConfig,
+    pub plan: &'a Plan3d,
     pub grid: &'a WorkGrid,
     pub n_total: usize,
     pub syms: Vec<Mat3>,
@@ -88,8 +88,8 @@ pub struct Classify3d<'a> {
 
 impl<'a> Classify3d<'a> {
     pub fn new(i: Inputs<'a>) -> Result<Self> {
-        let cfg = i.cfg;
-        let k = cfg.num_classes;
+        let plan = i.plan;
+        let k = plan.num_classes;
         let empty = ClassVolume {
             vol: Array3::zeros((0, 0, 0)),
             fsc: Vec::new(),
@@ -98,14 +98,8 @@ impl<'a> Classify3d<'a> {
         };
         Ok(Classify3d {
             layout: model::layout(k, i.grid)?,
-            sim: SimilaritySchedule::new(
-                cfg.class_similarity,
-                cfg.class_similarity_anneal_start,
-                cfg.anneal_end(i.n_total),
-                cfg.force_hard_classification,
-                cfg.hard_after_anneal,
-            )?,
-            cfg,
+            sim: plan.similarity,
+            plan,
             grid: i.grid,
             n_total: i.n_total,
             syms: i.syms,
@@ -141,12 +135,12 @@ impl<'a> Problem for Classify3d<'a> {
         &self.layout
     }
     fn num_classes(&self) -> usize {
-        self.cfg.num_classes
+        self.plan.num_classes
     }
 
     fn start(&mut self, ctx: &Context, resume: Option<(Shared, Vec<RowState>)>) -> Result<()> {
         self.start_model(ctx.source, ctx.comm)?;
-        let (k, n) = (self.cfg.num_classes, ctx.source.len());
+        let (k, n) = (self.plan.num_classes, ctx.source.len());
         self.results = Results::new(n, k);
         let Some((s, rows)) = resume else {
             self.classes = self.initial_classes(ctx.source, ctx.comm)?;
@@ -189,7 +183,7 @@ impl<'a> Problem for Classify3d<'a> {
     }
 
     fn prepare(&mut self, it: &Iteration, _: &Context) -> Result<Prepared<'a>> {
-        let k = self.cfg.num_classes;
+        let k = self.plan.num_classes;
         self.assigned = vec![0; k];
         self.rms_change = None;
         let focus = self.focus_mask.as_ref().map(|f| (f, &self.consensus.vol));
@@ -220,7 +214,7 @@ impl<'a> Problem for Classify3d<'a> {
         ids: &[usize],
         st: &mut Stats,
     ) -> Result<Vec<(usize, Row)>> {
-        let k = self.cfg.num_classes;
+        let k = self.plan.num_classes;
         let scale: Vec<f64> = ids.iter().map(|&l| self.scale[l]).collect();
         let b = BlockRef {
             particles: block,
@@ -264,7 +258,7 @@ impl<'a> Problem for Classify3d<'a> {
 
     fn m_step(&mut self, running: &Stats, _: &Iteration) -> Result<()> {
         let new =
-            model::reconstruct_classes(running, self.grid, &self.mask, self.cfg.use_fsc_filter)?;
+            model::reconstruct_classes(running, self.grid, &self.mask, self.plan.use_fsc_filter)?;
         self.sigma2 = model::noise_per_shell(running, &self.sigma2)?;
         self.weights = running.segment(model::WEIGHT)?.to_vec();
         self.rms_change = Some(model::rms_change(
@@ -278,7 +272,7 @@ impl<'a> Problem for Classify3d<'a> {
     }
 
     fn conclude(&mut self, it: &Iteration, ctx: &Context) -> Result<Conclusion<Extra>> {
-        let (cfg, k) = (self.cfg, self.cfg.num_classes);
+        let (plan, k) = (self.plan, self.plan.num_classes);
         ctx.comm.all_reduce_sum_u64(&mut self.assigned);
         // F-EM convergence: class flow against the previous F-EM iteration.
         let mut switched = None;
@@ -299,12 +293,12 @@ impl<'a> Problem for Classify3d<'a> {
         };
         let mut stop = None;
         if let Some(s) = switched {
-            if s < cfg.convergence_switch_pct {
+            if s < plan.convergence_switch_pct {
                 stop = Some(format!(
                     "converged: {s:.2}% of particles switched class (< {}%)",
-                    cfg.convergence_switch_pct
+                    plan.convergence_switch_pct
                 ));
-            } else if let (Some(thr), Some(r)) = (cfg.rms_density_change_threshold, rms) {
+            } else if let (Some(thr), Some(r)) = (plan.rms_density_change_threshold, rms) {
                 if r < thr {
                     stop = Some(format!("converged: RMS density change {r:.4} (< {thr})"));
                 }

@@ -8,6 +8,7 @@
 //! - [`config`]: the job's parameters.
 //! - [`particles`]: the input's per-particle scales (the particles themselves, re-centred,
 //!   with poses and CTFs, come from the shared [`crate::particles`] layer).
+//! - [`plan`]: the configuration turned into what the run uses.
 //! - [`start`]: consensus, solvent mask, noise model, per-particle scales, initial classes.
 //! - [`estep`]: log-likelihoods against projected class volumes; per-particle scales.
 //! - [`model`]: statistics, back-projection, reconstruction with FSC filtering, masks.
@@ -18,5 +19,6 @@ pub mod engine;
 pub mod estep;
 pub mod model;
 pub mod particles;
+pub mod plan;
 pub mod start;
 pub mod state;

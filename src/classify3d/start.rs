@@ -77,7 +77,7 @@ impl Classify3d<'_> {
 
     /// Consensus, mask, noise model and per-particle scales.
     pub(super) fn start_model(&mut self, source: &ParticleSource, comm: &dyn Comm) -> Result<()> {
-        let (cfg, grid) = (self.cfg, self.grid);
+        let (plan, grid) = (self.plan, self.grid);
         let n = grid.n;
         let t0 = std::time::Instant::now();
         self.scale = vec![1.0; source.len()];
@@ -93,9 +93,9 @@ impl Classify3d<'_> {
                 let m = solvent_mask(
                     consensus.vol.view(),
                     grid.psize_a(),
-                    cfg.solvent_mask_threshold,
-                    cfg.solvent_mask_dilate_a,
-                    cfg.solvent_mask_soft_a,
+                    plan.solvent_mask.0,
+                    plan.solvent_mask.1,
+                    plan.solvent_mask.2,
                 )
                 .unwrap_or_else(|e| {
                     if comm.is_root() {
@@ -120,7 +120,7 @@ impl Classify3d<'_> {
         // 3. Noise model and per-particle scales.
         let flat = vec![1.0; grid.n_shells()];
         let sigma2 = self.noise_against(source, comm, &consensus.vol, &flat)?;
-        match cfg.per_particle_scale {
+        match plan.per_particle_scale {
             ScaleMode::None => {}
             ScaleMode::Input => {
                 if let Some(s) = self.input_scales.take() {
@@ -141,7 +141,7 @@ impl Classify3d<'_> {
         }
         self.sigma2 = self.noise_against(source, comm, &consensus.vol, &sigma2)?;
         if let Some(q) = Binned::of_all_ranks(comm, &self.scale).quartiles() {
-            log::info!("per-particle scale ({:?}): {q}", cfg.per_particle_scale);
+            log::info!("per-particle scale ({:?}): {q}", plan.per_particle_scale);
         }
         self.consensus = consensus;
         self.mask = mask;
@@ -156,8 +156,8 @@ impl Classify3d<'_> {
         source: &ParticleSource,
         comm: &dyn Comm,
     ) -> Result<Vec<ClassVolume>> {
-        let (cfg, grid) = (self.cfg, self.grid);
-        let (n, k) = (grid.n, cfg.num_classes);
+        let (plan, grid) = (self.plan, self.grid);
+        let (n, k) = (grid.n, plan.num_classes);
         let (consensus, mask) = (&self.consensus, &self.mask);
         if let Some(vols) = &self.initial_volumes {
             // One least-squares scale for all input volumes (their mean against the
@@ -176,15 +176,15 @@ impl Classify3d<'_> {
             return Ok(vols
                 .iter()
                 .map(|v| ClassVolume {
-                    vol: &model::lowpass(&v.mapv(|x| x * s), grid, cfg.init_lowpass_a) * mask,
+                    vol: &model::lowpass(&v.mapv(|x| x * s), grid, plan.init_lowpass_a) * mask,
                     fsc: consensus.fsc.clone(),
                     halves: consensus.halves.clone(),
                     res_a: consensus.res_a,
                 })
                 .collect());
         }
-        let per = cfg.init_particles_per_class.min(self.n_total / k).max(1);
-        let perm = permutation(self.n_total, cfg.seed ^ 0x1417_c1a5, 0);
+        let per = plan.init_particles_per_class;
+        let perm = permutation(self.n_total, plan.seed ^ 0x1417_c1a5, 0);
         let first = source.first_row();
         let mut group = vec![None; source.len()];
         for c in 0..k {
@@ -197,12 +197,12 @@ impl Classify3d<'_> {
         drop(perm);
         let mut cl = self.reconstruct_groups(source, comm, |l| group[l], k, &self.mask)?;
         for c in cl.iter_mut() {
-            c.vol = &model::lowpass(&c.vol, grid, cfg.init_lowpass_a) * &self.mask;
+            c.vol = &model::lowpass(&c.vol, grid, plan.init_lowpass_a) * &self.mask;
         }
         if comm.is_root() {
             log::info!(
                 "initial classes: {per} random particles each, low-passed to {} Å",
-                cfg.init_lowpass_a
+                plan.init_lowpass_a
             );
         }
         Ok(cl)

@@ -17,6 +17,7 @@ use crate::classify3d::config::{Classify3dConfig, InitMode, ScaleMode};
 use crate::classify3d::engine::{Classify3d, Extra, Inputs, Results};
 use crate::classify3d::model::ClassVolume;
 use crate::classify3d::particles;
+use crate::classify3d::plan::Plan3d;
 use crate::cli::JobArgs;
 use crate::comm::Comm;
 use crate::config;
@@ -24,8 +25,7 @@ use crate::dataset::{Column, ColumnData, Dataset, DatasetAttrs, ParticleTable};
 use crate::em::binned::{Binned, BINS};
 use crate::em::checkpoint::{self, Keeper};
 use crate::em::driver::Phase;
-use crate::em::engine::{Engine, Plan, Record};
-use crate::em::schedule::LearningRate;
+use crate::em::engine::{Engine, Record};
 use crate::error::{Error, Result};
 use crate::formats::mrc::{read_volume, write_volume};
 use crate::jobs::em_shell::{open_input, output_dir, particle_source, read_resume, Input};
@@ -60,6 +60,7 @@ struct Setup {
     box_px: usize,
     psize: f64,
     grid: WorkGrid,
+    plan: Plan3d,
 }
 
 fn setup(args: &JobArgs, comm: &dyn Comm) -> Result<Setup> {
@@ -78,7 +79,9 @@ fn setup(args: &JobArgs, comm: &dyn Comm) -> Result<Setup> {
         .and_then(|_| select_backend(&args.config, cfg.backend, "classify3d"));
     collective(comm, checked)?;
     let grid = WorkGrid::new(box_px, psize, cfg.res_a());
+    let plan = collective(comm, cfg.plan(n_total))?;
     Ok(Setup {
+        plan,
         cfg,
         n_total,
         rows,
@@ -134,7 +137,7 @@ fn inputs<'a>(args: &JobArgs, comm: &dyn Comm, s: &'a Setup) -> Result<Inputs<'a
             .map_err(|e| Error::config(&args.config, "symmetry", e.to_string())),
     )?;
     Ok(Inputs {
-        cfg,
+        plan: &s.plan,
         grid,
         n_total: s.n_total,
         syms,
@@ -206,7 +209,7 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
     }
     let engine = Engine {
-        plan: plan(cfg, n_total)?,
+        plan: s.plan.engine,
         source: &source,
         comm,
         job: "classify3d",
@@ -287,25 +290,6 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
             None => Ok(()),
         },
     )
-}
-
-/// The engine's iteration plan from the configuration.
-fn plan(cfg: &Classify3dConfig, n_total: usize) -> Result<Plan> {
-    let online = if cfg.oem_epochs == 0 {
-        0
-    } else {
-        cfg.oem_iterations(n_total)
-    };
-    let halflife = cfg.oem_learning_rate_halflife_pct / 100.0 * online as f64;
-    Ok(Plan {
-        n_total,
-        batch_size: cfg.batch_total(n_total),
-        seed: cfg.seed,
-        rate: LearningRate::new(cfg.oem_learning_rate_init, halflife)?,
-        online,
-        full_max: cfg.fem_max_iterations,
-        batch_offset: 0,
-    })
 }
 
 /// Reads an MRC volume covering the particle box (`side_a` Å, within 2%) and resamples it to
