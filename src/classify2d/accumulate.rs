@@ -17,7 +17,6 @@ use crate::error::Result;
 use crate::numerics::fft::Complex32;
 use crate::particles::{Particles, WorkGrid};
 
-use super::config::Classify2dConfig;
 use super::estep::{rotated_spectrum, Scorer};
 use super::model::{self, ClassUpdate};
 use super::results::ResultRow;
@@ -29,7 +28,7 @@ const MIN_WEIGHT: f64 = 1e-3;
 /// workers).
 #[derive(Clone, Copy)]
 pub struct Local<'a> {
-    pub cfg: &'a Classify2dConfig,
+    pub num_classes: usize,
     pub grid: &'a WorkGrid,
     pub particles: &'a Particles,
 }
@@ -69,7 +68,7 @@ impl<'a> Local<'a> {
 
 /// The model of one 2D iteration as the E-step phases use it.
 pub struct PlaneModel<'a> {
-    pub cfg: &'a Classify2dConfig,
+    pub num_classes: usize,
     pub scorer: Scorer<'a>,
     /// Class averages (the residual for the noise model is taken against them).
     pub images: Vec<Array2<f32>>,
@@ -95,7 +94,7 @@ impl Score<PlaneModel<'_>> for Cpu {
     type Scores = PlaneScores;
     fn score(&self, m: &PlaneModel, b: &BlockRef) -> Result<PlaneScores> {
         let ll = m.scorer.score(b.particles, b.idx)?;
-        let (k, np) = (m.cfg.num_classes, m.scorer.poses.len());
+        let (k, np) = (m.num_classes, m.scorer.poses.len());
         let marg = marginalize_poses(&ll, b.idx.len(), k, np, 1.0)?;
         Ok(PlaneScores { ll, marg })
     }
@@ -111,7 +110,7 @@ impl Accumulate<PlaneModel<'_>> for Cpu {
         st: &mut Stats,
     ) -> Result<()> {
         let local = Local {
-            cfg: m.cfg,
+            num_classes: m.num_classes,
             grid: m.scorer.grid,
             particles: b.particles,
         };
@@ -134,7 +133,7 @@ impl Local<'_> {
         i: usize,
         st: &mut Stats,
     ) {
-        let k = self.cfg.num_classes;
+        let k = self.num_classes;
         let poses = &m.scorer.poses;
         let (np, nt, len) = (poses.len(), poses.n_shift(), self.grid.len());
         let ramps = &m.ramps;
@@ -279,16 +278,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     /// Noisy particles made from random blob classes, with a CTF each.
-    fn fixture() -> (
-        &'static Classify2dConfig,
-        &'static WorkGrid,
-        Vec<Array2<f32>>,
-        Particles,
-    ) {
-        let cfg: &'static Classify2dConfig = Box::leak(Box::new(Classify2dConfig {
-            num_classes: 3,
-            ..Classify2dConfig::with_paths("in.h5", "out")
-        }));
+    fn fixture() -> (&'static WorkGrid, Vec<Array2<f32>>, Particles) {
         let grid: &'static WorkGrid = Box::leak(Box::new(WorkGrid::new(32, 2.0, 6.0)));
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let blob = |rng: &mut rand_chacha::ChaCha8Rng| {
@@ -335,7 +325,6 @@ mod tests {
                 .collect()
         };
         (
-            cfg,
             grid,
             small,
             Particles::from_images(&images, Some(ctf), 0, grid, true),
@@ -343,7 +332,6 @@ mod tests {
     }
 
     fn model(
-        cfg: &'static Classify2dConfig,
         grid: &'static WorkGrid,
         classes: &[Array2<f32>],
         backend: &dyn crate::backend::Backend,
@@ -368,7 +356,7 @@ mod tests {
             })
             .collect();
         PlaneModel {
-            cfg,
+            num_classes: 3,
             scorer: Scorer::new(grid, band, poses, templates, &sigma2, backend).unwrap(),
             images: classes.to_vec(),
             ramps,
@@ -388,14 +376,14 @@ mod tests {
     );
 
     fn setup(hard: bool) -> Setup2d {
-        let (cfg, grid, classes, parts) = fixture();
+        let (grid, classes, parts) = fixture();
         let idx: Vec<usize> = (0..parts.len()).step_by(2).collect();
         let scale = vec![1.0; idx.len()];
         (
             Cpu,
-            model(cfg, grid, &classes, &crate::backend::Cpu, hard),
+            model(grid, &classes, &crate::backend::Cpu, hard),
             Cpu,
-            model(cfg, grid, &classes, &crate::backend::Naive, hard),
+            model(grid, &classes, &crate::backend::Naive, hard),
             (parts, idx, scale),
             crate::classify2d::model::layout(3, grid).unwrap(),
             vec![0.0; 3],

@@ -36,10 +36,10 @@ use crate::numerics::frc::frc_resolution_a;
 use crate::particles::{Particles, WorkGrid};
 
 use super::accumulate::{result_row, signal_shell, PlaneModel};
-use super::config::Classify2dConfig;
 use super::estep::{Scorer, Templates};
 use super::grid::{Band, PoseGrid};
 use super::model::{self, ClassUpdate, PostProcess};
+use super::plan::Plan2d;
 use super::results::ResultRow;
 
 /// Coarsest alignment limit of the first iteration, Å (raised as the classes improve).
@@ -92,7 +92,7 @@ pub struct Prepared<'a> {
 
 /// 2D classification: inputs and the model as it evolves.
 pub struct Classify2d<'a> {
-    pub cfg: &'a Classify2dConfig,
+    pub plan: &'a Plan2d,
     pub grid: &'a WorkGrid,
     pub post: PostProcess,
     /// Where the E-step's matrix products run.
@@ -116,13 +116,13 @@ pub struct Classify2d<'a> {
 
 impl<'a> Classify2d<'a> {
     pub fn new(
-        cfg: &'a Classify2dConfig,
+        plan: &'a Plan2d,
         grid: &'a WorkGrid,
         post: PostProcess,
         backend: &'a dyn crate::backend::Backend,
     ) -> Result<Self> {
-        let k_align = grid.shell_at(cfg.align_res_a());
-        let k_lo = cfg
+        let k_align = grid.shell_at(plan.align_res_a);
+        let k_lo = plan
             .min_align_res_a
             .map(|r| grid.shell_at(r).max(1))
             .unwrap_or(1);
@@ -130,9 +130,9 @@ impl<'a> Classify2d<'a> {
             .shell_at(START_ALIGN_RES_A)
             .clamp((k_lo + 2).min(k_align), k_align);
         Ok(Classify2d {
-            layout: model::layout(cfg.num_classes, grid)?,
-            icuf: IcufSchedule::new(cfg.icuf, cfg.online_em_iterations)?,
-            cfg,
+            layout: model::layout(plan.num_classes, grid)?,
+            icuf: plan.icuf,
+            plan,
             grid,
             post,
             backend,
@@ -166,7 +166,7 @@ impl<'a> Problem for Classify2d<'a> {
         &self.layout
     }
     fn num_classes(&self) -> usize {
-        self.cfg.num_classes
+        self.plan.num_classes
     }
 
     fn start(&mut self, ctx: &Context, resume: Option<(Shared, Vec<()>)>) -> Result<()> {
@@ -193,7 +193,7 @@ impl<'a> Problem for Classify2d<'a> {
             None => {
                 self.sigma2_init = self.initial_noise(ctx)?;
                 self.sigma2_current = self.sigma2_init.clone();
-                let poses = PoseGrid::new(self.k_hi, self.cfg.max_shift_px);
+                let poses = PoseGrid::new(self.k_hi, self.plan.max_shift_px);
                 self.classes = self.initial_classes(ctx, &poses)?;
             }
         }
@@ -203,7 +203,7 @@ impl<'a> Problem for Classify2d<'a> {
 
     fn prepare(&mut self, it: &Iteration, _: &Context) -> Result<Prepared<'a>> {
         let band = Band::new(self.grid, self.k_lo, self.k_hi);
-        let poses = PoseGrid::new(self.k_hi, self.cfg.max_shift_px);
+        let poses = PoseGrid::new(self.k_hi, self.plan.max_shift_px);
         let noise_power: Vec<Vec<f64>> = self
             .classes
             .noise_gain
@@ -222,7 +222,7 @@ impl<'a> Problem for Classify2d<'a> {
             &self.sigma2_current,
             &mut self.sigma2_used,
         )?;
-        let hard = self.cfg.final_hard_classification && it.t + 1 >= self.cfg.total_iterations();
+        let hard = self.plan.hard_from.is_some_and(|h| it.t >= h);
         self.now = (
             self.grid.shell_res_a(self.k_hi),
             poses.n_rot(),
@@ -232,7 +232,7 @@ impl<'a> Problem for Classify2d<'a> {
         let ramps = self.full_ramps(&poses);
         Ok(Prepared {
             model: PlaneModel {
-                cfg: self.cfg,
+                num_classes: self.plan.num_classes,
                 scorer: Scorer::new(
                     self.grid,
                     band,
@@ -243,7 +243,7 @@ impl<'a> Problem for Classify2d<'a> {
                 )?,
                 images: self.classes.images.clone(),
                 ramps,
-                best_pose_only: self.cfg.force_max || hard,
+                best_pose_only: self.plan.force_max || hard,
             },
             params: EStepParams::new(1.0, 0.0, hard)?,
         })
@@ -258,7 +258,7 @@ impl<'a> Problem for Classify2d<'a> {
         _: &[usize],
         stats: &mut Stats,
     ) -> Result<Vec<(usize, ResultRow)>> {
-        let log_prior = vec![0.0; self.cfg.num_classes];
+        let log_prior = vec![0.0; self.plan.num_classes];
         let ones = vec![1.0; CHUNK];
         type Partial = Result<(Stats, Vec<(usize, ResultRow)>)>;
         let folded: Vec<Partial> = idx
@@ -301,7 +301,7 @@ impl<'a> Problem for Classify2d<'a> {
     }
 
     fn m_step(&mut self, running: &Stats, _: &Iteration) -> Result<()> {
-        let k = self.cfg.num_classes;
+        let k = self.plan.num_classes;
         self.classes = model::update_classes(
             running,
             self.grid,

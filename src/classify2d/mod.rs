@@ -21,5 +21,6 @@ pub mod engine;
 pub mod estep;
 pub mod grid;
 pub mod model;
+pub mod plan;
 pub mod results;
 pub mod start;

@@ -24,17 +24,17 @@ impl Classify2d<'_> {
     /// random class at a random in-plane angle (functions of the global row and the seed).
     pub(super) fn initial_classes(&self, ctx: &Context, poses: &PoseGrid) -> Result<ClassUpdate> {
         let mut st = Stats::zeros(&self.layout);
-        let k = self.cfg.num_classes;
+        let k = self.plan.num_classes;
         let source = ctx.source;
         let first = source.first_row();
         let read = source.for_each_block(&source.local(&ctx.first_batch), |idx, ids, block| {
             let local = Local {
-                cfg: self.cfg,
+                num_classes: self.plan.num_classes,
                 grid: self.grid,
                 particles: block,
             };
             for (&i, &l) in idx.iter().zip(ids) {
-                let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed ^ 0x5eed_c1a5);
+                let mut rng = ChaCha8Rng::seed_from_u64(self.plan.seed ^ 0x5eed_c1a5);
                 rng.set_stream((first + l) as u64);
                 let c = rng.gen_range(0..k);
                 let psi = poses.psi_rad[rng.gen_range(0..poses.n_rot())];
@@ -62,7 +62,7 @@ impl Classify2d<'_> {
         let ns = self.grid.n_shells();
         let lay = StatsLayout::new(&[(model::NOISE, ns), (model::NOISE_N, ns)])?;
         let mut st = Stats::zeros(&lay);
-        let pick: Vec<usize> = permutation(ctx.n_total, self.cfg.seed, u64::MAX)
+        let pick: Vec<usize> = permutation(ctx.n_total, self.plan.seed, u64::MAX)
             .into_iter()
             .take(NOISE_PARTICLES)
             .collect();

@@ -22,8 +22,7 @@ use crate::config::{self, JobConfig};
 use crate::dataset::{Dataset, DatasetAttrs, ParticleTable};
 use crate::em::binned::Binned;
 use crate::em::checkpoint::{self, Keeper};
-use crate::em::engine::{Engine, Plan, Record, View};
-use crate::em::schedule::LearningRate;
+use crate::em::engine::{Engine, Record, View};
 use crate::error::{Error, Result};
 use crate::formats::mrc::write_stack;
 use crate::jobs::collective;
@@ -125,17 +124,10 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         cfg.max_resident_gb,
     )?;
     let post = collective(comm, post_process(&cfg, &args.config, &grid, box_px, psize))?;
-    let mut problem = Classify2d::new(&cfg, &grid, post, backend.as_ref())?;
+    let plan = collective(comm, cfg.plan(n_total))?;
+    let mut problem = Classify2d::new(&plan, &grid, post, backend.as_ref())?;
     let engine = Engine {
-        plan: Plan {
-            n_total,
-            batch_size: cfg.batch_size_per_class * cfg.num_classes,
-            seed: cfg.seed,
-            rate: LearningRate::new(1.0, 2.0)?,
-            online: cfg.online_em_iterations,
-            full_max: cfg.full_iterations,
-            batch_offset: 1,
-        },
+        plan: plan.engine,
         source: &source,
         comm,
         job: "classify2d",
