@@ -1158,7 +1158,12 @@ fn set_first_class(star: &str, value: &str) -> String {
             labels.clear();
         } else if in_particles && t.starts_with("_rln") {
             labels.push(t.split_whitespace().next().unwrap().to_string());
-        } else if in_particles && !done && !t.is_empty() && !t.starts_with("loop_") && !labels.is_empty() {
+        } else if in_particles
+            && !done
+            && !t.is_empty()
+            && !t.starts_with("loop_")
+            && !labels.is_empty()
+        {
             let k = labels.iter().position(|l| l == "_rlnClassNumber").unwrap();
             let mut f: Vec<&str> = t.split_whitespace().collect();
             f[k] = value;

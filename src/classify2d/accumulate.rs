@@ -114,8 +114,9 @@ impl Accumulate<PlaneModel<'_>> for Cpu {
             grid: m.scorer.grid,
             particles: b.particles,
         };
+        let mut wbuf = vec![0.0f64; m.scorer.poses.len()];
         for (bi, &i) in b.idx.iter().enumerate() {
-            local.accumulate_one(m, sc, resp, bi, i, st);
+            local.accumulate_one(m, sc, resp, bi, i, &mut wbuf, st);
         }
         Ok(())
     }
@@ -124,6 +125,7 @@ impl Accumulate<PlaneModel<'_>> for Cpu {
 impl Local<'_> {
     /// Particle `i` (row `bi` of the chunk): its class sums at its pose weights and its
     /// residual at the best class and pose.
+    #[allow(clippy::too_many_arguments)]
     fn accumulate_one(
         &self,
         m: &PlaneModel,
@@ -131,13 +133,13 @@ impl Local<'_> {
         resp: &Responsibilities,
         bi: usize,
         i: usize,
+        wbuf: &mut [f64],
         st: &mut Stats,
     ) {
         let k = self.num_classes;
         let poses = &m.scorer.poses;
         let (np, nt, len) = (poses.len(), poses.n_shift(), self.grid.len());
         let ramps = &m.ramps;
-        let mut wbuf = vec![0.0f64; np];
         let probs = resp.probs().row(bi);
         let best_k = resp.best_class()[bi];
         let (br, bt) = poses.split(sc.marg.best_pose()[[bi, best_k]]);
@@ -160,7 +162,7 @@ impl Local<'_> {
                 model::add_contribution(st, self.grid, kk, half, &y, ctf, poses.psi_rad[r], p);
             } else {
                 let base = (bi * k + kk) * np;
-                pose_weights(&sc.ll[base..base + np], 1.0, &mut wbuf);
+                pose_weights(&sc.ll[base..base + np], 1.0, wbuf);
                 for r in 0..poses.n_rot() {
                     let w = &wbuf[r * nt..(r + 1) * nt];
                     let wr: f64 = w.iter().sum();
