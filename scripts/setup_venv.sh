@@ -3,7 +3,9 @@
 # tests (tests/interop.rs → scripts/interop/*.py) run under: numpy, mrcfile, starfile,
 # pandas and cryosparc-tools at the versions pinned in scripts/interop/requirements.txt
 # (top level: numpy 2.4.6, mrcfile 1.5.4, starfile 0.5.13, pandas 3.1.1,
-# cryosparc-tools 5.0.3; all install from PyPI wheels on Python 3.11).
+# cryosparc-tools 5.0.3; all install from PyPI wheels on Python 3.11), and NVRTC
+# (nvidia-cuda-nvrtc-cu12 12.9.86: libnvrtc.so.12, no GPU needed) for the tests that compile
+# every CUDA kernel.
 # Idempotent: does nothing when .venv already holds exactly these pins.
 # Override the interpreter with PYTHON=/path/to/python3.
 set -euo pipefail
@@ -13,7 +15,8 @@ req=scripts/interop/requirements.txt
 stamp=.venv/.emclass-requirements
 
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && cmp -s "$req" "$stamp" \
-    && .venv/bin/python -c 'import numpy, mrcfile, starfile, pandas, cryosparc.dataset' 2>/dev/null; then
+    && .venv/bin/python -c 'import numpy, mrcfile, starfile, pandas, cryosparc.dataset' 2>/dev/null \
+    && ls .venv/lib/python3*/site-packages/nvidia/cuda_nvrtc/lib/libnvrtc.so.12 >/dev/null 2>&1; then
     exit 0
 fi
 

@@ -16,6 +16,7 @@ pub mod error;
 pub mod formats;
 pub mod jobs;
 pub mod numerics;
+pub mod panic_guard;
 pub mod particles;
 pub mod paths;
 pub mod report;

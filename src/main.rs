@@ -25,6 +25,8 @@ fn main() -> ExitCode {
     if comm.size() > 1 {
         log::info!("running on {} MPI ranks", comm.size());
         abort_job_on_panic();
+    } else {
+        emclass::panic_guard::quiet_when_caught();
     }
     match jobs::run(&cli.command, comm) {
         Ok(()) => ExitCode::SUCCESS,

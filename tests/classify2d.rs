@@ -283,6 +283,48 @@ fn cuda_backend_matches_the_cpu_or_is_refused_plainly() {
     );
 }
 
+/// Makes the CUDA start-up panic inside its guard (as a broken driver would), on any machine.
+const NO_GPU: &[(&str, &str)] = &[("EMCLASS_TEST_CUDA_PANIC", "1")];
+
+/// A CUDA start-up that panics is a reason to fall back, not a crash, on every rank count:
+/// `auto` runs on the CPU (saying why) on 1, 2 and 3 ranks; `cuda` ends the job with one
+/// error line and no output.
+#[test]
+fn a_panicking_cuda_start_up_falls_back_on_every_rank_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    simulate(d, "sim", 300, &[]);
+    config(
+        d,
+        "sim/particles.h5",
+        "x",
+        "online_em_iterations: 2\nfull_iterations: 1\n",
+    );
+    let args =
+        |out: &'static str, b: &'static str| ["classify2d", "c2d.yaml", "--set", out, "--set", b];
+    let r = emclass_env(d, &args("output=one", "backend=auto"), NO_GPU).ok();
+    assert!(
+        r.stderr.contains("simulated failure") && r.stderr.contains("using the CPU"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    for (n, out) in [(2, "output=two"), (3, "output=three")] {
+        let r = mpirun_env(d, n, &args(out, "backend=auto"), NO_GPU).ok();
+        assert!(
+            r.stderr.contains("using the CPU"),
+            "{n} ranks: {}",
+            r.stderr
+        );
+        assert!(d.join(&out[7..]).join("particles.h5").exists());
+    }
+    let r = mpirun_env(d, 2, &args("output=cuda", "backend=cuda"), NO_GPU);
+    assert_ne!(r.code, Some(0));
+    assert_eq!(r.stderr.matches("error:").count(), 1, "{}", r.stderr);
+    r.fails_with(&["c2d.yaml", "backend", "cuda:", "simulated failure"]);
+    assert!(!d.join("cuda").exists());
+}
+
 #[test]
 fn marginalised_poses_hard_final_and_no_ctf() {
     let dir = tempfile::tempdir().unwrap();
@@ -345,7 +387,8 @@ fn bad_input_fails_with_one_line_and_leaves_nothing() {
         "out",
         "ctf_correct: false\nbackend: cuda\n",
     );
-    emclass(d, &["classify2d", "c2d.yaml"]).fails_with(&["backend", "cuda"]);
+    // (The CUDA start-up is made to fail, so this is refused on GPU machines too.)
+    emclass_env(d, &["classify2d", "c2d.yaml"], NO_GPU).fails_with(&["backend", "cuda"]);
     // Under MPI, a failure ends every rank with one error line.
     config(d, "nowhere.h5", "out", "");
     let r = mpirun(d, 2, &["classify2d", "c2d.yaml"]);

@@ -4,9 +4,9 @@
 //! and multiplies batches by it. [`Cpu`] is the reference (ndarray's GEMM on rayon's
 //! threads); `cuda` (cuBLAS SGEMM through cudarc, loaded at run time) is tested against it.
 //!
-//! `backend: auto` uses CUDA when the driver and cuBLAS libraries load and a device answers,
-//! otherwise the CPU with a log line saying why; `backend: cuda` makes that an error. One GPU
-//! per MPI rank: the node-local rank (OpenMPI, Slurm, MPICH and PMI variables) modulo the
+//! `backend: auto` uses CUDA when every rank opens a GPU that passes its self-test, otherwise
+//! the CPU with a log line saying why; `backend: cuda` makes a missing GPU an error (see
+//! [`select`]). One GPU per MPI rank: the node-local rank from the communicator modulo the
 //! number of devices.
 
 pub mod cuda;
@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use ndarray::{Array2, ArrayView2};
 
+use crate::comm::Comm;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +45,10 @@ pub trait Backend: Send + Sync {
     /// Takes `b` (k × n) for products [`RightOperand::left_mul`] (kept as is on the CPU,
     /// moved to the device for CUDA).
     fn right_operand(&self, b: Array2<f32>) -> Result<Box<dyn RightOperand>>;
+    /// The GPU, when this backend is CUDA (the per-phase CUDA implementations need it).
+    fn as_cuda(&self) -> Option<&cuda::Cuda> {
+        None
+    }
 }
 
 /// The CPU reference.
@@ -104,51 +109,72 @@ pub(crate) fn check_inner(a_cols: usize, b_rows: usize) -> Result<()> {
     Ok(())
 }
 
-/// This process's rank among the ranks on its node, from the launcher's environment
-/// (0 when run without one).
-pub fn node_local_rank() -> usize {
-    local_rank_from(|v| std::env::var(v).ok())
-}
-
-/// [`node_local_rank`] with the environment lookup `get`.
-fn local_rank_from(get: impl Fn(&str) -> Option<String>) -> usize {
-    [
-        "OMPI_COMM_WORLD_LOCAL_RANK",
-        "SLURM_LOCALID",
-        "MPI_LOCALRANKID",
-        "PMI_LOCAL_RANK",
-        "MV2_COMM_WORLD_LOCAL_RANK",
-    ]
-    .iter()
-    .find_map(|v| get(v)?.trim().parse().ok())
-    .unwrap_or(0)
-}
-
-/// The backend a job's `backend:` key asks for (`cfg`/`job` name it in errors). `auto` falls
-/// back to the CPU with a log line; `cuda` without a usable device is a config error.
-pub fn select(choice: BackendChoice, cfg: &Path, job: &str) -> Result<Arc<dyn Backend>> {
+/// The backend a job's `backend:` key asks for, on every rank (collective: every rank calls
+/// it). `cfg`/`job` name it in errors.
+///
+/// - `cpu`: the CPU.
+/// - `auto`: each rank opens the GPU of its node-local rank ([`Comm::node_rank`]); the job
+///   uses CUDA only when every rank got one (one rank on the CPU would hold every iteration
+///   back), otherwise every rank uses the CPU, with a log line saying which ranks had none.
+/// - `cuda`: a rank without a usable GPU fails the job with a config error saying why.
+///
+/// Each rank logs the device it got; ranks that outnumber the node's GPUs share them, with a
+/// warning.
+pub fn select(
+    choice: BackendChoice,
+    cfg: &Path,
+    job: &str,
+    comm: &dyn Comm,
+) -> Result<Arc<dyn Backend>> {
     let cpu = || -> Arc<dyn Backend> { Arc::new(Cpu) };
-    let b: Arc<dyn Backend> = match choice {
-        BackendChoice::Cpu => cpu(),
-        BackendChoice::Auto => match cuda::Cuda::for_rank(node_local_rank()) {
-            Ok(c) => Arc::new(c),
-            Err(why) => {
-                log::info!("backend: no usable CUDA device ({why}); using the CPU");
-                cpu()
+    if choice == BackendChoice::Cpu {
+        log::info!("backend: {}", Cpu.describe());
+        return Ok(cpu());
+    }
+    let mine = cuda::Cuda::for_rank(comm.node_rank());
+    let b: Arc<dyn Backend> = match (choice, mine) {
+        (BackendChoice::Cuda, Err(why)) => {
+            return Err(Error::config(
+                cfg,
+                "backend",
+                format!("cuda: {why}; {job} can run with backend auto or cpu"),
+            ))
+        }
+        (BackendChoice::Cuda, Ok(g)) => Arc::new(g),
+        (_, mine) => {
+            let everywhere = comm.all_ok(mine.is_ok());
+            match mine {
+                Ok(g) if everywhere => Arc::new(g),
+                Ok(_) => {
+                    log::warn!(
+                        "backend: some ranks have no usable CUDA device; every rank uses the CPU (set backend: cuda to make that an error)"
+                    );
+                    cpu()
+                }
+                Err(why) => {
+                    log::info!("backend: no usable CUDA device ({why}); using the CPU");
+                    cpu()
+                }
             }
-        },
-        BackendChoice::Cuda => match cuda::Cuda::for_rank(node_local_rank()) {
-            Ok(c) => Arc::new(c),
-            Err(why) => {
-                return Err(Error::config(
-                    cfg,
-                    "backend",
-                    format!("cuda: {why}; {job} can run with backend auto or cpu"),
-                ))
-            }
-        },
+        }
     };
-    log::info!("backend: {}", b.describe());
+    if let Some(g) = b.as_cuda() {
+        let count = cuda::device_count();
+        if comm.node_size() > count {
+            log::warn!(
+                "backend: {} ranks on this node share {count} GPU(s); one rank per GPU is fastest",
+                comm.node_size()
+            );
+        }
+        log::info!(
+            "backend: rank {} (node-local rank {}) uses {}",
+            comm.rank(),
+            comm.node_rank(),
+            g.describe_device()
+        );
+    } else {
+        log::info!("backend: {}", b.describe());
+    }
     Ok(b)
 }
 
@@ -178,35 +204,16 @@ mod tests {
             eprintln!("skipped: a CUDA device is present");
             return;
         }
-        let b = select(BackendChoice::Auto, Path::new("c.yaml"), "classify2d").unwrap();
+        let one = crate::comm::Single;
+        let b = select(BackendChoice::Auto, Path::new("c.yaml"), "classify2d", &one).unwrap();
         assert!(b.describe().starts_with("CPU"));
-        let e = select(BackendChoice::Cuda, Path::new("c.yaml"), "classify2d")
+        let e = select(BackendChoice::Cuda, Path::new("c.yaml"), "classify2d", &one)
             .err()
             .unwrap()
             .to_string();
         assert!(
             e.contains("c.yaml") && e.contains("backend") && e.contains("cuda:"),
             "{e}"
-        );
-    }
-
-    #[test]
-    fn local_rank_comes_from_the_first_launcher_variable_set() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| pairs.iter().find(|p| p.0 == k).map(|p| p.1.to_string())
-        };
-        assert_eq!(local_rank_from(env(&[])), 0);
-        assert_eq!(local_rank_from(env(&[("SLURM_LOCALID", "3")])), 3);
-        assert_eq!(
-            local_rank_from(env(&[
-                ("SLURM_LOCALID", "3"),
-                ("OMPI_COMM_WORLD_LOCAL_RANK", "1")
-            ])),
-            1
-        );
-        assert_eq!(
-            local_rank_from(env(&[("PMI_LOCAL_RANK", "x"), ("MPI_LOCALRANKID", " 2 ")])),
-            2
         );
     }
 }

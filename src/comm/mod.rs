@@ -61,6 +61,15 @@ pub trait Comm {
     fn traffic(&self) -> Traffic {
         Traffic::default()
     }
+    /// This rank's index among the ranks on its node (from the shared-memory split of the
+    /// communicator; it picks the GPU). Not collective.
+    fn node_rank(&self) -> usize {
+        0
+    }
+    /// Number of ranks on this rank's node. Not collective.
+    fn node_size(&self) -> usize {
+        1
+    }
     /// Is this the rank that does serial work (import, export, final writes)?
     fn is_root(&self) -> bool {
         self.rank() == 0

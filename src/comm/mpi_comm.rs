@@ -12,6 +12,7 @@ use super::Comm;
 pub struct MpiComm {
     world: mpi::topology::SimpleCommunicator,
     node_rank: usize,
+    node_size: usize,
     traffic: std::cell::Cell<super::Traffic>,
     // Declared last so it is dropped (MPI_Finalize) after the communicators.
     _universe: mpi::environment::Universe,
@@ -40,10 +41,12 @@ impl MpiComm {
     pub fn init() -> Option<MpiComm> {
         let (universe, _threading) = mpi::initialize_with_threading(mpi::Threading::Funneled)?;
         let world = universe.world();
-        let node_rank = world.split_shared(world.rank()).rank() as usize;
+        let node = world.split_shared(world.rank());
+        let (node_rank, node_size) = (node.rank() as usize, node.size() as usize);
         Some(MpiComm {
             world,
             node_rank,
+            node_size,
             traffic: Default::default(),
             _universe: universe,
         })
@@ -52,10 +55,6 @@ impl MpiComm {
         let mut t = self.traffic.get();
         f(&mut t);
         self.traffic.set(t);
-    }
-    /// Rank among the ranks on this node (picks the GPU).
-    pub fn node_rank(&self) -> usize {
-        self.node_rank
     }
     /// Ends every rank of the job at once with `code` (used when one rank fails outside a
     /// collective, so the others do not wait forever).
@@ -67,8 +66,14 @@ impl MpiComm {
 /// Makes a panic on any rank end the whole job at once: the panic message is printed as one
 /// `error:` line naming the rank, then `MPI_Abort` stops every rank (otherwise the others
 /// would wait forever in their next collective, and this one in `MPI_Finalize`).
+/// A panic inside [`crate::panic_guard::catch`] is left to be caught (it is a reason to fall
+/// back, such as a CUDA library failing to load), with the default hook's message.
 pub fn abort_job_on_panic() {
     std::panic::set_hook(Box::new(|info| {
+        if crate::panic_guard::is_catching() {
+            log::debug!("caught: {info}");
+            return;
+        }
         let rank = mpi::topology::SimpleCommunicator::world().rank();
         let msg = info
             .payload()
@@ -126,6 +131,12 @@ fn unframe(all: &[u8], counts: &[Count], displs: &[Count]) -> Vec<Vec<u8>> {
 }
 
 impl Comm for MpiComm {
+    fn node_rank(&self) -> usize {
+        self.node_rank
+    }
+    fn node_size(&self) -> usize {
+        self.node_size
+    }
     fn traffic(&self) -> super::Traffic {
         self.traffic.get()
     }

@@ -66,7 +66,7 @@ fn setup(args: &JobArgs, comm: &dyn Comm) -> Result<Setup> {
                 format!("{} classes for {n_total} particles", cfg.num_classes),
             ));
         }
-        crate::backend::select(cfg.backend, &args.config, "classify2d")
+        crate::backend::select(cfg.backend, &args.config, "classify2d", comm)
     });
     let backend = collective(comm, checked)?;
     Ok(Setup {

@@ -110,6 +110,23 @@ impl Ctf {
         }
     }
 
+    /// The precomputed constants in the order a GPU kernel reads them (`ctf_eval` in
+    /// `backend/cuda/kernels/common.cuh`): πλ, (π/2)·Cs·λ³, phase, −B/4, mean defocus, half
+    /// the defocus difference, cos 2α, sin 2α, scale.
+    pub fn coefficients(&self) -> [f64; 9] {
+        [
+            self.k1,
+            self.k2,
+            self.phase,
+            self.k4,
+            self.df_mean,
+            self.df_dev,
+            self.cos2a,
+            self.sin2a,
+            self.scale,
+        ]
+    }
+
     /// The CTF at spatial frequency `(kx, ky)` in Å⁻¹.
     pub fn eval(&self, kx: f64, ky: f64) -> f64 {
         let (chi, k2) = self.chi(kx, ky);

@@ -89,11 +89,17 @@ pub fn run_command(cmd: &mut Command) -> std::io::Result<Output> {
 
 /// Runs `emclass args...` in `dir`.
 pub fn emclass(dir: &Path, args: &[&str]) -> Run {
+    emclass_env(dir, args, &[])
+}
+
+/// [`emclass`] with extra environment variables.
+pub fn emclass_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let out = run_command(
         Command::new(bin())
             .args(args)
             .current_dir(dir)
-            .env_remove("EMCLASS_MPI"),
+            .env_remove("EMCLASS_MPI")
+            .envs(env.iter().copied()),
     )
     .expect("start emclass");
     Run::from(out)
@@ -103,6 +109,11 @@ pub fn emclass(dir: &Path, args: &[&str]) -> Run {
 /// session folder: launches racing to create the shared default one (`/tmp/ompi.HOST.UID`)
 /// fail with "orte_session_dir failed" when tests run in parallel.
 pub fn mpirun(dir: &Path, ranks: usize, args: &[&str]) -> Run {
+    mpirun_env(dir, ranks, args, &[])
+}
+
+/// [`mpirun`] with extra environment variables, exported to every rank (`-x`).
+pub fn mpirun_env(dir: &Path, ranks: usize, args: &[&str], env: &[(&str, &str)]) -> Run {
     let session = tempfile::tempdir().expect("session folder");
     let out = run_command(
         Command::new("mpirun")
@@ -112,6 +123,8 @@ pub fn mpirun(dir: &Path, ranks: usize, args: &[&str]) -> Run {
                 "-n",
                 &ranks.to_string(),
             ])
+            .args(env.iter().flat_map(|(k, _)| ["-x", k]))
+            .envs(env.iter().copied())
             .arg(bin())
             .args(args)
             .current_dir(dir)

@@ -1,79 +1,19 @@
-//! The CUDA backend: cuBLAS SGEMM through cudarc with the CUDA libraries loaded at run time,
-//! so the same binary builds and runs where CUDA is absent.
-//!
-//! Probe order, each step turning a failure into a reason (never a panic): the driver
-//! library (`libcuda.so`), cuBLAS (`libcublas.so`), the device count, a context on device
-//! `node-local rank mod count`, a cuBLAS handle. cudarc panics on some of these paths when a
-//! library is missing (`CudaContext::new` without `libcuda`), hence the presence checks first
-//! and `catch_unwind` around the rest.
-//!
-//! Row-major products on a column-major library: the row-major buffers of A (m × k),
+//! Row-major products on cuBLAS (column-major): the row-major buffers of A (m × k),
 //! B (k × n), C (m × n) are, read column-major, Aᵀ (k × m), Bᵀ (n × k), Cᵀ (n × m), and
 //! C = A·B ⇔ Cᵀ = Bᵀ·Aᵀ, so one `gemm(N, N, n, m, k, B, ldb = n, A, lda = k, C, ldc = n)`
 //! computes C in place with no transposition. Host ↔ device copies per call: A up
 //! (4·m·k bytes) and C down (4·m·n bytes); B stays on the device for the iteration.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use cudarc::driver::{CudaSlice, CudaStream};
 use ndarray::{Array2, ArrayView2};
 
-use super::{check_inner, Backend, RightOperand};
-use crate::error::{Error, Result};
-
-/// One GPU: its stream and a cuBLAS handle (used by one thread at a time).
-pub struct Cuda {
-    ordinal: usize,
-    name: String,
-    stream: Arc<CudaStream>,
-    blas: Arc<Mutex<CudaBlas>>,
-}
-
-/// Whether the CUDA driver and cuBLAS libraries can be loaded (no device needed).
-pub fn libraries_present() -> std::result::Result<(), String> {
-    // SAFETY: these only try to dlopen the libraries; they do not call into them.
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return Err("the CUDA driver library (libcuda.so) is not installed".into());
-    }
-    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-        return Err("cuBLAS (libcublas.so) is not installed or not on the library path".into());
-    }
-    Ok(())
-}
-
-impl Cuda {
-    /// The GPU for node-local rank `local_rank` (rank mod device count), or why there is none.
-    pub fn for_rank(local_rank: usize) -> std::result::Result<Cuda, String> {
-        libraries_present()?;
-        let guarded = catch_unwind(AssertUnwindSafe(|| -> std::result::Result<Cuda, String> {
-            let count = CudaContext::device_count().map_err(|e| format!("no CUDA device ({e})"))?;
-            if count <= 0 {
-                return Err("the CUDA driver reports no device".into());
-            }
-            let ordinal = local_rank % count as usize;
-            let ctx = CudaContext::new(ordinal)
-                .map_err(|e| format!("cannot open CUDA device {ordinal}: {e}"))?;
-            let name = ctx.name().unwrap_or_else(|_| "unknown device".into());
-            let stream = ctx.default_stream();
-            let blas = CudaBlas::new(stream.clone())
-                .map_err(|e| format!("cannot start cuBLAS on device {ordinal}: {e}"))?;
-            Ok(Cuda {
-                ordinal,
-                name,
-                stream,
-                blas: Arc::new(Mutex::new(blas)),
-            })
-        }));
-        guarded.unwrap_or_else(|_| Err("the CUDA libraries failed to initialise".into()))
-    }
-}
-
-fn gpu_err(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Backend(format!("CUDA: {what}: {e}"))
-}
+use super::{gpu_err, Cuda};
+use crate::backend::{check_inner, Backend, RightOperand};
+use crate::error::Result;
 
 /// A right-hand operand resident on the device.
 struct CudaOperand {
@@ -86,7 +26,17 @@ struct CudaOperand {
 
 impl Backend for Cuda {
     fn describe(&self) -> String {
-        format!("CUDA device {}: {} (cuBLAS SGEMM)", self.ordinal, self.name)
+        format!(
+            "CUDA device {}: {} (compute {}.{}, {:.1} GiB)",
+            self.ordinal,
+            self.name,
+            self.cc.0,
+            self.cc.1,
+            self.total_mem as f64 / (1u64 << 30) as f64
+        )
+    }
+    fn as_cuda(&self) -> Option<&Cuda> {
+        Some(self)
     }
     fn right_operand(&self, b: Array2<f32>) -> Result<Box<dyn RightOperand>> {
         let host = b.as_standard_layout();
@@ -152,14 +102,9 @@ impl RightOperand for CudaOperand {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Cpu;
+    use crate::backend::{Backend, Cpu};
 
-    /// The GPU, or `None` after saying why the test is skipped.
-    fn gpu_or_skip() -> Option<Cuda> {
-        Cuda::for_rank(0)
-            .map_err(|why| eprintln!("skipped: no usable CUDA device ({why})"))
-            .ok()
-    }
+    use crate::backend::cuda::gpu_for_test as gpu_or_skip;
 
     /// CPU and CUDA products agree to f32 rounding. Runs where a GPU is usable; elsewhere it
     /// says why it is skipped.
@@ -213,14 +158,5 @@ mod tests {
             gpu.describe(),
             reps as f64 * 2.0 * (n as f64).powi(3) / s / 1e12
         );
-    }
-
-    #[test]
-    fn missing_libraries_are_a_reason_not_a_panic() {
-        // Here (no CUDA) this returns the reason; with CUDA it returns a device.
-        match Cuda::for_rank(0) {
-            Ok(g) => assert!(g.describe().starts_with("CUDA device")),
-            Err(why) => assert!(!why.is_empty()),
-        }
     }
 }
