@@ -562,6 +562,8 @@ fn nothing_per_particle_reaches_rank_0() {
         let s = summary(&d.join(format!("o{n}")));
         let it = &s["iterations"][0];
         assert!(it["allreduce_bytes"].as_u64().unwrap() > 0, "{it}");
+        // The binned diagnostics: two 4,096-bin summaries whatever the particle count.
+        assert_eq!(it["diagnostics_allreduce_bytes"], 2 * (4096 + 2) * 8, "{it}");
     }
     assert_eq!(
         gathered[0], gathered[1],

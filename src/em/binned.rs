@@ -56,12 +56,13 @@ impl Binned {
     }
 
     /// Sums the counts over ranks and takes the overall min and max (two all-reduces, the
-    /// same result on every rank).
-    pub fn all_reduce(&mut self, comm: &dyn Comm) {
+    /// same result on every rank). Returns the bytes this rank contributed.
+    pub fn all_reduce(&mut self, comm: &dyn Comm) -> usize {
         comm.all_reduce_sum_u64(&mut self.counts);
         let mut ext = [-self.min, self.max];
         comm.all_reduce_max_f64(&mut ext);
         (self.min, self.max) = (-ext[0], ext[1]);
+        8 * (self.counts.len() + ext.len())
     }
 
     /// Every rank's `values` (NaN ignored) in [`BINS`] bins over their overall range, summed

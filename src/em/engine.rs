@@ -168,9 +168,11 @@ pub struct Record<E> {
     /// Of which communication: the all-reduce of the statistics and of the binned
     /// diagnostics (including waiting for the slowest rank).
     pub comm_seconds: f64,
-    /// Bytes of the statistics all-reduce (each rank's buffer); the binned diagnostics add
-    /// the all-reduces of the two 4,096-bin summaries (65,664 B in all), not counted here.
+    /// Bytes of the statistics all-reduce (each rank's buffer).
     pub allreduce_bytes: usize,
+    /// Bytes of the all-reduces of the binned ESS and best-probability diagnostics (two
+    /// 4,096-bin summaries with their ranges: 2 × (4,096 + 2) × 8 = 65,568 B; independent of N).
+    pub diagnostics_allreduce_bytes: usize,
 }
 
 /// The state to continue from after an iteration.
@@ -387,8 +389,7 @@ impl<'a> Engine<'a> {
         drop(prep);
         let estep_seconds = t_e.elapsed().as_secs_f64();
         let t_c = Instant::now();
-        ess.all_reduce(comm);
-        best.all_reduce(comm);
+        let diagnostics_allreduce_bytes = ess.all_reduce(comm) + best.all_reduce(comm);
         let mut allreduce_bytes = 0;
         let running = if phase == Phase::Assign {
             None
@@ -413,6 +414,7 @@ impl<'a> Engine<'a> {
             estep_seconds,
             comm_seconds,
             allreduce_bytes,
+            diagnostics_allreduce_bytes,
         };
         if comm.is_root() {
             self.log(&it, &record, &ess, &best, problem);
