@@ -36,6 +36,10 @@ pub enum BackendChoice {
 pub trait RightOperand: Send + Sync {
     /// `a · b` for `a` (m × k), row-major in and out.
     fn left_mul(&self, a: ArrayView2<f32>) -> Result<Array2<f32>>;
+    /// `b` on the device (row-major k × n), when this operand is CUDA's.
+    fn cuda_matrix(&self) -> Option<&cudarc::driver::CudaSlice<f32>> {
+        None
+    }
 }
 
 /// An implementation of the E-step's dense math.

@@ -39,7 +39,7 @@ impl<'a> Local<'a> {
     }
 
     /// CTF of particle i on the whole working half plane.
-    fn full_ctf(&self, i: usize) -> Option<Vec<f32>> {
+    pub(super) fn full_ctf(&self, i: usize) -> Option<Vec<f32>> {
         self.ctf(i).map(|c| {
             let mut out = vec![0.0f32; self.grid.len()];
             c.half_plane_into(self.grid.n, self.grid.n, self.grid.psize_a(), &mut out);
@@ -76,6 +76,8 @@ pub struct PlaneModel<'a> {
     pub ramps: Vec<Complex32>,
     /// Back-project each class at its best pose only (`force_max`, hard classification).
     pub best_pose_only: bool,
+    /// The iteration's data on the GPU (CUDA backend only; [`super::gpu`]).
+    pub device: Option<crate::backend::cuda::plane::PlaneDevice>,
 }
 
 /// Scores of a chunk: `[(i·K + k)·P + j]` log-likelihoods and their pose marginals.
@@ -188,28 +190,44 @@ impl Local<'_> {
             }
         }
         // Noise: residual at the best class and pose.
-        let tmpl = rotated_spectrum(&m.images[best_k], poses.psi_rad[br]);
-        let ramp = &ramps[bt * len..(bt + 1) * len];
-        let resid: Vec<Complex32> = (0..len)
+        let resid = self.residual(m, i, best_k, (br, bt), full_ctf.as_deref());
+        model::add_noise(st, self.grid, &resid);
+    }
+
+    /// `X_i ρ_t − C_i T_k,r` on the working half plane at pose `(r, t)` of class `k`
+    /// (`full_ctf`: particle i's CTF on the half plane, none for CTF = 1).
+    pub(super) fn residual(
+        &self,
+        m: &PlaneModel,
+        i: usize,
+        k: usize,
+        (r, t): (usize, usize),
+        full_ctf: Option<&[f32]>,
+    ) -> Vec<Complex32> {
+        let len = self.grid.len();
+        let x = self.particles.spectrum(i);
+        let tmpl = rotated_spectrum(&m.images[k], m.scorer.poses.psi_rad[r]);
+        let ramp = &m.ramps[t * len..(t + 1) * len];
+        (0..len)
             .map(|c| {
-                let cv = full_ctf.as_ref().map_or(1.0, |f| f[c]);
+                let cv = full_ctf.map_or(1.0, |f| f[c]);
                 x[c] * ramp[c] - tmpl[c] * cv
             })
-            .collect();
-        model::add_noise(st, self.grid, &resid);
+            .collect()
     }
 }
 
 /// The result of row `bi` of a scored chunk.
+/// `best_pose[[bi, k]]`: the best pose `r·T + t` of each row and class.
 pub fn result_row(
     m: &PlaneModel,
-    sc: &PlaneScores,
+    best_pose: &Array2<usize>,
     resp: &Responsibilities,
     bi: usize,
 ) -> ResultRow {
     let poses = &m.scorer.poses;
     let best_k = resp.best_class()[bi];
-    let (br, bt) = poses.split(sc.marg.best_pose()[[bi, best_k]]);
+    let (br, bt) = poses.split(best_pose[[bi, best_k]]);
     let s = poses.shifts_px[bt];
     ResultRow {
         probs: resp.probs().row(bi).iter().map(|&v| v as f32).collect(),
@@ -270,7 +288,7 @@ pub fn signal_shell(classes: &ClassUpdate, threshold: f64) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::classify2d::estep::Templates;
     use crate::classify2d::grid::{Band, PoseGrid};
@@ -280,7 +298,7 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     /// Noisy particles made from random blob classes, with a CTF each.
-    fn fixture() -> (&'static WorkGrid, Vec<Array2<f32>>, Particles) {
+    pub(crate) fn fixture() -> (&'static WorkGrid, Vec<Array2<f32>>, Particles) {
         let grid: &'static WorkGrid = Box::leak(Box::new(WorkGrid::new(32, 2.0, 6.0)));
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let blob = |rng: &mut rand_chacha::ChaCha8Rng| {
@@ -333,7 +351,7 @@ mod tests {
         )
     }
 
-    fn model(
+    pub(crate) fn model(
         grid: &'static WorkGrid,
         classes: &[Array2<f32>],
         backend: &dyn crate::backend::Backend,
@@ -357,13 +375,20 @@ mod tests {
                 })
             })
             .collect();
-        PlaneModel {
+        let mut m = PlaneModel {
             num_classes: 3,
             scorer: Scorer::new(grid, band, poses, templates, &sigma2, backend).unwrap(),
             images: classes.to_vec(),
             ramps,
             best_pose_only,
+            device: None,
+        };
+        if let Some(gpu) = backend.as_cuda() {
+            let cfg = std::path::Path::new("test.yaml");
+            let dev = super::super::gpu::plane_device(gpu, &m.scorer, grid, &m.ramps, cfg);
+            m.device = Some(dev.unwrap().0);
         }
+        m
     }
 
     type Setup2d = (

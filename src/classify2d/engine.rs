@@ -12,7 +12,9 @@
 //!   `final_hard_classification`;
 //! - E-step per chunk of 16 particles, through the backend's phases
 //!   ([`crate::backend::phases`], the CPU ones in [`super::accumulate`]): scores against
-//!   every class × pose, responsibilities, back-rotated class sums and noise sums;
+//!   every class × pose, responsibilities, back-rotated class sums and noise sums; on the
+//!   CUDA backend ([`super::gpu`]) in blocks of up to 256 particles, one at a time, sized
+//!   to the free device memory;
 //! - M-step: class averages (mask, re-centring, …) and the noise model;
 //! - conclude: the record (alignment limit, class sizes and FRC resolutions), then the
 //!   alignment limit is raised to where the class averages have signal.
@@ -37,6 +39,7 @@ use crate::particles::{Particles, WorkGrid};
 
 use super::accumulate::{result_row, signal_shell, PlaneModel};
 use super::estep::{Scorer, Templates};
+use super::gpu;
 use super::grid::{Band, PoseGrid};
 use super::model::{self, ClassUpdate, PostProcess};
 use super::plan::Plan2d;
@@ -88,6 +91,8 @@ impl Scored for ResultRow {
 pub struct Prepared<'a> {
     model: PlaneModel<'a>,
     params: EStepParams,
+    /// Particles per GPU block (CUDA backend only).
+    gpu_batch: usize,
 }
 
 /// 2D classification: inputs and the model as it evolves.
@@ -112,6 +117,8 @@ pub struct Classify2d<'a> {
     pub sigma2_used: Vec<f64>,
     /// Local particles (for the checkpoint's row count).
     n_local: usize,
+    /// The configuration file, named in the GPU memory budget error.
+    pub config: std::path::PathBuf,
 }
 
 impl<'a> Classify2d<'a> {
@@ -151,6 +158,7 @@ impl<'a> Classify2d<'a> {
             sigma2_current: Vec::new(),
             sigma2_used: Vec::new(),
             n_local: 0,
+            config: std::path::PathBuf::from("the configuration"),
         })
     }
 }
@@ -230,22 +238,32 @@ impl<'a> Problem for Classify2d<'a> {
             band.len(),
         );
         let ramps = self.full_ramps(&poses);
+        let scorer = Scorer::new(
+            self.grid,
+            band,
+            poses,
+            templates,
+            &self.sigma2_used,
+            self.backend,
+        )?;
+        let (device, gpu_batch) = match self.backend.as_cuda() {
+            Some(gpu) => {
+                let (d, nb) = gpu::plane_device(gpu, &scorer, self.grid, &ramps, &self.config)?;
+                (Some(d), nb)
+            }
+            None => (None, 0),
+        };
         Ok(Prepared {
             model: PlaneModel {
                 num_classes: self.plan.num_classes,
-                scorer: Scorer::new(
-                    self.grid,
-                    band,
-                    poses,
-                    templates,
-                    &self.sigma2_used,
-                    self.backend,
-                )?,
+                scorer,
                 images: self.classes.images.clone(),
                 ramps,
                 best_pose_only: self.plan.force_max || hard,
+                device,
             },
             params: EStepParams::new(1.0, 0.0, hard)?,
+            gpu_batch,
         })
     }
 
@@ -258,6 +276,19 @@ impl<'a> Problem for Classify2d<'a> {
         _: &[usize],
         stats: &mut Stats,
     ) -> Result<Vec<(usize, ResultRow)>> {
+        if let (Some(gpu), Some(_)) = (self.backend.as_cuda(), prep.model.device.as_ref()) {
+            let m = &prep.model;
+            return gpu::e_step(
+                gpu,
+                m,
+                &prep.params,
+                &self.layout,
+                block,
+                idx,
+                prep.gpu_batch,
+                stats,
+            );
+        }
         let log_prior = vec![0.0; self.plan.num_classes];
         let ones = vec![1.0; CHUNK];
         type Partial = Result<(Stats, Vec<(usize, ResultRow)>)>;
@@ -279,7 +310,7 @@ impl<'a> Problem for Classify2d<'a> {
                         chunk
                             .iter()
                             .enumerate()
-                            .map(|(bi, &i)| (i, result_row(m, &sc, &resp, bi))),
+                            .map(|(bi, &i)| (i, result_row(m, sc.marg.best_pose(), &resp, bi))),
                     );
                     Ok((st, rows))
                 },

@@ -87,6 +87,15 @@ impl Templates {
     }
 }
 
+/// [`Scorer::device_inputs`]: 1/σ², conjugated band ramps, band frequencies, M, W.
+pub(crate) type DeviceInputs<'s> = (
+    &'s [f32],
+    &'s [Complex32],
+    &'s [(f64, f64)],
+    &'s dyn RightOperand,
+    &'s dyn RightOperand,
+);
+
 /// Everything the E-step needs for one iteration.
 pub struct Scorer<'a> {
     pub grid: &'a WorkGrid,
@@ -147,6 +156,23 @@ impl<'a> Scorer<'a> {
             mat_op: backend.right_operand(templates.mat)?,
             pow_op: backend.right_operand(templates.pow)?,
         })
+    }
+
+    /// What the GPU phases upload: 1/σ² per band coefficient, the conjugated band ramps
+    /// (`T × |B|`), the band frequencies (Å⁻¹), and the template operands M and W.
+    pub(crate) fn device_inputs(&self) -> DeviceInputs<'_> {
+        (
+            &self.inv_sigma2,
+            &self.conj_ramps,
+            &self.freq_a,
+            self.mat_op.as_ref(),
+            self.pow_op.as_ref(),
+        )
+    }
+
+    /// Classes K of the template matrices.
+    pub(crate) fn n_classes(&self) -> usize {
+        self.n_classes
     }
 
     /// CTF of a particle on the band (1 without CTF).

@@ -10,6 +10,7 @@
 //! - [`model`]: sufficient statistics and class averages (M-step).
 //! - [`engine`]: the problem run by the shared EM engine ([`crate::em::engine`]).
 //! - [`accumulate`]: the E-step of a chunk of particles and its M-step contributions.
+//! - [`gpu`]: the same phases on the CUDA backend.
 //! - [`duplicates`]: duplicate-pick removal after classification.
 //! - [`duplicate_routing`]: the same over ranks, picks routed to their micrograph's owner.
 
@@ -19,6 +20,7 @@ pub mod duplicate_routing;
 pub mod duplicates;
 pub mod engine;
 pub mod estep;
+pub mod gpu;
 pub mod grid;
 pub mod model;
 pub mod plan;

@@ -126,6 +126,7 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
     let post = collective(comm, post_process(&cfg, &args.config, &grid, box_px, psize))?;
     let plan = collective(comm, cfg.plan(n_total))?;
     let mut problem = Classify2d::new(&plan, &grid, post, backend.as_ref())?;
+    problem.config = args.config.clone();
     let engine = Engine {
         plan: plan.engine,
         source: &source,

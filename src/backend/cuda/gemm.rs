@@ -97,6 +97,9 @@ impl RightOperand for CudaOperand {
             .map_err(|e| gpu_err("copy from device", e))?;
         Array2::from_shape_vec((m, n), c).map_err(|e| gpu_err("result shape", e))
     }
+    fn cuda_matrix(&self) -> Option<&CudaSlice<f32>> {
+        Some(&self.b)
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@
 
 pub mod gemm;
 pub mod nvrtc;
+pub mod plane;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -32,11 +32,26 @@ pub struct Source {
 }
 
 /// Every kernel file of the program.
-pub const SOURCES: &[Source] = &[Source {
-    name: "probe",
-    code: include_str!("kernels/probe.cu"),
-    kernels: &["probe_axpy"],
-}];
+pub const SOURCES: &[Source] = &[
+    Source {
+        name: "probe",
+        code: include_str!("kernels/probe.cu"),
+        kernels: &["probe_axpy"],
+    },
+    Source {
+        name: "plane",
+        code: include_str!("kernels/plane.cu"),
+        kernels: &[
+            "plane_operands",
+            "plane_reduce",
+            "plane_weights",
+            "plane_kept",
+            "plane_shifted",
+            "plane_ctf2",
+            "plane_add",
+        ],
+    },
+];
 
 /// The source called `name`.
 pub fn source(name: &str) -> Result<&'static Source, String> {
