@@ -93,6 +93,10 @@ pub struct Prepared<'a> {
     params: EStepParams,
     /// Particles per GPU block (CUDA backend only).
     gpu_batch: usize,
+    /// Why the GPU set-up of this iteration failed (memory budget, upload), returned by the
+    /// first E-step call: its errors are agreed by every rank, an error of `prepare` on one
+    /// rank would leave the others waiting.
+    gpu_error: std::sync::Mutex<Option<Error>>,
 }
 
 /// 2D classification: inputs and the model as it evolves.
@@ -246,11 +250,15 @@ impl<'a> Problem for Classify2d<'a> {
             &self.sigma2_used,
             self.backend,
         )?;
+        let mut gpu_error = None;
         let (device, gpu_batch) = match self.backend.as_cuda() {
-            Some(gpu) => {
-                let (d, nb) = gpu::plane_device(gpu, &scorer, self.grid, &ramps, &self.config)?;
-                (Some(d), nb)
-            }
+            Some(gpu) => match gpu::plane_device(gpu, &scorer, self.grid, &ramps, &self.config) {
+                Ok((d, nb)) => (Some(d), nb),
+                Err(e) => {
+                    gpu_error = Some(e);
+                    (None, 0)
+                }
+            },
             None => (None, 0),
         };
         Ok(Prepared {
@@ -264,6 +272,7 @@ impl<'a> Problem for Classify2d<'a> {
             },
             params: EStepParams::new(1.0, 0.0, hard)?,
             gpu_batch,
+            gpu_error: std::sync::Mutex::new(gpu_error),
         })
     }
 
@@ -276,7 +285,21 @@ impl<'a> Problem for Classify2d<'a> {
         _: &[usize],
         stats: &mut Stats,
     ) -> Result<Vec<(usize, ResultRow)>> {
-        if let (Some(gpu), Some(_)) = (self.backend.as_cuda(), prep.model.device.as_ref()) {
+        if let Some(gpu) = self.backend.as_cuda() {
+            let failed = prep
+                .gpu_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if prep.model.device.is_none() {
+                return Err(Error::Backend(
+                    "classify2d: the GPU set-up of this iteration failed (see the first error)"
+                        .into(),
+                ));
+            }
             let m = &prep.model;
             return gpu::e_step(
                 gpu,

@@ -126,7 +126,9 @@ fn int(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| gpu_err("size beyond the kernels' 32-bit indices", what))
 }
 
+/// One thread per item; the kernels index items with 32-bit ints, so `total` must fit.
 fn launch_for(total: usize) -> Result<LaunchConfig> {
+    int(total, "threads of one launch")?;
     let blocks = total.div_ceil(THREADS as usize);
     Ok(LaunchConfig {
         grid_dim: (
