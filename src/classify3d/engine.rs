@@ -8,7 +8,7 @@
 //! - prepare: the effective volumes (focus mask) as projectors, the class priors from the
 //!   class weights, similarity and hardness of the annealing schedule;
 //! - E-step per block, through the backend's phases ([`crate::backend::phases`], the CPU
-//!   ones in [`super::estep`]): log-likelihoods against the K projections with scale, CTF
+//!   ones in [`super::estep`], the CUDA ones in [`super::gpu`]): log-likelihoods against the K projections with scale, CTF
 //!   and noise, responsibilities, back-projection of the particles with their class
 //!   weights (symmetry copies included) and the per-shell residual power;
 //! - M-step: FSC-filtered, masked reconstructions, noise model and class weights;
@@ -17,6 +17,7 @@
 
 use ndarray::Array3;
 
+use crate::backend::cuda::Cuda;
 use crate::backend::phases::{e_step_block, BlockRef};
 use crate::backend::Cpu;
 use crate::em::driver::{class_flow, switched_pct, Phase};
@@ -54,6 +55,8 @@ pub struct Inputs<'a> {
     pub initial_volumes: Option<Vec<Array3<f32>>>,
     /// Input scales of the local rows for `per_particle_scale: input`.
     pub input_scales: Option<Vec<f64>>,
+    /// The GPU that runs the E-step phases and the scale fit, or None for the CPU.
+    pub gpu: Option<&'a Cuda>,
 }
 
 /// 3D classification: inputs and the model as it evolves.
@@ -66,6 +69,7 @@ pub struct Classify3d<'a> {
     focus_mask: Option<Array3<f32>>,
     pub(super) initial_volumes: Option<Vec<Array3<f32>>>,
     pub(super) input_scales: Option<Vec<f64>>,
+    pub(super) gpu: Option<&'a Cuda>,
     layout: StatsLayout,
     sim: SimilaritySchedule,
     pub consensus: ClassVolume,
@@ -107,6 +111,7 @@ impl<'a> Classify3d<'a> {
             focus_mask: i.focus_mask,
             initial_volumes: i.initial_volumes,
             input_scales: i.input_scales,
+            gpu: i.gpu,
             consensus: empty,
             mask: Array3::zeros((0, 0, 0)),
             mask_generated: false,
@@ -195,6 +200,7 @@ impl<'a> Problem for Classify3d<'a> {
                 projs: eff.iter().map(|v| Projector::new(v.view(), PAD)).collect(),
                 sigma2: self.sigma2.clone(),
                 syms: self.syms.clone(),
+                device: Default::default(),
             },
             params: EStepParams::new(1.0, self.sim.similarity(it.t), self.sim.hard(it.t))?,
             log_prior: self
@@ -222,15 +228,11 @@ impl<'a> Problem for Classify3d<'a> {
             scale: &scale,
         };
         let accumulate = it.phase != Phase::Assign;
-        let (_, resp) = e_step_block(
-            &Cpu,
-            &prep.model,
-            &b,
-            &prep.log_prior,
-            &prep.params,
-            accumulate,
-            st,
-        )?;
+        let (m, prior, params) = (&prep.model, &prep.log_prior, &prep.params);
+        let (_, resp) = match self.gpu {
+            Some(g) => e_step_block(g, m, &b, prior, params, accumulate, st)?,
+            None => e_step_block(&Cpu, m, &b, prior, params, accumulate, st)?,
+        };
         let probs = resp.probs();
         Ok((0..idx.len())
             .map(|j| {

@@ -26,6 +26,7 @@ use crate::numerics::project3d::Projector;
 use crate::numerics::rotation::Mat3;
 use crate::particles::{Particles, WorkGrid};
 
+use super::gpu::DeviceCopy;
 use super::model;
 
 /// Log-likelihoods and residual power of a set of particles.
@@ -39,7 +40,7 @@ pub struct Scores {
 }
 
 /// Coefficient weight `w_c` and shell, or None outside shells `1..=k_max`.
-fn coeff(grid: &WorkGrid, c: usize) -> Option<(usize, f64)> {
+pub(super) fn coeff(grid: &WorkGrid, c: usize) -> Option<(usize, f64)> {
     let s = grid.shell[c] as usize;
     if s == 0 || s > grid.k_max || (grid.kx[c] == 0 && grid.ky[c] < 0) {
         return None;
@@ -59,12 +60,7 @@ pub fn score(
 ) -> Scores {
     let k = projs.len();
     let ns = grid.n_shells();
-    let mut counts = vec![0.0; ns];
-    for c in 0..grid.len() {
-        if let Some((s, w)) = coeff(grid, c) {
-            counts[s] += w;
-        }
-    }
+    let counts = shell_counts(grid);
     let rows: Vec<(Vec<f64>, Vec<f64>)> = idx
         .par_iter()
         .zip(scale)
@@ -86,14 +82,7 @@ pub fn score(
                     }
                 }
                 let ll = (0..k)
-                    .map(|kk| {
-                        -resid[kk * ns..(kk + 1) * ns]
-                            .iter()
-                            .zip(sigma2)
-                            .skip(1)
-                            .map(|(r, s)| r / s)
-                            .sum::<f64>()
-                    })
+                    .map(|kk| log_likelihood(&resid[kk * ns..(kk + 1) * ns], sigma2))
                     .collect();
                 (ll, resid)
             },
@@ -108,6 +97,45 @@ pub fn score(
         resid.extend(r);
     }
     Scores { ll, resid, counts }
+}
+
+/// Σ w_c per shell of one particle's half plane (shells `1..=k_max`; shell 0 is 0).
+pub(super) fn shell_counts(grid: &WorkGrid) -> Vec<f64> {
+    let mut counts = vec![0.0; grid.n_shells()];
+    for c in 0..grid.len() {
+        if let Some((s, w)) = coeff(grid, c) {
+            counts[s] += w;
+        }
+    }
+    counts
+}
+
+/// `−Σ_{s ≥ 1} resid_s / σ²_s`: the log-likelihood of one particle and class from its
+/// residual power per shell.
+pub(super) fn log_likelihood(resid: &[f64], sigma2: &[f64]) -> f64 {
+    -resid
+        .iter()
+        .zip(sigma2)
+        .skip(1)
+        .map(|(r, s)| r / s)
+        .sum::<f64>()
+}
+
+/// Adds the per-shell residual power of a block's particles, weighted by their class
+/// probabilities (`probs`, `len × K` row-major), and their coefficient counts to `st`.
+pub(super) fn add_block_noise(st: &mut Stats, sc: &Scores, probs: &[f64], k: usize) -> Result<()> {
+    let ns = sc.counts.len();
+    let mut noise = vec![0.0; ns];
+    for j in 0..probs.len() / k.max(1) {
+        for c in 0..k {
+            let p = probs[j * k + c];
+            let r = &sc.resid[(j * k + c) * ns..(j * k + c + 1) * ns];
+            noise.iter_mut().zip(r).for_each(|(a, b)| *a += p * b);
+        }
+        model::add_noise(st, &noise, &sc.counts)?;
+        noise.iter_mut().for_each(|v| *v = 0.0);
+    }
+    Ok(())
 }
 
 /// Least-squares per-particle scales against one reference volume (the consensus):
@@ -146,12 +174,14 @@ pub fn fit_scales(
 }
 
 /// The model of one 3D iteration as the E-step phases use it: the projectors of the
-/// effective class volumes, the noise model and the symmetry operators.
+/// effective class volumes, the noise model and the symmetry operators (and, for the GPU
+/// phases, the device copy of the volumes, made on first use: once per iteration).
 pub struct VolumeModel<'a> {
     pub grid: &'a WorkGrid,
     pub projs: Vec<Projector>,
     pub sigma2: Vec<f64>,
     pub syms: Vec<Mat3>,
+    pub device: DeviceCopy,
 }
 
 impl ClassScores for Scores {
@@ -186,7 +216,7 @@ impl Accumulate<VolumeModel<'_>> for Cpu {
         resp: &Responsibilities,
         st: &mut Stats,
     ) -> Result<()> {
-        let (k, ns) = (m.projs.len(), m.grid.n_shells());
+        let k = m.projs.len();
         let probs = resp
             .probs()
             .as_standard_layout()
@@ -194,17 +224,7 @@ impl Accumulate<VolumeModel<'_>> for Cpu {
             .into_raw_vec_and_offset()
             .0;
         model::backproject(st, m.grid, b.particles, b.idx, b.scale, &probs, &m.syms)?;
-        let mut noise = vec![0.0; ns];
-        for j in 0..b.idx.len() {
-            for c in 0..k {
-                let p = probs[j * k + c];
-                let r = &sc.resid[(j * k + c) * ns..(j * k + c + 1) * ns];
-                noise.iter_mut().zip(r).for_each(|(a, b)| *a += p * b);
-            }
-            model::add_noise(st, &noise, &sc.counts)?;
-            noise.iter_mut().for_each(|v| *v = 0.0);
-        }
-        Ok(())
+        add_block_noise(st, sc, &probs, k)
     }
 }
 
@@ -275,6 +295,7 @@ mod tests {
                 .collect(),
             sigma2: vec![50.0; grid.n_shells()],
             syms: vec![pose_to_matrix([0.0, 0.0, 0.0])],
+            device: DeviceCopy::default(),
         };
         let m = 30;
         let spectra: Vec<Complex32> = (0..m * grid.len())

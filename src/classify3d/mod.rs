@@ -11,12 +11,14 @@
 //! - [`plan`]: the configuration turned into what the run uses.
 //! - [`start`]: consensus, solvent mask, noise model, per-particle scales, initial classes.
 //! - [`estep`]: log-likelihoods against projected class volumes; per-particle scales.
+//! - [`gpu`]: the same E-step phases and scale fit on the GPU (CUDA backend).
 //! - [`model`]: statistics, back-projection, reconstruction with FSC filtering, masks.
 //! - [`engine`]: the problem run by the shared EM engine ([`crate::em::engine`]).
 
 pub mod config;
 pub mod engine;
 pub mod estep;
+pub mod gpu;
 pub mod model;
 pub mod particles;
 pub mod plan;

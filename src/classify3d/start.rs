@@ -18,6 +18,7 @@ use crate::particles::ParticleSource;
 use super::config::ScaleMode;
 use super::engine::Classify3d;
 use super::estep::{fit_scales, score};
+use super::gpu;
 use super::model::{self, ClassVolume, PAD};
 
 impl Classify3d<'_> {
@@ -130,8 +131,12 @@ impl Classify3d<'_> {
             ScaleMode::Optimal => {
                 let proj = Projector::new(consensus.vol.view(), PAD);
                 let mut fitted = vec![1.0; source.len()];
+                let dev = gpu::DeviceCopy::default();
                 let read = source.for_each_all(|idx, ids, block| {
-                    let s = fit_scales(block, idx, grid, &proj, &sigma2);
+                    let s = match self.gpu {
+                        Some(g) => gpu::fit_scales(g, &dev, block, idx, grid, &proj, &sigma2)?,
+                        None => fit_scales(block, idx, grid, &proj, &sigma2),
+                    };
                     ids.iter().zip(s).for_each(|(&l, v)| fitted[l] = v);
                     Ok(())
                 });

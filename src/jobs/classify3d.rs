@@ -28,10 +28,10 @@ use crate::em::driver::Phase;
 use crate::em::engine::{Engine, Record};
 use crate::error::{Error, Result};
 use crate::formats::mrc::{read_volume, write_volume};
+use crate::jobs::collective;
 use crate::jobs::em_shell::{open_input, output_dir, particle_source, read_resume, Input};
 use crate::jobs::output::{config_without_output, OutputDir};
 use crate::jobs::turns::{gathered_ari, shared_dir, write_in_turns};
-use crate::jobs::{collective, select_backend};
 use crate::numerics::symmetry::point_group;
 use crate::numerics::volume::{check_mask, resample3};
 use crate::particles::{Needs, WorkGrid};
@@ -61,6 +61,7 @@ struct Setup {
     psize: f64,
     grid: WorkGrid,
     plan: Plan3d,
+    backend: std::sync::Arc<dyn crate::backend::Backend>,
 }
 
 fn setup(args: &JobArgs, comm: &dyn Comm) -> Result<Setup> {
@@ -74,14 +75,17 @@ fn setup(args: &JobArgs, comm: &dyn Comm) -> Result<Setup> {
         box_px,
         psize,
     } = open_input(comm, &cfg.input)?;
+    // `select` is collective for `auto`: every rank reaches it (the validation is the same
+    // on every rank).
     let checked = cfg
         .validate_for(&args.config, box_px, psize, n_total)
-        .and_then(|_| select_backend(&args.config, cfg.backend, "classify3d"));
-    collective(comm, checked)?;
+        .and_then(|_| crate::backend::select(cfg.backend, &args.config, "classify3d", comm));
+    let backend = collective(comm, checked)?;
     let grid = WorkGrid::new(box_px, psize, cfg.res_a());
     let plan = collective(comm, cfg.plan(n_total))?;
     Ok(Setup {
         plan,
+        backend,
         cfg,
         n_total,
         rows,
@@ -145,6 +149,7 @@ fn inputs<'a>(args: &JobArgs, comm: &dyn Comm, s: &'a Setup) -> Result<Inputs<'a
         focus_mask,
         initial_volumes,
         input_scales,
+        gpu: s.backend.as_cuda(),
     })
 }
 
@@ -153,6 +158,10 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
     let s = setup(args, comm)?;
     let (cfg, grid, rows, n_total) = (&s.cfg, &s.grid, &s.rows, s.n_total);
     let inputs = inputs(args, comm, &s)?;
+    if let Some(g) = inputs.gpu {
+        let need = crate::classify3d::gpu::device_bytes(cfg.num_classes, grid, inputs.syms.len());
+        collective(comm, g.check_budget(need, &args.config, "num_classes"))?;
+    }
     let focus = inputs.focus_mask.clone();
     let out = output_dir(comm, args, &cfg.output)?;
     let staging = shared_dir(comm, out.as_ref().map(|o| o.path()))?;

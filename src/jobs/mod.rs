@@ -66,32 +66,6 @@ fn log_traffic(comm: &dyn Comm) {
     }
 }
 
-/// For jobs without CUDA kernels (classify3d: its projection and back-projection have no GPU
-/// version yet): `auto` and `cpu` run on the CPU (logged); `cuda` is refused, naming the
-/// config file, the key and the job.
-pub(crate) fn select_backend(
-    path: &std::path::Path,
-    b: crate::backend::BackendChoice,
-    job: &str,
-) -> Result<()> {
-    use crate::backend::BackendChoice;
-    match b {
-        BackendChoice::Cpu => Ok(()),
-        BackendChoice::Auto => {
-            log::info!(
-                "backend: CPU (rayon, {} threads)",
-                rayon::current_num_threads()
-            );
-            Ok(())
-        }
-        BackendChoice::Cuda => Err(Error::config(
-            path,
-            "backend",
-            format!("cuda: this build has no CUDA backend for {job} yet; use auto or cpu"),
-        )),
-    }
-}
-
 /// Runs `job` on rank 0 only; the other ranks wait for it. Every rank returns `Ok` when the
 /// job succeeded, and an error otherwise (rank 0 its own, the others [`Error::Peer`]).
 pub fn on_root(comm: &dyn Comm, job: impl FnOnce() -> Result<()>) -> Result<()> {

@@ -129,6 +129,17 @@ impl Projector {
         }
     }
 
+    /// The oversampled half-space spectrum, flat: voxel `(z, y, x)` of the `m = pad·n` grid
+    /// (origin at 0, `x ≤ m/2`) at `(z·m + y)·(m/2+1) + x` (what a device copy uploads).
+    pub fn spectrum(&self) -> &[Complex32] {
+        self.spec.as_slice().expect("standard layout")
+    }
+
+    /// The side `m = pad·n` of the oversampled grid.
+    pub fn side(&self) -> usize {
+        self.m
+    }
+
     /// The central slice at pose `a`: the half-plane spectrum `(n, n/2+1)` of the projection
     /// of the volume (image centred at `(n/2, n/2)`), up to shell `k_max` (zero beyond).
     pub fn project(&self, a: &Mat3, k_max: usize) -> Array2<Complex32> {
@@ -257,6 +268,11 @@ impl PaddedSlice {
     /// Number of points.
     pub fn len(&self) -> usize {
         self.pts.len()
+    }
+    /// The points `(fx, fy, value, C²)`, in padded units, in the order of the padded
+    /// spectrum's rows and columns (the same positions for every slice of one grid).
+    pub fn points(&self) -> &[(f32, f32, Complex32, f32)] {
+        &self.pts
     }
     pub fn is_empty(&self) -> bool {
         self.pts.is_empty()

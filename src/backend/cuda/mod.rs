@@ -18,6 +18,7 @@
 pub mod gemm;
 pub mod nvrtc;
 pub mod plane;
+pub mod volume;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

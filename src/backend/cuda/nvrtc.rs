@@ -51,6 +51,11 @@ pub const SOURCES: &[Source] = &[
             "plane_add",
         ],
     },
+    Source {
+        name: "volume",
+        code: include_str!("kernels/volume.cu"),
+        kernels: &["volume_score", "volume_fit_scale", "volume_backproject"],
+    },
 ];
 
 /// The source called `name`.

@@ -1,0 +1,426 @@
+//! The 3D classification kernels (`kernels/volume.cu`) behind a plain-data API: the
+//! caller (classify3d's GPU phases) converts its model and particles into slices, so this
+//! layer names no job type.
+//!
+//! What crosses PCIe:
+//! - once per iteration ([`VolumeDevice::upload`]): the K padded Fourier class volumes
+//!   (8·V bytes each, V = m²·(m/2+1), m = pad·n), the shell lists and the padded-slice
+//!   point positions;
+//! - per block, scoring ([`VolumeDevice::score_block`]): up, the spectra (8·n·(n/2+1) B per
+//!   particle), poses, CTF coefficients and scales; down, the residual power per particle,
+//!   class and shell (8·K·n_shells B per particle);
+//! - per block, back-projection ([`VolumeDevice::backproject_block`]): up, the padded-slice
+//!   values (8 B per point, about 4× the spectrum), the pose × symmetry matrices, CTF
+//!   coefficients, class probabilities, scales and half sets; down, the block's sums of the
+//!   2K (class, half) accumulators (24·V B per accumulator) — the statistics segment.
+//!
+//! Back-projection sums are 64-bit fixed point (`fx_add` of common.cuh): the same bits
+//! whatever order the threads run in. The quantum is chosen per block from a bound on what
+//! any voxel can receive (see [`fixed_point_scale`]).
+
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use rayon::prelude::*;
+
+use super::{gpu_err, Cuda};
+use crate::error::{Error, Result};
+use crate::numerics::fft::Complex32;
+
+/// Threads per block of every launch.
+const THREADS: u32 = 256;
+
+/// Contributions one particle's slice (and one symmetry copy) can make to one voxel,
+/// counted generously: a unit lattice plane has at most ~21 points within the 2×2×2 cube of
+/// a voxel's trilinear support, and each point may also reach it flipped (x < 0) and as a
+/// kx = 0 mirror, each with a trilinear weight ≤ 1.
+const CONTRIBUTIONS_PER_VOXEL: f64 = 128.0;
+
+/// What the volumes and particles of a run share.
+#[derive(Clone, Debug)]
+pub struct Geometry {
+    /// Working box (half plane n × (n/2+1)), oversampling, last shell.
+    pub n: usize,
+    pub pad: usize,
+    pub k_max: usize,
+    /// Coefficient indices of each shell `0..n_shells` (increasing within a shell): the
+    /// residual of shell `s` sums over `shells[s]` (shell 0 is left out by the kernels).
+    pub shells: Vec<Vec<u32>>,
+    /// `(fx, fy)` of the padded-slice points, padded units (the same for every particle).
+    pub points: Vec<(f32, f32)>,
+}
+
+/// The particles of one block, in the order results come back.
+pub struct ParticleBlock<'a> {
+    /// Spectra, `len × n·(n/2+1)`, row-major.
+    pub spectra: &'a [Complex32],
+    /// Pose of each particle, 3×3 row-major.
+    pub poses: &'a [[f64; 9]],
+    /// `Ctf::coefficients()` of each particle, or None (CTF = 1).
+    pub ctfs: Option<&'a [[f64; 9]]>,
+    /// Frequency per index of the working grid, Å⁻¹ (`1 / (n·psize)`).
+    pub freq_step: f64,
+}
+
+/// One block's back-projection inputs (`len` particles).
+pub struct Backprojection<'a> {
+    /// Padded-slice values, `len × points`: the zero-padded transform of C·X with the
+    /// centring sign applied (`PaddedSlice`'s values).
+    pub values: &'a [Complex32],
+    /// `A_j·R_gᵀ` for particle j and symmetry operator g, `len × n_syms`.
+    pub mats: &'a [[f64; 9]],
+    pub n_syms: usize,
+    pub ctfs: Option<&'a [[f64; 9]]>,
+    /// Frequency per index of the input box, Å⁻¹ (`1 / (box_in·psize_in)`).
+    pub freq_step_in: f64,
+    /// Class probabilities, `len × K`, row-major (those below 1e-3 are skipped).
+    pub probs: &'a [f64],
+    pub alpha: &'a [f64],
+    pub half: &'a [u8],
+    /// An upper bound of C² over each particle's slice.
+    pub c2_max: &'a [f64],
+}
+
+/// The back-projection accumulator on the device and its host copy.
+struct Accumulator {
+    dev: CudaSlice<u64>,
+    host: Vec<u64>,
+}
+
+/// K class volumes resident on one GPU for an iteration, with the kernels that use them.
+pub struct VolumeDevice {
+    stream: Arc<CudaStream>,
+    n: usize,
+    pad: usize,
+    k_max: usize,
+    n_shells: usize,
+    n_points: usize,
+    k: usize,
+    voxels: usize,
+    vols: CudaSlice<f32>,
+    shell_start: CudaSlice<i32>,
+    shell_coef: CudaSlice<i32>,
+    points: CudaSlice<f32>,
+    score_fn: CudaFunction,
+    fit_fn: CudaFunction,
+    bp_fn: CudaFunction,
+    acc: Mutex<Option<Accumulator>>,
+}
+
+fn int(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| gpu_err("size beyond the kernels' 32-bit indices", what))
+}
+
+fn launch_for(total: usize) -> Result<LaunchConfig> {
+    let blocks = total.div_ceil(THREADS as usize);
+    Ok(LaunchConfig {
+        grid_dim: (
+            u32::try_from(blocks).map_err(|_| gpu_err("launch too large", total))?,
+            1,
+            1,
+        ),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// The fixed-point scale (a power of two) for sums whose magnitude is at most `bound`:
+/// every partial sum then stays below 2⁶² in units of 1/scale (2⁶³ overflows), and the
+/// quantum is `bound·2⁻⁶²` (relative 2·10⁻¹⁹ of the bound).
+pub fn fixed_point_scale(bound: f64) -> Result<f64> {
+    if !bound.is_finite() {
+        return Err(Error::Backend(format!(
+            "CUDA back-projection: non-finite bound {bound} on the sums (non-finite input?)"
+        )));
+    }
+    if bound <= 0.0 {
+        return Ok(1.0);
+    }
+    // Clamped so that a tiny bound cannot make the scale overflow to infinity.
+    Ok((2f64.powi(62) / bound)
+        .log2()
+        .floor()
+        .clamp(-1000.0, 1000.0)
+        .exp2())
+}
+
+fn flat_c(v: &[Complex32]) -> Vec<f32> {
+    v.iter().flat_map(|c| [c.re, c.im]).collect()
+}
+
+fn flat9(v: &[[f64; 9]]) -> Vec<f64> {
+    v.iter().flatten().copied().collect()
+}
+
+impl VolumeDevice {
+    /// Uploads `volumes` (each the padded half-space spectrum of `Projector::spectrum`,
+    /// `m²·(m/2+1)` values, m = pad·n) with the geometry.
+    pub fn upload(gpu: &Cuda, geom: &Geometry, volumes: &[&[Complex32]]) -> Result<VolumeDevice> {
+        let m = geom.n * geom.pad;
+        let voxels = m * m * (m / 2 + 1);
+        if volumes.is_empty() || volumes.iter().any(|v| v.len() != voxels) {
+            return Err(Error::Internal(format!(
+                "volume upload: {} volumes, expected {voxels} voxels each",
+                volumes.len()
+            )));
+        }
+        let s = &gpu.stream;
+        let up = |e| gpu_err("copy to device", e);
+        let mut host = Vec::with_capacity(2 * voxels * volumes.len());
+        for v in volumes {
+            host.extend(v.iter().flat_map(|c| [c.re, c.im]));
+        }
+        let vols = s.clone_htod(&host).map_err(up)?;
+        drop(host);
+        let mut start = vec![0i32];
+        let mut coef = Vec::new();
+        for sh in &geom.shells {
+            coef.extend(sh.iter().map(|&c| c as i32));
+            start.push(int(coef.len(), "coefficients")?);
+        }
+        coef.push(0); // never empty
+        let pts: Vec<f32> = geom.points.iter().flat_map(|&(x, y)| [x, y]).collect();
+        Ok(VolumeDevice {
+            stream: s.clone(),
+            n: geom.n,
+            pad: geom.pad,
+            k_max: geom.k_max,
+            n_shells: geom.shells.len(),
+            n_points: geom.points.len(),
+            k: volumes.len(),
+            voxels,
+            vols,
+            shell_start: s.clone_htod(&start).map_err(up)?,
+            shell_coef: s.clone_htod(&coef).map_err(up)?,
+            points: s.clone_htod(&pts).map_err(up)?,
+            score_fn: gpu.function("volume", "volume_score")?,
+            fit_fn: gpu.function("volume", "volume_fit_scale")?,
+            bp_fn: gpu.function("volume", "volume_backproject")?,
+            acc: Mutex::new(None),
+        })
+    }
+
+    /// Number of volumes.
+    pub fn classes(&self) -> usize {
+        self.k
+    }
+
+    /// Device bytes of `k` volumes and their back-projection accumulators for box `n`
+    /// oversampled `pad` times: `V·(8·k + 48·k)` (complex f32 volumes, 2k accumulators of
+    /// 3 fixed-point values per voxel).
+    pub fn resident_bytes(n: usize, pad: usize, k: usize) -> usize {
+        let m = n * pad;
+        m * m * (m / 2 + 1) * 56 * k
+    }
+
+    /// The spectra, poses and CTF coefficients of a block on the device.
+    #[allow(clippy::type_complexity)]
+    fn upload_block(
+        &self,
+        b: &ParticleBlock,
+    ) -> Result<(CudaSlice<f32>, CudaSlice<f64>, CudaSlice<f64>, i32)> {
+        let per = self.n * (self.n / 2 + 1);
+        let nb = b.poses.len();
+        if b.spectra.len() != nb * per || b.ctfs.is_some_and(|c| c.len() != nb) {
+            return Err(Error::Internal(format!(
+                "GPU block: {} spectrum values and {nb} poses (expected {per} per particle)",
+                b.spectra.len()
+            )));
+        }
+        let up = |e| gpu_err("copy to device", e);
+        let s = &self.stream;
+        let ctfs = b.ctfs.map_or(vec![0.0; 9], flat9);
+        Ok((
+            s.clone_htod(&flat_c(b.spectra)).map_err(up)?,
+            s.clone_htod(&flat9(b.poses)).map_err(up)?,
+            s.clone_htod(&ctfs).map_err(up)?,
+            i32::from(b.ctfs.is_some()),
+        ))
+    }
+
+    /// Residual power per particle, class and shell, `len × K × n_shells` (the CPU's
+    /// `Scores::resid`), for particles at scales `alpha`.
+    pub fn score_block(&self, b: &ParticleBlock, alpha: &[f64]) -> Result<Vec<f64>> {
+        let nb = b.poses.len();
+        if nb == 0 {
+            return Ok(Vec::new());
+        }
+        let (spec, poses, ctfs, has_ctf) = self.upload_block(b)?;
+        let s = &self.stream;
+        let al: Vec<f32> = alpha.iter().map(|&a| a as f32).collect();
+        let al = s
+            .clone_htod(&al)
+            .map_err(|e| gpu_err("copy to device", e))?;
+        let total = nb * self.k * self.n_shells;
+        let mut out = s
+            .alloc_zeros::<f64>(total)
+            .map_err(|e| gpu_err("allocate", e))?;
+        let (nbi, nk, ns) = (
+            int(nb, "block")?,
+            int(self.k, "classes")?,
+            int(self.n_shells, "shells")?,
+        );
+        let (n, pad, km) = (
+            int(self.n, "box")?,
+            int(self.pad, "pad")?,
+            int(self.k_max, "k_max")?,
+        );
+        let mut l = s.launch_builder(&self.score_fn);
+        l.arg(&mut out)
+            .arg(&self.vols)
+            .arg(&spec)
+            .arg(&poses)
+            .arg(&ctfs)
+            .arg(&al)
+            .arg(&self.shell_start)
+            .arg(&self.shell_coef)
+            .arg(&has_ctf)
+            .arg(&b.freq_step)
+            .arg(&nbi)
+            .arg(&nk)
+            .arg(&ns)
+            .arg(&n)
+            .arg(&pad)
+            .arg(&km);
+        // SAFETY: the arguments match volume_score's signature; every buffer holds what the
+        // kernel indexes (nb particles, K volumes of V voxels, the shell lists).
+        unsafe { l.launch(launch_for(total)?) }.map_err(|e| gpu_err("volume_score", e))?;
+        s.clone_dtoh(&out)
+            .map_err(|e| gpu_err("copy from device", e))
+    }
+
+    /// The per-shell sums of the scale fit against volume 0: `len × n_shells × 2`
+    /// (`Σ w·Re(conj(C·P)·X)`, `Σ w·|C·P|²`; shell 0 is 0).
+    pub fn fit_block(&self, b: &ParticleBlock) -> Result<Vec<f64>> {
+        let nb = b.poses.len();
+        if nb == 0 {
+            return Ok(Vec::new());
+        }
+        let (spec, poses, ctfs, has_ctf) = self.upload_block(b)?;
+        let s = &self.stream;
+        let total = nb * self.n_shells;
+        let mut out = s
+            .alloc_zeros::<f64>(2 * total)
+            .map_err(|e| gpu_err("allocate", e))?;
+        let (nbi, ns) = (int(nb, "block")?, int(self.n_shells, "shells")?);
+        let (n, pad, km) = (
+            int(self.n, "box")?,
+            int(self.pad, "pad")?,
+            int(self.k_max, "k_max")?,
+        );
+        let mut l = s.launch_builder(&self.fit_fn);
+        l.arg(&mut out)
+            .arg(&self.vols)
+            .arg(&spec)
+            .arg(&poses)
+            .arg(&ctfs)
+            .arg(&self.shell_start)
+            .arg(&self.shell_coef)
+            .arg(&has_ctf)
+            .arg(&b.freq_step)
+            .arg(&nbi)
+            .arg(&ns)
+            .arg(&n)
+            .arg(&pad)
+            .arg(&km);
+        // SAFETY: the arguments match volume_fit_scale's signature (volume 0 of vols).
+        unsafe { l.launch(launch_for(total)?) }.map_err(|e| gpu_err("volume_fit_scale", e))?;
+        s.clone_dtoh(&out)
+            .map_err(|e| gpu_err("copy from device", e))
+    }
+
+    /// Back-projects a block and adds its sums to `out`, the 2K (class, half) accumulators
+    /// of V voxels × `[re, im, den]` (the classify3d `acc` segment, target 2·class + half).
+    pub fn backproject_block(&self, b: &Backprojection, out: &mut [f64]) -> Result<()> {
+        let nb = b.alpha.len();
+        let (np, ng, k) = (self.n_points, b.n_syms, self.k);
+        if out.len() != 6 * k * self.voxels
+            || b.values.len() != nb * np
+            || b.mats.len() != nb * ng
+            || b.probs.len() != nb * k
+            || b.half.len() != nb
+            || b.c2_max.len() != nb
+            || b.ctfs.is_some_and(|c| c.len() != nb)
+        {
+            return Err(Error::Internal(
+                "GPU back-projection: inconsistent sizes".into(),
+            ));
+        }
+        if nb == 0 || np == 0 {
+            return Ok(());
+        }
+        // Bound on any voxel's sum: Σ_j over the particles of the most one slice copy can
+        // add (p ≤ 1), times the copies.
+        let bound: f64 = (0..nb)
+            .map(|j| {
+                let v = b.values[j * np..(j + 1) * np]
+                    .iter()
+                    .fold(0.0f64, |a, c| a.max(c.norm() as f64));
+                b.alpha[j].abs() * v.max(b.alpha[j].abs() * b.c2_max[j])
+            })
+            .sum::<f64>()
+            * CONTRIBUTIONS_PER_VOXEL
+            * ng as f64;
+        let scale = fixed_point_scale(bound)?;
+        let s = &self.stream;
+        let up = |e| gpu_err("copy to device", e);
+        let vals = s.clone_htod(&flat_c(b.values)).map_err(up)?;
+        let mats = s.clone_htod(&flat9(b.mats)).map_err(up)?;
+        let ctfs = s
+            .clone_htod(&b.ctfs.map_or(vec![0.0; 9], flat9))
+            .map_err(up)?;
+        let probs = s.clone_htod(b.probs).map_err(up)?;
+        let alpha = s.clone_htod(b.alpha).map_err(up)?;
+        let half: Vec<i32> = b.half.iter().map(|&h| i32::from(h)).collect();
+        let half = s.clone_htod(&half).map_err(up)?;
+        let mut guard = self.acc.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            *guard = Some(Accumulator {
+                dev: s
+                    .alloc_zeros::<u64>(out.len())
+                    .map_err(|e| gpu_err("allocate", e))?,
+                host: vec![0u64; out.len()],
+            });
+        }
+        let acc = guard.as_mut().expect("allocated above");
+        s.memset_zeros(&mut acc.dev)
+            .map_err(|e| gpu_err("clear", e))?;
+        let has_ctf = i32::from(b.ctfs.is_some());
+        let (nbi, npi, ngi, nk) = (
+            int(nb, "block")?,
+            int(np, "points")?,
+            int(ng, "symmetry")?,
+            int(k, "classes")?,
+        );
+        let (m, pad) = (int(self.n * self.pad, "side")?, int(self.pad, "pad")?);
+        let total = nb * ng * np;
+        let mut l = s.launch_builder(&self.bp_fn);
+        l.arg(&mut acc.dev)
+            .arg(&vals)
+            .arg(&self.points)
+            .arg(&mats)
+            .arg(&ctfs)
+            .arg(&has_ctf)
+            .arg(&b.freq_step_in)
+            .arg(&probs)
+            .arg(&alpha)
+            .arg(&half)
+            .arg(&scale)
+            .arg(&nbi)
+            .arg(&npi)
+            .arg(&ngi)
+            .arg(&nk)
+            .arg(&m)
+            .arg(&pad);
+        // SAFETY: the arguments match volume_backproject's signature; acc holds 2K·V·3
+        // values and the inputs nb particles of np points and ng copies (checked above).
+        unsafe { l.launch(launch_for(total)?) }.map_err(|e| gpu_err("volume_backproject", e))?;
+        s.memcpy_dtoh(&acc.dev, &mut acc.host)
+            .map_err(|e| gpu_err("copy from device", e))?;
+        s.synchronize().map_err(|e| gpu_err("synchronize", e))?;
+        out.par_iter_mut()
+            .zip(acc.host.par_iter())
+            .for_each(|(o, &v)| *o += (v as i64) as f64 / scale);
+        Ok(())
+    }
+}
