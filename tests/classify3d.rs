@@ -304,6 +304,42 @@ fn ranks_agree_under_mpirun() {
     assert_eq!(total, c.len());
 }
 
+/// Makes the CUDA start-up panic inside its guard (as a broken driver would), on any machine.
+const NO_GPU: &[(&str, &str)] = &[("EMCLASS_TEST_CUDA_PANIC", "1")];
+
+/// `backend: cuda` gives the CPU's classes where a GPU is usable; without one it is a
+/// one-line config error naming `backend` and `auto` runs on the CPU saying so. With the
+/// CUDA start-up made to fail (any machine) `cuda` is refused and `auto` falls back.
+#[test]
+fn cuda_backend_matches_the_cpu_or_is_refused_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    simulate(d, "sim", 600, &[]);
+    config(d, "c.yaml", "sim/particles.h5", "cpu", "backend: cpu\n");
+    emclass(d, &["-q", "classify3d", "c.yaml"]).ok();
+    let set = |b: &'static str, o: &'static str| ["classify3d", "c.yaml", "--set", b, "--set", o];
+    let r = emclass(d, &set("backend=cuda", "output=gpu"));
+    if r.code == Some(0) {
+        let lab = |o: &str| -> Vec<i64> {
+            column(&d.join(o).join("particles.h5"), "alignments3D/class")
+                .iter()
+                .map(|v| *v as i64)
+                .collect()
+        };
+        let agree = matched_agreement(&lab("cpu"), &lab("gpu"));
+        assert!(agree >= 0.995, "CPU vs CUDA classes agree on {agree}");
+    } else {
+        eprintln!("no usable CUDA device here: checking the refusal and the fallback instead");
+        r.fails_with(&["c.yaml", "backend", "cuda:"]);
+        assert!(!d.join("gpu").exists());
+        let auto = emclass(d, &set("backend=auto", "output=auto")).ok();
+        assert!(auto.stderr.contains("using the CPU"), "{}", auto.stderr);
+    }
+    let r = emclass_env(d, &set("backend=cuda", "output=forced"), NO_GPU);
+    r.fails_with(&["c.yaml", "backend", "cuda:", "simulated failure"]);
+    assert!(!d.join("forced").exists());
+}
+
 #[test]
 fn bad_inputs_fail_with_one_line_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
@@ -563,7 +599,11 @@ fn nothing_per_particle_reaches_rank_0() {
         let it = &s["iterations"][0];
         assert!(it["allreduce_bytes"].as_u64().unwrap() > 0, "{it}");
         // The binned diagnostics: two 4,096-bin summaries whatever the particle count.
-        assert_eq!(it["diagnostics_allreduce_bytes"], 2 * (4096 + 2) * 8, "{it}");
+        assert_eq!(
+            it["diagnostics_allreduce_bytes"],
+            2 * (4096 + 2) * 8,
+            "{it}"
+        );
     }
     assert_eq!(
         gathered[0], gathered[1],
