@@ -230,7 +230,10 @@ fn a_gaussian_mixture_is_recovered() {
     );
     assert_eq!(out.history[0].particles, 200);
     assert_eq!(out.history[0].allreduce_bytes, 32);
-    assert_eq!(out.history[0].diagnostics_allreduce_bytes, 2 * (4096 + 2) * 8);
+    assert_eq!(
+        out.history[0].diagnostics_allreduce_bytes,
+        2 * (4096 + 2) * 8
+    );
     // A converged run ends before the last planned pass: no final-pass rows (a problem that
     // can stop early keeps its own results).
     assert_eq!(final_rows, 0);
