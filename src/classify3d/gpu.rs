@@ -175,34 +175,23 @@ fn c2_bound(p: &Particles, i: usize, grid: &WorkGrid) -> f64 {
     }
 }
 
-impl Accumulate<VolumeModel<'_>> for Cuda {
-    /// The CPU's `model::backproject` and noise sums, the spreading on the device.
-    fn accumulate(
-        &self,
-        m: &VolumeModel,
-        b: &BlockRef,
-        sc: &Scores,
-        resp: &Responsibilities,
-        st: &mut Stats,
-    ) -> Result<()> {
-        let (dev, np) = m.device.get(self, m.grid, &m.projs)?;
-        let (grid, parts, k) = (m.grid, b.particles, m.projs.len());
-        let probs = resp
-            .probs()
-            .as_standard_layout()
-            .into_owned()
-            .into_raw_vec_and_offset()
-            .0;
-        {
-            let w = st.segment_mut(model::WEIGHT)?;
-            for r in probs.chunks_exact(k) {
-                for (a, p) in w.iter_mut().zip(r) {
-                    *a += p;
-                }
-            }
-        }
+/// What the host prepares for a block's back-projection (see [`Backprojection`]).
+struct BackprojectInputs {
+    values: Vec<Complex32>,
+    mats: Vec<[f64; 9]>,
+    ctfs: Option<Vec<[f64; 9]>>,
+    half: Vec<u8>,
+    c2_max: Vec<f64>,
+}
+
+impl BackprojectInputs {
+    /// The padded slices (`np` points) of the block's particles that have weight somewhere
+    /// (zeros for the others, which the kernel skips), the pose × symmetry matrices
+    /// `A·R_gᵀ` (as `model::backproject`), CTF coefficients, half sets and C² bounds.
+    fn new(m: &VolumeModel, b: &BlockRef, probs: &[f64], np: usize) -> Result<Self> {
         // Padded slices of the particles with weight somewhere (zeros for the others,
         // which the kernel skips).
+        let (grid, parts, k) = (m.grid, b.particles, m.projs.len());
         let h = grid.h();
         let slices: Vec<Vec<Complex32>> = b
             .idx
@@ -246,19 +235,65 @@ impl Accumulate<VolumeModel<'_>> for Cuda {
             .map(|c| b.idx.iter().map(|&i| c[i].coefficients()).collect());
         let half: Vec<u8> = b.idx.iter().map(|&i| parts.half[i]).collect();
         let c2_max: Vec<f64> = b.idx.iter().map(|&i| c2_bound(parts, i, grid)).collect();
-        let bp = Backprojection {
-            values: &values,
-            mats: &mats,
+        Ok(BackprojectInputs {
+            values,
+            mats,
+            ctfs,
+            half,
+            c2_max,
+        })
+    }
+
+    fn view<'s>(
+        &'s self,
+        m: &VolumeModel,
+        b: &'s BlockRef,
+        probs: &'s [f64],
+    ) -> Backprojection<'s> {
+        let grid = m.grid;
+        Backprojection {
+            values: &self.values,
+            mats: &self.mats,
             n_syms: m.syms.len(),
-            ctfs: ctfs.as_deref(),
+            ctfs: self.ctfs.as_deref(),
             // As Particles::ctf2_at.
             freq_step_in: 1.0 / (grid.box_in as f64 * grid.psize_in_a),
-            probs: &probs,
+            probs,
             alpha: b.scale,
-            half: &half,
-            c2_max: &c2_max,
-        };
-        dev.backproject_block(&bp, st.segment_mut(model::ACC)?)?;
+            half: &self.half,
+            c2_max: &self.c2_max,
+        }
+    }
+}
+
+impl Accumulate<VolumeModel<'_>> for Cuda {
+    /// The CPU's `model::backproject` and noise sums, the spreading on the device.
+    fn accumulate(
+        &self,
+        m: &VolumeModel,
+        b: &BlockRef,
+        sc: &Scores,
+        resp: &Responsibilities,
+        st: &mut Stats,
+    ) -> Result<()> {
+        let (dev, np) = m.device.get(self, m.grid, &m.projs)?;
+        let k = m.projs.len();
+        let probs = resp
+            .probs()
+            .as_standard_layout()
+            .into_owned()
+            .into_raw_vec_and_offset()
+            .0;
+        {
+            let w = st.segment_mut(model::WEIGHT)?;
+            for r in probs.chunks_exact(k) {
+                for (a, p) in w.iter_mut().zip(r) {
+                    *a += p;
+                }
+            }
+        }
+        let inp = BackprojectInputs::new(m, b, &probs, np)?;
+        dev.backproject_block(&inp.view(m, b, &probs), st.segment_mut(model::ACC)?)?;
         add_block_noise(st, sc, &probs, k)
     }
 }
@@ -393,6 +428,62 @@ mod tests {
             assert!(list.windows(2).all(|p| p[0] < p[1]));
         }
         assert!(device_bytes(2, grid, 1) > VolumeDevice::resident_bytes(grid.n, PAD, 2));
+    }
+
+    /// The host transcription of the kernels (`backend::cuda::volume_host`) on the inputs
+    /// this file prepares gives the CPU's residuals and accumulators (C1 and C2, with CTF
+    /// and scales, some class weights below the cut-off): checks the host side here, where
+    /// no GPU runs the kernels themselves.
+    #[test]
+    fn host_transcription_of_the_kernels_matches_the_cpu() {
+        use crate::backend::cuda::volume_host;
+        for sym in ["C1", "C2"] {
+            let (grid, vols, parts, scale, syms) = fixture(sym);
+            let m = model(grid, &vols, &syms);
+            let idx: Vec<usize> = (0..parts.len()).step_by(2).collect();
+            let scale: Vec<f64> = idx.iter().map(|&i| scale[i]).collect();
+            let b = BlockRef {
+                particles: &parts,
+                idx: &idx,
+                scale: &scale,
+            };
+            let geom = geometry(grid);
+            let want = Cpu.score(&m, &b).unwrap();
+            let (spectra, poses, ctfs) = block_inputs(grid, &parts, &idx);
+            let pb = particle_block(grid, &spectra, &poses, ctfs.as_deref());
+            let vs: Vec<&[Complex32]> = m.projs.iter().map(|p| p.spectrum()).collect();
+            let got = volume_host::score(&geom, &vs, &pb, &scale);
+            let big = want.resid.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+            for (a, g) in want.resid.iter().zip(&got) {
+                assert!(
+                    (a - g).abs() <= 1e-5 * big,
+                    "{sym}: residual {g} vs CPU {a}"
+                );
+            }
+            let probs: Vec<f64> = (0..idx.len())
+                .flat_map(|j| match j % 3 {
+                    0 => [1.0, 0.0],
+                    1 => [0.3, 0.7],
+                    _ => [0.9995, 0.0005],
+                })
+                .collect();
+            let layout = model::layout(2, grid).unwrap();
+            let mut st = Stats::zeros(&layout);
+            model::backproject(&mut st, grid, &parts, &idx, &scale, &probs, &syms).unwrap();
+            let inp = BackprojectInputs::new(&m, &b, &probs, geom.points.len()).unwrap();
+            let mut acc = vec![0.0; st.segment(model::ACC).unwrap().len()];
+            volume_host::backproject(&geom, 2, &inp.view(&m, &b, &probs), &mut acc).unwrap();
+            let want = st.segment(model::ACC).unwrap();
+            let big = want.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+            let worst = want
+                .iter()
+                .zip(&acc)
+                .fold(0.0f64, |e, (a, g)| e.max((a - g).abs()));
+            assert!(
+                big > 0.0 && worst <= 1e-6 * big,
+                "{sym}: accumulators differ by {worst} (largest {big})"
+            );
+        }
     }
 
     /// CPU and CUDA phases on the same block, with CTF, scales and C1 / C2 symmetry:

@@ -19,6 +19,8 @@ pub mod gemm;
 pub mod nvrtc;
 pub mod plane;
 pub mod volume;
+#[cfg(test)]
+pub mod volume_host;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -114,6 +116,28 @@ impl Cuda {
     pub fn describe_device(&self) -> String {
         use crate::backend::Backend;
         self.describe()
+    }
+
+    /// Lets cuBLAS use TF32 tensor cores (`on`) or keeps FP32 products (the default).
+    pub fn set_tf32(&self, on: bool) -> Result<()> {
+        use cudarc::cublas::sys::{cublasMath_t, cublasSetMathMode, cublasStatus_t};
+        let mode = if on {
+            cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
+        } else {
+            cublasMath_t::CUBLAS_DEFAULT_MATH
+        };
+        let blas = self.blas.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the handle is live (owned by `blas`) and used by this thread only while
+        // the lock is held.
+        let status = unsafe { cublasSetMathMode(*blas.handle(), mode) };
+        if status != cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            return Err(gpu_err("cublasSetMathMode", format!("{status:?}")));
+        }
+        log::info!(
+            "backend: cuBLAS products in {}",
+            if on { "TF32 (gpu_tf32: true)" } else { "FP32" }
+        );
+        Ok(())
     }
 
     /// The device ordinal.

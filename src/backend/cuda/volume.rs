@@ -144,6 +144,24 @@ pub fn fixed_point_scale(bound: f64) -> Result<f64> {
         .exp2())
 }
 
+/// The fixed-point scale of one block's back-projection (`np` points per particle): from a
+/// bound on any voxel's sum, Σ_j over the particles of the most one slice copy can add
+/// (p ≤ 1: α_j·max(max|v_j|, α_j·max C²_j) per contribution), times the contributions per
+/// voxel and the symmetry copies.
+pub fn block_scale(b: &Backprojection, np: usize) -> Result<f64> {
+    let bound: f64 = (0..b.alpha.len())
+        .map(|j| {
+            let v = b.values[j * np..(j + 1) * np]
+                .iter()
+                .fold(0.0f64, |a, c| a.max(c.norm() as f64));
+            b.alpha[j].abs() * v.max(b.alpha[j].abs() * b.c2_max[j])
+        })
+        .sum::<f64>()
+        * CONTRIBUTIONS_PER_VOXEL
+        * b.n_syms as f64;
+    fixed_point_scale(bound)
+}
+
 fn flat_c(v: &[Complex32]) -> Vec<f32> {
     v.iter().flat_map(|c| [c.re, c.im]).collect()
 }
@@ -349,19 +367,7 @@ impl VolumeDevice {
         if nb == 0 || np == 0 {
             return Ok(());
         }
-        // Bound on any voxel's sum: Σ_j over the particles of the most one slice copy can
-        // add (p ≤ 1), times the copies.
-        let bound: f64 = (0..nb)
-            .map(|j| {
-                let v = b.values[j * np..(j + 1) * np]
-                    .iter()
-                    .fold(0.0f64, |a, c| a.max(c.norm() as f64));
-                b.alpha[j].abs() * v.max(b.alpha[j].abs() * b.c2_max[j])
-            })
-            .sum::<f64>()
-            * CONTRIBUTIONS_PER_VOXEL
-            * ng as f64;
-        let scale = fixed_point_scale(bound)?;
+        let scale = block_scale(b, np)?;
         let s = &self.stream;
         let up = |e| gpu_err("copy to device", e);
         let vals = s.clone_htod(&flat_c(b.values)).map_err(up)?;
