@@ -91,6 +91,11 @@ pub struct Classify2dConfig {
     /// auto | cpu | cuda. Default auto.
     #[serde(default)]
     pub backend: BackendChoice,
+    /// On the CUDA backend, let cuBLAS use TF32 tensor cores for the E-step products
+    /// (inputs rounded to a 10-bit mantissa: faster, less exact). Default false (FP32).
+    /// Ignored on the CPU.
+    #[serde(default)]
+    pub gpu_tf32: bool,
     /// Memory budget per rank for its pre-processed particles, GiB. A rank whose share does
     /// not fit streams its particles from the file every iteration (in blocks, with
     /// read-ahead) instead of holding them; 0 always streams. Default 4.
@@ -162,6 +167,7 @@ impl Classify2dConfig {
             max_shift_px: d_max_shift_px(),
             seed: 0,
             backend: BackendChoice::Auto,
+            gpu_tf32: false,
             max_resident_gb: d_max_resident_gb(),
         }
     }

@@ -276,6 +276,13 @@ impl<'a> Problem for Classify2d<'a> {
         })
     }
 
+    fn finish_e_step(&self, prep: &Prepared<'a>, stats: &mut Stats) -> Result<()> {
+        match (self.backend.as_cuda(), &prep.model.device) {
+            (Some(_), Some(_)) => gpu::flush(&prep.model, stats),
+            _ => Ok(()),
+        }
+    }
+
     fn e_step(
         &self,
         prep: &Prepared<'a>,

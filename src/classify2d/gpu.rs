@@ -291,7 +291,8 @@ fn add_sums(m: &PlaneModel, sums: &PlaneSums, st: &mut Stats) -> Result<()> {
 }
 
 /// The E-step of `idx` on the GPU in blocks of `batch`, one block at a time (one stream);
-/// the class sums stay on the device until the end.
+/// the class sums stay on the device until [`flush`] (the engine's `finish_e_step`, once per
+/// iteration).
 #[allow(clippy::too_many_arguments)]
 pub fn e_step(
     gpu: &Cuda,
@@ -323,7 +324,6 @@ pub fn e_step(
                 .map(|(bi, &i)| (i, result_row(m, &sc.best_pose, &resp, bi))),
         );
     }
-    flush(m, &mut st)?;
     stats.add(&st)?;
     Ok(rows)
 }

@@ -13,7 +13,9 @@
 //!     E-step      the rank's rows of the iteration, block by block from the particle
 //!                 source (resident or streamed: the same blocks, so the same bits), into
 //!                 the batch statistics; each particle's result goes to the problem and to
-//!                 the caller's sink; ESS and best-class probability into all-reduced bins
+//!                 the caller's sink; ESS and best-class probability into all-reduced bins;
+//!                 then the problem adds any sums it kept elsewhere (a GPU's resident class
+//!                 sums, brought down once per iteration)
 //!     agree       every rank learns whether every rank scored its particles
 //!     all-reduce  the batch statistics, once (not in the assign pass)
 //!     blend       S ← (1 − η)·S + η·S_batch (the first batch initialises S)
@@ -136,6 +138,11 @@ pub trait Problem {
         ids: &[usize],
         stats: &mut Stats,
     ) -> Result<Vec<(usize, Self::Row)>>;
+    /// After the E-step of every local block of an iteration: adds sums the problem kept
+    /// elsewhere (a GPU's resident class sums) to `stats`, before the all-reduce.
+    fn finish_e_step(&self, _prep: &Self::Prepared, _stats: &mut Stats) -> Result<()> {
+        Ok(())
+    }
     /// Keeps the result of local row `local` (called in local row order).
     fn keep(&mut self, local: usize, row: &Self::Row, it: &Iteration) -> Result<()>;
     /// The M-step from the running statistics (the same on every rank).
@@ -459,7 +466,8 @@ impl<'a> Engine<'a> {
                 source.for_each_block(&locals, &mut on_block)
             }
             None => source.for_each_all(&mut on_block),
-        }
+        }?;
+        problem.finish_e_step(prep, batch)
     }
 
     fn log<P: Problem>(

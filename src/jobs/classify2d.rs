@@ -66,7 +66,11 @@ fn setup(args: &JobArgs, comm: &dyn Comm) -> Result<Setup> {
                 format!("{} classes for {n_total} particles", cfg.num_classes),
             ));
         }
-        crate::backend::select(cfg.backend, &args.config, "classify2d", comm)
+        let b = crate::backend::select(cfg.backend, &args.config, "classify2d", comm)?;
+        if let Some(g) = b.as_cuda() {
+            g.set_tf32(cfg.gpu_tf32)?;
+        }
+        Ok(b)
     });
     let backend = collective(comm, checked)?;
     Ok(Setup {
