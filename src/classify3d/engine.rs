@@ -10,7 +10,8 @@
 //! - E-step per block, through the backend's phases ([`crate::backend::phases`], the CPU
 //!   ones in [`super::estep`], the CUDA ones in [`super::gpu`]): log-likelihoods against the K projections with scale, CTF
 //!   and noise, responsibilities, back-projection of the particles with their class
-//!   weights (symmetry copies included) and the per-shell residual power;
+//!   weights (symmetry copies included) and the per-shell residual power (on the GPU the
+//!   class sums stay on the device and come down once, in `finish_e_step`);
 //! - M-step: FSC-filtered, masked reconstructions, noise model and class weights;
 //! - conclude: class sizes (all-reduced counts), the class flow against the previous F-EM
 //!   assignment, the RMS density change, and the convergence criteria.
@@ -31,6 +32,7 @@ use crate::numerics::rotation::Mat3;
 use crate::particles::{Particles, WorkGrid};
 
 use super::estep::VolumeModel;
+use super::gpu;
 use super::model::{self, ClassVolume, PAD};
 use super::plan::Plan3d;
 pub use super::state::{Extra, Results, Row, RowState, Shared};
@@ -230,7 +232,8 @@ impl<'a> Problem for Classify3d<'a> {
         let accumulate = it.phase != Phase::Assign;
         let (m, prior, params) = (&prep.model, &prep.log_prior, &prep.params);
         let (_, resp) = match self.gpu {
-            Some(g) => e_step_block(g, m, &b, prior, params, accumulate, st)?,
+            // The class sums stay on the device until finish_e_step.
+            Some(g) => gpu::e_step_block(g, m, &b, prior, params, accumulate, st)?,
             None => e_step_block(&Cpu, m, &b, prior, params, accumulate, st)?,
         };
         let probs = resp.probs();
@@ -245,6 +248,15 @@ impl<'a> Problem for Classify3d<'a> {
                 (idx[j], row)
             })
             .collect())
+    }
+
+    /// On the GPU: brings the iteration's class sums down (once, 48·K·V bytes) into the
+    /// statistics before the all-reduce.
+    fn finish_e_step(&self, prep: &Prepared<'a>, st: &mut Stats) -> Result<()> {
+        match self.gpu {
+            Some(_) => gpu::flush(&prep.model, st),
+            None => Ok(()),
+        }
     }
 
     fn keep(&mut self, l: usize, row: &Row, _: &Iteration) -> Result<()> {

@@ -13,8 +13,12 @@
 //! - accumulation: the host computes each weighted particle's padded slice (the zero-padded
 //!   transform of C·X, two 2D FFTs; not yet on the device) and the pose × symmetry
 //!   matrices; the device evaluates C², spreads the slices trilinearly into the (class,
-//!   half) accumulators in fixed point and the host adds the block's sums to the
-//!   statistics; the class weights and noise sums are the CPU's code.
+//!   half) accumulators in fixed point (per block) and adds them into f64 sums resident on
+//!   the device for the whole iteration; [`flush`] brings those down once (48·K·V bytes,
+//!   V = m²·(m/2+1), m = 2n) and adds them to the statistics, from the engine's
+//!   `finish_e_step` ([`e_step_block`] defers to it) or at the end of each
+//!   [`Accumulate::accumulate`] call (which leaves complete statistics, as the parity
+//!   tests need); the class weights and noise sums are the CPU's code, added per block.
 
 use std::sync::OnceLock;
 
@@ -23,8 +27,8 @@ use rayon::prelude::*;
 
 use crate::backend::cuda::volume::{Backprojection, Geometry, ParticleBlock, VolumeDevice};
 use crate::backend::cuda::Cuda;
-use crate::backend::phases::{Accumulate, BlockRef, Score};
-use crate::em::responsibilities::Responsibilities;
+use crate::backend::phases::{Accumulate, BlockRef, ClassScores, Score};
+use crate::em::responsibilities::{responsibilities, EStepParams, Responsibilities};
 use crate::em::stats::Stats;
 use crate::error::{Error, Result};
 use crate::numerics::fft::Complex32;
@@ -62,6 +66,14 @@ impl DeviceCopy {
             Err(e) => Err(Error::Backend(e.clone())),
         }
     }
+
+    /// The device copy if one was made (and made without error).
+    fn made(&self) -> Option<&VolumeDevice> {
+        match self.0.get() {
+            Some(Ok((d, _))) => Some(d),
+            _ => None,
+        }
+    }
 }
 
 /// The shell lists and padded-slice points of `grid` (the same for every particle).
@@ -84,9 +96,10 @@ pub fn geometry(grid: &WorkGrid) -> Geometry {
 }
 
 /// Device bytes of a run with `k` classes and `n_syms` symmetry operators on `grid`: the
-/// resident volumes and accumulators (`56·k·V`, V = m²·(m/2+1), m = 2n) plus one block's
-/// buffers (`BLOCK_PARTICLES` × (spectrum + padded slice + residuals + probabilities +
-/// matrices)).
+/// resident volumes and accumulators (`104·k·V`, V = m²·(m/2+1), m = 2n: 8·k·V of volumes,
+/// 48·k·V of one block's fixed-point sums, 48·k·V of the iteration's f64 sums) plus one
+/// block's buffers (`BLOCK_PARTICLES` × (spectrum + padded slice + residuals +
+/// probabilities + matrices)).
 pub fn device_bytes(k: usize, grid: &WorkGrid, n_syms: usize) -> usize {
     let pts = geometry(grid).points.len();
     let per_particle =
@@ -267,7 +280,9 @@ impl BackprojectInputs {
 }
 
 impl Accumulate<VolumeModel<'_>> for Cuda {
-    /// The CPU's `model::backproject` and noise sums, the spreading on the device.
+    /// The CPU's `model::backproject` and noise sums, the spreading on the device; the
+    /// block's class sums are brought down before returning ([`accumulate_deferred`] and
+    /// [`flush`]), so `st` is complete.
     fn accumulate(
         &self,
         m: &VolumeModel,
@@ -276,26 +291,71 @@ impl Accumulate<VolumeModel<'_>> for Cuda {
         resp: &Responsibilities,
         st: &mut Stats,
     ) -> Result<()> {
-        let (dev, np) = m.device.get(self, m.grid, &m.projs)?;
-        let k = m.projs.len();
-        let probs = resp
-            .probs()
-            .as_standard_layout()
-            .into_owned()
-            .into_raw_vec_and_offset()
-            .0;
-        {
-            let w = st.segment_mut(model::WEIGHT)?;
-            for r in probs.chunks_exact(k) {
-                for (a, p) in w.iter_mut().zip(r) {
-                    *a += p;
-                }
+        accumulate_deferred(self, m, b, sc, resp, st)?;
+        flush(m, st)
+    }
+}
+
+/// Adds a block's class weights and noise sums to `st` and its back-projection to the
+/// device's resident sums (brought into `st` by [`flush`]).
+pub fn accumulate_deferred(
+    gpu: &Cuda,
+    m: &VolumeModel,
+    b: &BlockRef,
+    sc: &Scores,
+    resp: &Responsibilities,
+    st: &mut Stats,
+) -> Result<()> {
+    let (dev, np) = m.device.get(gpu, m.grid, &m.projs)?;
+    let k = m.projs.len();
+    let probs = resp
+        .probs()
+        .as_standard_layout()
+        .into_owned()
+        .into_raw_vec_and_offset()
+        .0;
+    {
+        let w = st.segment_mut(model::WEIGHT)?;
+        for r in probs.chunks_exact(k) {
+            for (a, p) in w.iter_mut().zip(r) {
+                *a += p;
             }
         }
-        let inp = BackprojectInputs::new(m, b, &probs, np)?;
-        dev.backproject_block(&inp.view(m, b, &probs), st.segment_mut(model::ACC)?)?;
-        add_block_noise(st, sc, &probs, k)
     }
+    let inp = BackprojectInputs::new(m, b, &probs, np)?;
+    dev.backproject_block(&inp.view(m, b, &probs))?;
+    add_block_noise(st, sc, &probs, k)
+}
+
+/// Brings the device's resident back-projection sums of `m` down into `st`'s `acc`
+/// segment (48·K·V bytes, the CPU's layout) and clears them; nothing when `m` has no
+/// device copy or no block was added since the last flush. Classify3d's `finish_e_step`
+/// calls it once per iteration on the CUDA backend.
+pub fn flush(m: &VolumeModel, st: &mut Stats) -> Result<()> {
+    match m.device.made() {
+        Some(dev) => dev.take_sums(st.segment_mut(model::ACC)?).map(|_| ()),
+        None => Ok(()),
+    }
+}
+
+/// [`crate::backend::phases::e_step_block`] on the GPU with the back-projection left on
+/// the device until [`flush`]: scores, responsibilities and (with `accumulate`) the
+/// block's weights and noise sums in `st`, its class sums in the resident device sums.
+pub fn e_step_block(
+    gpu: &Cuda,
+    m: &VolumeModel,
+    b: &BlockRef,
+    log_prior: &[f64],
+    params: &EStepParams,
+    accumulate: bool,
+    st: &mut Stats,
+) -> Result<(Scores, Responsibilities)> {
+    let sc = gpu.score(m, b)?;
+    let resp = responsibilities(sc.class_ll(), log_prior, params)?;
+    if accumulate {
+        accumulate_deferred(gpu, m, b, &sc, &resp, st)?;
+    }
+    Ok((sc, resp))
 }
 
 /// `estep::fit_scales` on the GPU: least-squares scales of particles `idx` of `block`
@@ -432,8 +492,9 @@ mod tests {
 
     /// The host transcription of the kernels (`backend::cuda::volume_host`) on the inputs
     /// this file prepares gives the CPU's residuals and accumulators (C1 and C2, with CTF
-    /// and scales, some class weights below the cut-off): checks the host side here, where
-    /// no GPU runs the kernels themselves.
+    /// and scales, some class weights below the cut-off; the back-projection in two blocks
+    /// added into resident f64 sums, as the device does over an iteration): checks the host
+    /// side here, where no GPU runs the kernels themselves.
     #[test]
     fn host_transcription_of_the_kernels_matches_the_cpu() {
         use crate::backend::cuda::volume_host;
@@ -470,9 +531,25 @@ mod tests {
             let layout = model::layout(2, grid).unwrap();
             let mut st = Stats::zeros(&layout);
             model::backproject(&mut st, grid, &parts, &idx, &scale, &probs, &syms).unwrap();
-            let inp = BackprojectInputs::new(&m, &b, &probs, geom.points.len()).unwrap();
+            // Two blocks, as the device runs them: each block's fixed-point sums (its own
+            // scale) added into resident f64 sums, the fixed-point buffer cleared between.
             let mut acc = vec![0.0; st.segment(model::ACC).unwrap().len()];
-            volume_host::backproject(&geom, 2, &inp.view(&m, &b, &probs), &mut acc).unwrap();
+            let mut fixed = vec![0u64; acc.len()];
+            let cut = 8;
+            for (lo, hi) in [(0, cut), (cut, idx.len())] {
+                let sub = BlockRef {
+                    particles: &parts,
+                    idx: &idx[lo..hi],
+                    scale: &scale[lo..hi],
+                };
+                let pr = &probs[2 * lo..2 * hi];
+                let inp = BackprojectInputs::new(&m, &sub, pr, geom.points.len()).unwrap();
+                let f =
+                    volume_host::backproject_fixed(&geom, 2, &inp.view(&m, &sub, pr), &mut fixed)
+                        .unwrap();
+                volume_host::add_fixed(&mut acc, &mut fixed, f);
+                assert!(fixed.iter().all(|&v| v == 0));
+            }
             let want = st.segment(model::ACC).unwrap();
             let big = want.iter().fold(0.0f64, |a, v| a.max(v.abs()));
             let worst = want
@@ -522,7 +599,8 @@ mod tests {
     }
 
     /// The same block twice on the GPU gives the same statistics bit for bit (fixed-point
-    /// sums do not depend on the order of the threads), and the scale fit matches the CPU.
+    /// sums do not depend on the order of the threads); two blocks kept on the device and
+    /// flushed once give the bits of two flushed blocks; the scale fit matches the CPU.
     #[test]
     fn cuda_volume_statistics_are_reproducible_and_scales_match() {
         let Some(gpu) = crate::backend::cuda::gpu_for_test() else {
@@ -548,6 +626,39 @@ mod tests {
                 .collect::<Vec<u64>>()
         };
         assert!(run() == run(), "GPU statistics differ between two runs");
+        // The engine's path: two blocks with their class sums left on the device and one
+        // flush give the bits of two Accumulate calls (each flushing) into one Stats.
+        let bits = |st: &Stats| {
+            st.as_slice()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        };
+        let halves = [(0, 12), (12, idx.len())];
+        let sub = |lo: usize, hi: usize| BlockRef {
+            particles: &parts,
+            idx: &idx[lo..hi],
+            scale: &scale[lo..hi],
+        };
+        let mut each = Stats::zeros(&layout);
+        for (lo, hi) in halves {
+            e_step_block(&gpu, &m, &sub(lo, hi), &prior, &params, true, &mut each).unwrap();
+        }
+        let mut once = Stats::zeros(&layout);
+        for (lo, hi) in halves {
+            super::e_step_block(&gpu, &m, &sub(lo, hi), &prior, &params, true, &mut once).unwrap();
+        }
+        flush(&m, &mut once).unwrap();
+        let before = bits(&once);
+        flush(&m, &mut once).unwrap();
+        assert!(
+            bits(&once) == before,
+            "a second flush changed the statistics"
+        );
+        assert!(
+            bits(&each) == before,
+            "deferred class sums differ from per-block ones"
+        );
         let want = super::super::estep::fit_scales(&parts, &idx, grid, &m.projs[0], &m.sigma2);
         let dev = DeviceCopy::default();
         let got = fit_scales(&gpu, &dev, &parts, &idx, grid, &m.projs[0], &m.sigma2).unwrap();

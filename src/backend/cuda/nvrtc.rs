@@ -54,7 +54,12 @@ pub const SOURCES: &[Source] = &[
     Source {
         name: "volume",
         code: include_str!("kernels/volume.cu"),
-        kernels: &["volume_score", "volume_fit_scale", "volume_backproject"],
+        kernels: &[
+            "volume_score",
+            "volume_fit_scale",
+            "volume_backproject",
+            "volume_add_fixed",
+        ],
     },
 ];
 

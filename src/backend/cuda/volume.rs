@@ -11,12 +11,20 @@
 //!   class and shell (8·K·n_shells B per particle);
 //! - per block, back-projection ([`VolumeDevice::backproject_block`]): up, the padded-slice
 //!   values (8 B per point, about 4× the spectrum), the pose × symmetry matrices, CTF
-//!   coefficients, class probabilities, scales and half sets; down, the block's sums of the
-//!   2K (class, half) accumulators (24·V B per accumulator) — the statistics segment.
+//!   coefficients, class probabilities, scales and half sets; nothing comes down: the sums
+//!   stay on the device;
+//! - once per iteration ([`VolumeDevice::take_sums`], classify3d's `finish_e_step`, or at
+//!   the end of each `Accumulate` call): down, the f64 sums of the 2K (class, half)
+//!   accumulators, V voxels × (re, im, den) × 8 B = 48·K·V bytes in all (24·V B per
+//!   accumulator) — the statistics segment. Before, that many bytes came down after every
+//!   block (about 1.2 GB per 1024-particle block at K = 10).
 //!
 //! Back-projection sums are 64-bit fixed point (`fx_add` of common.cuh): the same bits
 //! whatever order the threads run in. The quantum is chosen per block from a bound on what
-//! any voxel can receive (see [`fixed_point_scale`]).
+//! any voxel can receive (see [`fixed_point_scale`]). After each block, `volume_add_fixed`
+//! converts the block's fixed-point sums to f64 (`(double)(i64)acc / scale`), adds them to
+//! resident f64 sums and clears the fixed-point buffer: one thread per element, so every
+//! element receives the blocks in block order and the f64 sums are reproducible too.
 
 use std::sync::{Arc, Mutex};
 
@@ -81,10 +89,22 @@ pub struct Backprojection<'a> {
     pub c2_max: &'a [f64],
 }
 
-/// The back-projection accumulator on the device and its host copy.
+/// The back-projection sums on the device: one block's fixed-point sums (all zero between
+/// blocks) and the f64 sums of the blocks since the last [`VolumeDevice::take_sums`].
 struct Accumulator {
-    dev: CudaSlice<u64>,
-    host: Vec<u64>,
+    fixed: CudaSlice<u64>,
+    sums: CudaSlice<f64>,
+    /// Blocks added to `sums` since the last take.
+    blocks: usize,
+}
+
+/// The state of a [`VolumeDevice`]'s accumulator.
+enum AccState {
+    /// Not allocated yet (no block back-projected).
+    Empty,
+    Ready(Accumulator),
+    /// A back-projection failed part way: its sums are unusable.
+    Failed(String),
 }
 
 /// K class volumes resident on one GPU for an iteration, with the kernels that use them.
@@ -104,7 +124,8 @@ pub struct VolumeDevice {
     score_fn: CudaFunction,
     fit_fn: CudaFunction,
     bp_fn: CudaFunction,
-    acc: Mutex<Option<Accumulator>>,
+    add_fn: CudaFunction,
+    acc: Mutex<AccState>,
 }
 
 fn int(v: usize, what: &str) -> Result<i32> {
@@ -214,7 +235,8 @@ impl VolumeDevice {
             score_fn: gpu.function("volume", "volume_score")?,
             fit_fn: gpu.function("volume", "volume_fit_scale")?,
             bp_fn: gpu.function("volume", "volume_backproject")?,
-            acc: Mutex::new(None),
+            add_fn: gpu.function("volume", "volume_add_fixed")?,
+            acc: Mutex::new(AccState::Empty),
         })
     }
 
@@ -224,11 +246,17 @@ impl VolumeDevice {
     }
 
     /// Device bytes of `k` volumes and their back-projection accumulators for box `n`
-    /// oversampled `pad` times: `V·(8·k + 48·k)` (complex f32 volumes, 2k accumulators of
-    /// 3 fixed-point values per voxel).
+    /// oversampled `pad` times: `V·(8·k + 48·k + 48·k)` = `104·k·V` (complex f32 volumes;
+    /// 2k accumulators of 3 values per voxel, once as one block's 64-bit fixed point and
+    /// once as the iteration's f64 sums).
     pub fn resident_bytes(n: usize, pad: usize, k: usize) -> usize {
         let m = n * pad;
-        m * m * (m / 2 + 1) * 56 * k
+        m * m * (m / 2 + 1) * 104 * k
+    }
+
+    /// Values of the accumulators: 2K (class, half) × V voxels × `[re, im, den]`.
+    fn acc_len(&self) -> usize {
+        6 * self.k * self.voxels
     }
 
     /// The spectra, poses and CTF coefficients of a block on the device.
@@ -347,13 +375,14 @@ impl VolumeDevice {
             .map_err(|e| gpu_err("copy from device", e))
     }
 
-    /// Back-projects a block and adds its sums to `out`, the 2K (class, half) accumulators
-    /// of V voxels × `[re, im, den]` (the classify3d `acc` segment, target 2·class + half).
-    pub fn backproject_block(&self, b: &Backprojection, out: &mut [f64]) -> Result<()> {
+    /// Back-projects a block and adds its sums to the resident f64 sums of the 2K (class,
+    /// half) accumulators (V voxels × `[re, im, den]`, target 2·class + half), which
+    /// [`VolumeDevice::take_sums`] brings down. Nothing comes back: the launches are queued
+    /// on the stream (errors of the kernels themselves surface at the next copy down).
+    pub fn backproject_block(&self, b: &Backprojection) -> Result<()> {
         let nb = b.alpha.len();
         let (np, ng, k) = (self.n_points, b.n_syms, self.k);
-        if out.len() != 6 * k * self.voxels
-            || b.values.len() != nb * np
+        if b.values.len() != nb * np
             || b.mats.len() != nb * ng
             || b.probs.len() != nb * k
             || b.half.len() != nb
@@ -379,18 +408,6 @@ impl VolumeDevice {
         let alpha = s.clone_htod(b.alpha).map_err(up)?;
         let half: Vec<i32> = b.half.iter().map(|&h| i32::from(h)).collect();
         let half = s.clone_htod(&half).map_err(up)?;
-        let mut guard = self.acc.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.is_none() {
-            *guard = Some(Accumulator {
-                dev: s
-                    .alloc_zeros::<u64>(out.len())
-                    .map_err(|e| gpu_err("allocate", e))?,
-                host: vec![0u64; out.len()],
-            });
-        }
-        let acc = guard.as_mut().expect("allocated above");
-        s.memset_zeros(&mut acc.dev)
-            .map_err(|e| gpu_err("clear", e))?;
         let has_ctf = i32::from(b.ctfs.is_some());
         let (nbi, npi, ngi, nk) = (
             int(nb, "block")?,
@@ -399,34 +416,118 @@ impl VolumeDevice {
             int(k, "classes")?,
         );
         let (m, pad) = (int(self.n * self.pad, "side")?, int(self.pad, "pad")?);
+        let len = self.acc_len();
+        let n_acc = i64::try_from(len).map_err(|_| gpu_err("accumulators too large", len))?;
+        let mut guard = self.acc.lock().unwrap_or_else(|e| e.into_inner());
+        if let AccState::Failed(e) = &*guard {
+            return Err(Error::Backend(format!(
+                "CUDA back-projection: an earlier block failed ({e})"
+            )));
+        }
+        if matches!(*guard, AccState::Empty) {
+            let alloc = |e| gpu_err("allocate", e);
+            *guard = AccState::Ready(Accumulator {
+                fixed: s.alloc_zeros::<u64>(len).map_err(alloc)?,
+                sums: s.alloc_zeros::<f64>(len).map_err(alloc)?,
+                blocks: 0,
+            });
+        }
+        let AccState::Ready(acc) = &mut *guard else {
+            unreachable!("accumulator allocated above");
+        };
         let total = nb * ng * np;
-        let mut l = s.launch_builder(&self.bp_fn);
-        l.arg(&mut acc.dev)
-            .arg(&vals)
-            .arg(&self.points)
-            .arg(&mats)
-            .arg(&ctfs)
-            .arg(&has_ctf)
-            .arg(&b.freq_step_in)
-            .arg(&probs)
-            .arg(&alpha)
-            .arg(&half)
-            .arg(&scale)
-            .arg(&nbi)
-            .arg(&npi)
-            .arg(&ngi)
-            .arg(&nk)
-            .arg(&m)
-            .arg(&pad);
-        // SAFETY: the arguments match volume_backproject's signature; acc holds 2K·V·3
-        // values and the inputs nb particles of np points and ng copies (checked above).
-        unsafe { l.launch(launch_for(total)?) }.map_err(|e| gpu_err("volume_backproject", e))?;
-        s.memcpy_dtoh(&acc.dev, &mut acc.host)
-            .map_err(|e| gpu_err("copy from device", e))?;
-        s.synchronize().map_err(|e| gpu_err("synchronize", e))?;
+        let run = |acc: &mut Accumulator| -> Result<()> {
+            let mut l = s.launch_builder(&self.bp_fn);
+            l.arg(&mut acc.fixed)
+                .arg(&vals)
+                .arg(&self.points)
+                .arg(&mats)
+                .arg(&ctfs)
+                .arg(&has_ctf)
+                .arg(&b.freq_step_in)
+                .arg(&probs)
+                .arg(&alpha)
+                .arg(&half)
+                .arg(&scale)
+                .arg(&nbi)
+                .arg(&npi)
+                .arg(&ngi)
+                .arg(&nk)
+                .arg(&m)
+                .arg(&pad);
+            // SAFETY: the arguments match volume_backproject's signature; fixed holds
+            // 2K·V·3 values (zero: cleared by the last volume_add_fixed or allocated so)
+            // and the inputs nb particles of np points and ng copies (checked above).
+            unsafe { l.launch(launch_for(total)?) }
+                .map_err(|e| gpu_err("volume_backproject", e))?;
+            let mut l = s.launch_builder(&self.add_fn);
+            l.arg(&mut acc.sums)
+                .arg(&mut acc.fixed)
+                .arg(&scale)
+                .arg(&n_acc);
+            // SAFETY: the arguments match volume_add_fixed's signature; sums and fixed
+            // both hold n_acc values. Same stream: runs after the back-projection.
+            unsafe { l.launch(launch_for(len)?) }.map_err(|e| gpu_err("volume_add_fixed", e))?;
+            Ok(())
+        };
+        match run(acc) {
+            Ok(()) => {
+                acc.blocks += 1;
+                Ok(())
+            }
+            Err(e) => {
+                // The fixed-point buffer may hold part of this block: never reuse it.
+                *guard = AccState::Failed(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Brings the resident f64 sums of the blocks back-projected since the last call down
+    /// (48·K·V bytes), adds them to `out` (the classify3d `acc` segment, the layout of
+    /// [`VolumeDevice::backproject_block`]) and clears them. Nothing crosses PCIe when no
+    /// block was added. Returns the number of blocks the sums held.
+    pub fn take_sums(&self, out: &mut [f64]) -> Result<usize> {
+        let len = self.acc_len();
+        if out.len() != len {
+            return Err(Error::Internal(format!(
+                "GPU back-projection sums: {} values, expected {len}",
+                out.len()
+            )));
+        }
+        let mut guard = self.acc.lock().unwrap_or_else(|e| e.into_inner());
+        let acc = match &mut *guard {
+            AccState::Empty => return Ok(0),
+            AccState::Failed(e) => {
+                return Err(Error::Backend(format!(
+                    "CUDA back-projection: a block failed ({e})"
+                )))
+            }
+            AccState::Ready(a) if a.blocks == 0 => return Ok(0),
+            AccState::Ready(a) => a,
+        };
+        let s = &self.stream;
+        let fetched = s
+            .clone_dtoh(&acc.sums)
+            .map_err(|e| gpu_err("copy from device", e))
+            .and_then(|host| {
+                s.memset_zeros(&mut acc.sums)
+                    .map_err(|e| gpu_err("clear", e))?;
+                s.synchronize().map_err(|e| gpu_err("synchronize", e))?;
+                Ok(host)
+            });
+        let host = match fetched {
+            Ok(h) => h,
+            Err(e) => {
+                *guard = AccState::Failed(e.to_string());
+                return Err(e);
+            }
+        };
+        let blocks = std::mem::replace(&mut acc.blocks, 0);
+        drop(guard);
         out.par_iter_mut()
-            .zip(acc.host.par_iter())
-            .for_each(|(o, &v)| *o += (v as i64) as f64 / scale);
-        Ok(())
+            .zip(host.par_iter())
+            .for_each(|(o, &v)| *o += v);
+        Ok(blocks)
     }
 }

@@ -116,15 +116,39 @@ pub fn score(g: &Geometry, vols: &[&[Complex32]], b: &ParticleBlock, alpha: &[f6
     out
 }
 
-/// `volume_backproject` followed by the host's conversion: adds the block's sums to `out`
-/// (2K accumulators of V voxels × 3).
+/// `volume_backproject` followed by `volume_add_fixed`, as
+/// `VolumeDevice::backproject_block` queues them: adds the block's sums to the resident
+/// f64 sums `out` (2K accumulators of V voxels × 3).
 pub fn backproject(g: &Geometry, nk: usize, b: &Backprojection, out: &mut [f64]) -> Result<()> {
+    let mut fixed = vec![0u64; out.len()];
+    let scale = backproject_fixed(g, nk, b, &mut fixed)?;
+    add_fixed(out, &mut fixed, scale);
+    Ok(())
+}
+
+/// `volume_add_fixed`: `sums[t] += (i64)fixed[t] / scale`, `fixed[t] = 0`.
+pub fn add_fixed(sums: &mut [f64], fixed: &mut [u64], scale: f64) {
+    for (o, v) in sums.iter_mut().zip(fixed) {
+        *o += (*v as i64) as f64 / scale;
+        *v = 0;
+    }
+}
+
+/// `volume_backproject`: adds the block's contributions to `fixed` (2K accumulators of V
+/// voxels × 3, 64-bit fixed point, wrapping as the device's atomics) and returns the
+/// block's scale ([`block_scale`]).
+pub fn backproject_fixed(
+    g: &Geometry,
+    nk: usize,
+    b: &Backprojection,
+    fixed: &mut [u64],
+) -> Result<f64> {
     let np = g.points.len();
     let scale = block_scale(b, np)?;
     let m = g.n * g.pad;
     let (mi, h) = (m as i64, (m / 2 + 1) as i64);
     let nv = (mi * mi * h) as usize;
-    let mut acc = vec![0u64; out.len()];
+    let acc = fixed;
     let mut add = |i: usize, v: f64| {
         acc[i] = acc[i].wrapping_add((v * scale).round_ties_even() as i64 as u64);
     };
@@ -180,8 +204,5 @@ pub fn backproject(g: &Geometry, nk: usize, b: &Backprojection, out: &mut [f64])
             }
         }
     }
-    for (o, v) in out.iter_mut().zip(acc) {
-        *o += (v as i64) as f64 / scale;
-    }
-    Ok(())
+    Ok(scale)
 }

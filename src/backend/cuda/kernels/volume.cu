@@ -252,3 +252,16 @@ extern "C" __global__ void volume_backproject(u64* acc, const float2* vals, cons
         }
     }
 }
+
+// Adds one block's fixed-point sums into the iteration's resident f64 sums and clears them
+// for the next block: sums[t] += (double)(i64)fixed[t] / scale, fixed[t] = 0. One thread
+// per element, so each element receives the blocks in block order whatever the threads do
+// (the f64 sums are reproducible). `n` = 2K·V·3 elements.
+extern "C" __global__ void volume_add_fixed(double* sums, u64* fixed, double scale, i64 n) {
+    i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= n) {
+        return;
+    }
+    sums[t] += (double)(i64)fixed[t] / scale;
+    fixed[t] = 0;
+}
