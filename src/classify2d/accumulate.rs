@@ -7,12 +7,15 @@
 
 use ndarray::{Array2, ArrayView2};
 
-use crate::backend::phases::{Accumulate, BlockRef, ClassScores, Score};
+use rayon::prelude::*;
+
+use crate::backend::phases::{e_step_block, Accumulate, BlockRef, ClassScores, Score};
 use crate::backend::Cpu;
+use crate::em::responsibilities::EStepParams;
 use crate::em::responsibilities::{
     marginalize_poses, pose_weights, PoseMarginal, Responsibilities,
 };
-use crate::em::stats::Stats;
+use crate::em::stats::{Stats, StatsLayout};
 use crate::error::Result;
 use crate::numerics::fft::Complex32;
 use crate::particles::{Particles, WorkGrid};
@@ -215,6 +218,57 @@ impl Local<'_> {
             })
             .collect()
     }
+}
+
+/// Particles scored per GEMM batch on the CPU.
+const CHUNK: usize = 16;
+
+/// The E-step of block particles `idx` on the CPU: chunks of [`CHUNK`] particles on rayon's
+/// threads, each through the backend phases, their partial sums added in chunk order (so
+/// the sums do not depend on the thread count); adds them to `stats` and returns each
+/// particle's result, keyed by its block index.
+pub fn cpu_e_step(
+    m: &PlaneModel,
+    params: &EStepParams,
+    layout: &StatsLayout,
+    block: &Particles,
+    idx: &[usize],
+    stats: &mut Stats,
+) -> Result<Vec<(usize, ResultRow)>> {
+    let log_prior = vec![0.0; m.num_classes];
+    let ones = vec![1.0; CHUNK];
+    type Partial = Result<(Stats, Vec<(usize, ResultRow)>)>;
+    let folded: Vec<Partial> = idx
+        .par_chunks(CHUNK)
+        .fold(
+            || Ok((Stats::zeros(layout), Vec::new())),
+            |acc: Partial, chunk| {
+                let (mut st, mut rows) = acc?;
+                let b = BlockRef {
+                    particles: block,
+                    idx: chunk,
+                    scale: &ones[..chunk.len()],
+                };
+                let (sc, resp) = e_step_block(&Cpu, m, &b, &log_prior, params, true, &mut st)?;
+                rows.extend(
+                    chunk
+                        .iter()
+                        .enumerate()
+                        .map(|(bi, &i)| (i, result_row(m, sc.marg.best_pose(), &resp, bi))),
+                );
+                Ok((st, rows))
+            },
+        )
+        .collect();
+    let mut st = Stats::zeros(layout);
+    let mut rows = Vec::with_capacity(idx.len());
+    for part in folded {
+        let (s, r) = part?;
+        st.add(&s)?;
+        rows.extend(r);
+    }
+    stats.add(&st)?;
+    Ok(rows)
 }
 
 /// The result of row `bi` of a scored chunk.

@@ -24,11 +24,8 @@
 //! are summed in f64, so 1, 2 or 64 ranks give the same classes up to summation order.
 
 use ndarray::Array2;
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::phases::{e_step_block, BlockRef};
-use crate::backend::Cpu;
 use crate::em::engine::{Conclusion, Context, Iteration, Problem, Scored};
 use crate::em::responsibilities::EStepParams;
 use crate::em::schedule::IcufSchedule;
@@ -37,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::numerics::frc::frc_resolution_a;
 use crate::particles::{Particles, WorkGrid};
 
-use super::accumulate::{result_row, signal_shell, PlaneModel};
+use super::accumulate::{signal_shell, PlaneModel};
 use super::estep::{Scorer, Templates};
 use super::gpu;
 use super::grid::{Band, PoseGrid};
@@ -47,8 +44,6 @@ use super::results::ResultRow;
 
 /// Coarsest alignment limit of the first iteration, Å (raised as the classes improve).
 pub const START_ALIGN_RES_A: f64 = 25.0;
-/// Particles scored per GEMM batch.
-const CHUNK: usize = 16;
 
 /// The problem's fields of the iteration record (summary.json, log).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -293,24 +288,10 @@ impl<'a> Problem for Classify2d<'a> {
         stats: &mut Stats,
     ) -> Result<Vec<(usize, ResultRow)>> {
         if let Some(gpu) = self.backend.as_cuda() {
-            let failed = prep
-                .gpu_error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            if let Some(e) = failed {
-                return Err(e);
-            }
-            if prep.model.device.is_none() {
-                return Err(Error::Backend(
-                    "classify2d: the GPU set-up of this iteration failed (see the first error)"
-                        .into(),
-                ));
-            }
-            let m = &prep.model;
+            gpu::setup_succeeded(&prep.gpu_error, &prep.model)?;
             return gpu::e_step(
                 gpu,
-                m,
+                &prep.model,
                 &prep.params,
                 &self.layout,
                 block,
@@ -319,42 +300,7 @@ impl<'a> Problem for Classify2d<'a> {
                 stats,
             );
         }
-        let log_prior = vec![0.0; self.plan.num_classes];
-        let ones = vec![1.0; CHUNK];
-        type Partial = Result<(Stats, Vec<(usize, ResultRow)>)>;
-        let folded: Vec<Partial> = idx
-            .par_chunks(CHUNK)
-            .fold(
-                || Ok((Stats::zeros(&self.layout), Vec::new())),
-                |acc: Partial, chunk| {
-                    let (mut st, mut rows) = acc?;
-                    let b = BlockRef {
-                        particles: block,
-                        idx: chunk,
-                        scale: &ones[..chunk.len()],
-                    };
-                    let m = &prep.model;
-                    let (sc, resp) =
-                        e_step_block(&Cpu, m, &b, &log_prior, &prep.params, true, &mut st)?;
-                    rows.extend(
-                        chunk
-                            .iter()
-                            .enumerate()
-                            .map(|(bi, &i)| (i, result_row(m, sc.marg.best_pose(), &resp, bi))),
-                    );
-                    Ok((st, rows))
-                },
-            )
-            .collect();
-        let mut st = Stats::zeros(&self.layout);
-        let mut rows = Vec::with_capacity(idx.len());
-        for part in folded {
-            let (s, r) = part?;
-            st.add(&s)?;
-            rows.extend(r);
-        }
-        stats.add(&st)?;
-        Ok(rows)
+        super::accumulate::cpu_e_step(&prep.model, &prep.params, &self.layout, block, idx, stats)
     }
 
     fn keep(&mut self, _: usize, _: &ResultRow, _: &Iteration) -> Result<()> {

@@ -290,6 +290,21 @@ fn add_sums(m: &PlaneModel, sums: &PlaneSums, st: &mut Stats) -> Result<()> {
     Ok(())
 }
 
+/// Ok when this iteration's GPU set-up (made in `prepare`, where an error on one rank
+/// would leave the others waiting) succeeded; otherwise its error, returned by the first
+/// E-step call, whose errors every rank agrees on.
+pub fn setup_succeeded(error: &std::sync::Mutex<Option<Error>>, m: &PlaneModel) -> Result<()> {
+    if let Some(e) = error.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        return Err(e);
+    }
+    if m.device.is_none() {
+        return Err(Error::Backend(
+            "classify2d: the GPU set-up of this iteration failed (see the first error)".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The E-step of `idx` on the GPU in blocks of `batch`, one block at a time (one stream);
 /// the class sums stay on the device until [`flush`] (the engine's `finish_e_step`, once per
 /// iteration).

@@ -57,6 +57,7 @@ fn setup(args: &JobArgs, comm: &dyn Comm) -> Result<Setup> {
         rows,
         box_px,
         psize,
+        ..
     } = open_input(comm, &cfg.input)?;
     let checked = cfg.validate_for(&args.config, box_px, psize).and_then(|_| {
         if cfg.num_classes > n_total {

@@ -59,6 +59,7 @@ struct Setup {
     rows: Range<usize>,
     box_px: usize,
     psize: f64,
+    has_ctf: bool,
     grid: WorkGrid,
     plan: Plan3d,
     backend: std::sync::Arc<dyn crate::backend::Backend>,
@@ -74,6 +75,7 @@ fn setup(args: &JobArgs, comm: &dyn Comm) -> Result<Setup> {
         rows,
         box_px,
         psize,
+        has_ctf,
     } = open_input(comm, &cfg.input)?;
     // `select` is collective for `auto`: every rank reaches it (the validation is the same
     // on every rank).
@@ -91,6 +93,7 @@ fn setup(args: &JobArgs, comm: &dyn Comm) -> Result<Setup> {
         rows,
         box_px,
         psize,
+        has_ctf,
         grid,
     })
 }
@@ -189,18 +192,14 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         cfg.symmetry,
         inputs.syms.len()
     );
-    let has_ctf = collective(comm, Dataset::open_range(&cfg.input, 0..0))?
-        .table()
-        .get("ctf/df1_A")
-        .is_some();
-    if !has_ctf {
+    if !s.has_ctf {
         log::info!(
             "{}: no ctf/* fields, classifying without CTF correction",
             cfg.input.display()
         );
     }
     let needs = Needs {
-        ctf: has_ctf,
+        ctf: s.has_ctf,
         poses: true,
     };
     let source = particle_source(
@@ -232,29 +231,7 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
             }
             let p = view.problem;
             if cfg.output_every_fem_iter && view.it.phase == Phase::Full {
-                // Every rank writes its rows of this iteration's particles.h5 in turn.
-                let sub = dir.as_ref().map(|d| {
-                    d.join("fem_iterations")
-                        .join(format!("iter_{:03}", view.record.iteration))
-                });
-                if let Some(sub) = &sub {
-                    std::fs::create_dir_all(sub).map_err(|e| Error::io(sub, e))?;
-                }
-                let shared = shared_dir(comm, sub.as_deref())?;
-                write_particles(
-                    comm,
-                    cfg,
-                    &args.config,
-                    &shared,
-                    rows,
-                    &p.results,
-                    &p.scale,
-                    false,
-                )?;
-                if let Some(sub) = &sub {
-                    write_volumes(sub, &p.classes, grid.psize_a())?;
-                    log::info!("F-EM iteration output: {}", sub.display());
-                }
+                write_fem_iteration(comm, args, &s, dir.as_deref(), view.record.iteration, p)?;
             }
             match (&dir, p.flow_now, p.flows.last()) {
                 (Some(d), true, Some((t, flow))) => flow_plots(&d.join("plots"), flow, *t),
@@ -299,6 +276,41 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
             None => Ok(()),
         },
     )
+}
+
+/// `output_every_fem_iter`: this F-EM iteration's particles.h5 (every rank writes its rows
+/// in turn) and class volumes under `dir/fem_iterations/iter_NNN` (rank 0 has `dir`).
+fn write_fem_iteration(
+    comm: &dyn Comm,
+    args: &JobArgs,
+    s: &Setup,
+    dir: Option<&Path>,
+    iteration: usize,
+    p: &Classify3d,
+) -> Result<()> {
+    let sub = dir.map(|d| {
+        d.join("fem_iterations")
+            .join(format!("iter_{iteration:03}"))
+    });
+    if let Some(sub) = &sub {
+        std::fs::create_dir_all(sub).map_err(|e| Error::io(sub, e))?;
+    }
+    let shared = shared_dir(comm, sub.as_deref())?;
+    write_particles(
+        comm,
+        &s.cfg,
+        &args.config,
+        &shared,
+        &s.rows,
+        &p.results,
+        &p.scale,
+        false,
+    )?;
+    if let Some(sub) = &sub {
+        write_volumes(sub, &p.classes, s.grid.psize_a())?;
+        log::info!("F-EM iteration output: {}", sub.display());
+    }
+    Ok(())
 }
 
 /// Reads an MRC volume covering the particle box (`side_a` Å, within 2%) and resamples it to

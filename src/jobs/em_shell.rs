@@ -23,9 +23,12 @@ pub struct Input {
     pub rows: Range<usize>,
     pub box_px: usize,
     pub psize: f64,
+    /// Whether the dataset has CTF parameters (`ctf/df1_A`).
+    pub has_ctf: bool,
 }
 
-/// Counts the particles of `input` (refusing none), partitions them and reads the header.
+/// Counts the particles of `input` (refusing none), partitions them and reads the header
+/// (once: box, pixel size, whether it has CTF parameters).
 pub fn open_input(comm: &dyn Comm, input: &Path) -> Result<Input> {
     let n_total = collective(comm, Dataset::count(input))?;
     if n_total == 0 {
@@ -40,6 +43,7 @@ pub fn open_input(comm: &dyn Comm, input: &Path) -> Result<Input> {
         n_total,
         box_px: head.box_px(),
         psize: head.psize_a() as f64,
+        has_ctf: head.table().get("ctf/df1_A").is_some(),
         rows,
     })
 }
