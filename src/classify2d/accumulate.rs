@@ -236,7 +236,7 @@ pub fn cpu_e_step(
     stats: &mut Stats,
 ) -> Result<Vec<(usize, ResultRow)>> {
     let log_prior = vec![0.0; m.num_classes];
-    let ones = vec![1.0; CHUNK];
+    let ones = [1.0; CHUNK];
     type Partial = Result<(Stats, Vec<(usize, ResultRow)>)>;
     let folded: Vec<Partial> = idx
         .par_chunks(CHUNK)

@@ -304,9 +304,9 @@ mod tests {
         let poses = (0..m)
             .map(|_| {
                 pose_to_matrix([
-                    rng.gen_range(0.0..6.28),
-                    rng.gen_range(0.0..3.14),
-                    rng.gen_range(0.0..6.28),
+                    rng.gen_range(0.0..std::f64::consts::TAU),
+                    rng.gen_range(0.0..std::f64::consts::PI),
+                    rng.gen_range(0.0..std::f64::consts::TAU),
                 ])
             })
             .collect();
