@@ -62,6 +62,30 @@ pub(crate) fn gpu_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Backend(format!("CUDA: {what}: {e}"))
 }
 
+/// Threads per block of the element-wise kernel launches.
+pub(crate) const THREADS: u32 = 256;
+
+/// `v` as a kernel argument: the kernels index with 32-bit ints.
+pub(crate) fn int(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| gpu_err("size beyond the kernels' 32-bit indices", what))
+}
+
+/// One thread per item in blocks of [`THREADS`]; `total` must fit the kernels' 32-bit
+/// indices.
+pub(crate) fn launch_for(total: usize) -> Result<LaunchConfig> {
+    int(total, "threads of one launch")?;
+    let blocks = total.div_ceil(THREADS as usize);
+    Ok(LaunchConfig {
+        grid_dim: (
+            u32::try_from(blocks).map_err(|_| gpu_err("launch too large", total))?,
+            1,
+            1,
+        ),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
 /// Number of devices the driver reports (0 where CUDA is absent or fails).
 pub fn device_count() -> usize {
     if unsafe { !cudarc::driver::sys::is_culib_present() } {

@@ -32,14 +32,12 @@ use cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
 };
 
-use super::{gpu_err, Cuda};
+use super::{gpu_err, int, launch_for, Cuda, THREADS};
 use crate::backend::RightOperand;
 use crate::error::{Error, Result};
 use crate::numerics::fft::Complex32;
 
 mod sums;
-
-const THREADS: u32 = 256;
 
 /// What an iteration's device data is made from.
 pub struct PlaneSetup<'a> {
@@ -122,25 +120,6 @@ pub struct PlaneDevice {
     sums: Mutex<Option<Sums>>,
 }
 
-fn int(v: usize, what: &str) -> Result<i32> {
-    i32::try_from(v).map_err(|_| gpu_err("size beyond the kernels' 32-bit indices", what))
-}
-
-/// One thread per item; the kernels index items with 32-bit ints, so `total` must fit.
-fn launch_for(total: usize) -> Result<LaunchConfig> {
-    int(total, "threads of one launch")?;
-    let blocks = total.div_ceil(THREADS as usize);
-    Ok(LaunchConfig {
-        grid_dim: (
-            u32::try_from(blocks).map_err(|_| gpu_err("launch too large", total))?,
-            1,
-            1,
-        ),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    })
-}
-
 fn flat_c(v: &[Complex32]) -> Vec<f32> {
     v.iter().flat_map(|c| [c.re, c.im]).collect()
 }
@@ -214,15 +193,10 @@ impl PlaneDevice {
         let up_i32 = |v: &[i32]| st.clone_htod(v).map_err(|e| gpu_err("copy to device", e));
         let idx: Vec<i32> = s.band_idx.iter().map(|&i| i as i32).collect();
         let inside: Vec<i32> = s.inside.iter().map(|&b| b as i32).collect();
-        let names = [
-            "plane_operands",
-            "plane_reduce",
-            "plane_weights",
-            "plane_kept",
-            "plane_shifted",
-            "plane_ctf2",
-            "plane_add",
-        ];
+        // Every kernel of plane.cu, in the order of its entry in nvrtc::SOURCES.
+        let names = super::nvrtc::source("plane")
+            .map_err(Error::Backend)?
+            .kernels;
         let mut f = Vec::with_capacity(names.len());
         for n in names {
             f.push(gpu.function("plane", n)?);

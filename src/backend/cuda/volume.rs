@@ -28,15 +28,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, PushKernelArg};
 use rayon::prelude::*;
 
-use super::{gpu_err, Cuda};
+use super::{gpu_err, int, launch_for, Cuda};
 use crate::error::{Error, Result};
 use crate::numerics::fft::Complex32;
-
-/// Threads per block of every launch.
-const THREADS: u32 = 256;
 
 /// Contributions one particle's slice (and one symmetry copy) can make to one voxel,
 /// counted generously: a unit lattice plane has at most ~21 points within the 2×2×2 cube of
@@ -126,23 +123,6 @@ pub struct VolumeDevice {
     bp_fn: CudaFunction,
     add_fn: CudaFunction,
     acc: Mutex<AccState>,
-}
-
-fn int(v: usize, what: &str) -> Result<i32> {
-    i32::try_from(v).map_err(|_| gpu_err("size beyond the kernels' 32-bit indices", what))
-}
-
-fn launch_for(total: usize) -> Result<LaunchConfig> {
-    let blocks = total.div_ceil(THREADS as usize);
-    Ok(LaunchConfig {
-        grid_dim: (
-            u32::try_from(blocks).map_err(|_| gpu_err("launch too large", total))?,
-            1,
-            1,
-        ),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    })
 }
 
 /// The fixed-point scale (a power of two) for sums whose magnitude is at most `bound`:
