@@ -17,7 +17,9 @@
 # Environment: SHAPE (base), K (10 base, 20 hard), EXTRA (more --set arguments for
 #   classify2d, e.g. EXTRA="--set full_iterations=5"), EMCLASS (binary; default: cargo build
 #   --release, target/release/emclass), KEEP=1 keeps WORKDIR, ANALYSE_ONLY=1 (with KEEP=1)
-#   re-scores a kept WORKDIR without running anything.
+#   re-scores a kept WORKDIR without running anything, ORACLE=1 also scores the true views
+#   (benches/oracle2d.py: each good particle against the simulator's views × its CTF, best
+#   pose; ~1 min per seed) and prints the ceiling and the gap to it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-/tmp/emclass-bench-acc2d}
@@ -53,6 +55,16 @@ for S in $SEEDS; do
     "$EMCLASS" -q classify2d configs/classify2d.yaml --overwrite --set input="$D/sim/particles.h5" \
         --set output="$D/c2d" --set num_classes="$K" --set seed=$((S + 100)) $EXTRA
     echo "$(date +%s.%N) - $t0" | bc > "$D/seconds"
+    if [ "${ORACLE:-0}" = 1 ] && [ ! -s "$D/oracle" ]; then
+        h5dump -d /images -b LE -o "$D/images.f4" "$D/sim/particles.h5" >/dev/null
+        for c in accel_kv amp_contrast cs_mm df1_A df2_A df_angle_rad; do
+            h5dump -d "/ctf/$c" -b LE -o "$D/ctf_$c.f4" "$D/sim/particles.h5" >/dev/null
+        done
+        h5dump -d /gt/view -b LE -o "$D/view.i4" "$D/sim/particles.h5" >/dev/null
+        h5dump -d /gt/is_junk -b LE -o "$D/is_junk.u4" "$D/sim/particles.h5" >/dev/null
+        "$PWD/.venv/bin/python" benches/oracle2d.py "$D" "$(grep -m1 '^psize_A' "$D/sim/config.used.yaml" | awk '{print $2}')" > "$D/oracle"
+        rm -f "$D/images.f4" "$D"/ctf_*.f4
+    fi
     for f in gt/view:i4 gt/is_junk:u4 alignments2D/class:u4 alignments2D/class_posterior:f4; do
         h5dump -d "/${f%%:*}" -b LE -o "$D/$(basename "${f%%:*}").${f##*:}" "$D/c2d/particles.h5" >/dev/null
     done
@@ -118,15 +130,19 @@ for s in seeds:
     bins = np.minimum((p * 10).astype(int), 9)
     ece = sum(abs(right[bins == b].mean() - p[bins == b].mean()) * (bins == b).mean()
               for b in range(10) if (bins == b).any())
-    rows.append((s, a, hom, com, purity, recall, ece, secs))
+    try:
+        orc = float(open(f"{d}/oracle").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        orc = float("nan")
+    rows.append((s, a, hom, com, purity, recall, ece, secs, orc, orc - a))
 print(f"classify2d {extra or '(defaults)'}; shape {shape}, K = {k}")
 print()
-print("| shape | seed (simulate / classify) | ARI good | homogeneity | completeness | purity all | junk recall | ECE | s |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-for s, a, hom, com, pur, rec, ece, secs in rows:
-    print(f"| {shape} K={k} | {s} / {int(s) + 100} | {a:.4f} | {hom:.4f} | {com:.4f} | {pur:.4f} | {rec:.3f} | {ece:.3f} | {secs:.1f} |")
+print("| shape | seed (simulate / classify) | ARI good | homogeneity | completeness | purity all | junk recall | ECE | s | oracle ARI | gap |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for s, a, hom, com, pur, rec, ece, secs, orc, gap in rows:
+    print(f"| {shape} K={k} | {s} / {int(s) + 100} | {a:.4f} | {hom:.4f} | {com:.4f} | {pur:.4f} | {rec:.3f} | {ece:.3f} | {secs:.1f} | {orc:.4f} | {gap:+.4f} |")
 m = np.array([r[1:] for r in rows])
 for name, f in [("mean", np.mean), ("min", np.min), ("max", np.max)]:
     v = f(m, axis=0)
-    print(f"| {shape} K={k} | **{name}** | {v[0]:.4f} | {v[1]:.4f} | {v[2]:.4f} | {v[3]:.4f} | {v[4]:.3f} | {v[5]:.3f} | {v[6]:.1f} |")
+    print(f"| {shape} K={k} | **{name}** | {v[0]:.4f} | {v[1]:.4f} | {v[2]:.4f} | {v[3]:.4f} | {v[4]:.3f} | {v[5]:.3f} | {v[6]:.1f} | {v[7]:.4f} | {v[8]:+.4f} |")
 PY
