@@ -65,9 +65,20 @@ pub struct Classify2dConfig {
     /// Online-EM batch size per class. Default 100.
     #[serde(default = "d_batch_size_per_class")]
     pub batch_size_per_class: usize,
+    /// Online-EM learning rate at the first batch, η(0) in (0, 1]. Default 1.
+    #[serde(default = "d_lr_init")]
+    pub oem_learning_rate_init: f64,
+    /// Online-EM learning-rate half-life, iterations: η(t) = η(0)/(1 + t/h); 0 = constant
+    /// η(0). Default 2.
+    #[serde(default = "d_lr_halflife")]
+    pub oem_learning_rate_halflife: f64,
     /// Full iterations over all particles after online EM. Default 1.
     #[serde(default = "d_full_iterations")]
     pub full_iterations: usize,
+    /// Stop the full iterations early when fewer than this percentage of particles changed
+    /// their best class since the previous full iteration; null = run all of them. Default 1.
+    #[serde(default = "d_convergence_switch_pct")]
+    pub convergence_switch_pct: Option<f64>,
     /// Clamp class-average pixels to ≥ 0. Default off.
     #[serde(default)]
     pub nonnegative: bool,
@@ -131,6 +142,15 @@ fn d_online_em_iterations() -> usize {
 fn d_batch_size_per_class() -> usize {
     100
 }
+fn d_lr_init() -> f64 {
+    1.0
+}
+fn d_lr_halflife() -> f64 {
+    2.0
+}
+fn d_convergence_switch_pct() -> Option<f64> {
+    Some(1.0)
+}
 fn d_full_iterations() -> usize {
     1
 }
@@ -159,7 +179,10 @@ impl Classify2dConfig {
             force_max: true,
             online_em_iterations: d_online_em_iterations(),
             batch_size_per_class: d_batch_size_per_class(),
+            oem_learning_rate_init: d_lr_init(),
+            oem_learning_rate_halflife: d_lr_halflife(),
             full_iterations: d_full_iterations(),
+            convergence_switch_pct: d_convergence_switch_pct(),
             nonnegative: false,
             clamp_solvent: false,
             ctf_correct: true,
@@ -238,6 +261,23 @@ impl crate::config::JobConfig for Classify2dConfig {
         if self.num_classes == 0 {
             return Err(Error::config(path, "num_classes", "must be at least 1"));
         }
+        if let Some(p) = self.convergence_switch_pct {
+            check_range(path, "convergence_switch_pct", p, 0.0, 100.0)?;
+        }
+        check_range(
+            path,
+            "oem_learning_rate_init",
+            self.oem_learning_rate_init,
+            1e-6,
+            1.0,
+        )?;
+        check_range(
+            path,
+            "oem_learning_rate_halflife",
+            self.oem_learning_rate_halflife,
+            0.0,
+            1e6,
+        )?;
         check_range(path, "max_res_A", self.max_res_a, 1e-3, 1e4)?;
         if let Some(a) = self.max_align_res_a {
             check_range(path, "max_align_res_A", a, 1e-3, 1e4)?;

@@ -35,6 +35,7 @@ use crate::numerics::frc::frc_resolution_a;
 use crate::particles::{Particles, WorkGrid};
 
 use super::accumulate::{signal_shell, PlaneModel};
+use super::convergence::Convergence;
 use super::estep::{Scorer, Templates};
 use super::gpu;
 use super::grid::{Band, PoseGrid};
@@ -56,6 +57,9 @@ pub struct Extra {
     pub class_counts: Vec<f64>,
     #[serde(rename = "class_frc05_res_A")]
     pub class_frc05_res_a: Vec<f64>,
+    /// Full passes after the first: particles whose best class changed, %.
+    #[serde(default)]
+    pub switched_pct: Option<f64>,
 }
 
 /// The model in a checkpoint.
@@ -71,6 +75,9 @@ pub struct Shared {
     pub noise_gain: Vec<Vec<f64>>,
     pub sigma2_init: Vec<f64>,
     pub sigma2_current: Vec<f64>,
+    /// Converged with `final_hard_classification`: the next pass is the last, hard.
+    #[serde(default)]
+    pub hard_next: bool,
 }
 
 impl Scored for ResultRow {
@@ -114,8 +121,9 @@ pub struct Classify2d<'a> {
     pub sigma2_init: Vec<f64>,
     pub sigma2_current: Vec<f64>,
     pub sigma2_used: Vec<f64>,
-    /// Local particles (for the checkpoint's row count).
-    n_local: usize,
+    /// When the full passes stop; this iteration is hard.
+    conv: Convergence,
+    hard_now: bool,
     /// The configuration file, named in the GPU memory budget error.
     pub config: std::path::PathBuf,
 }
@@ -156,7 +164,8 @@ impl<'a> Classify2d<'a> {
             sigma2_init: Vec::new(),
             sigma2_current: Vec::new(),
             sigma2_used: Vec::new(),
-            n_local: 0,
+            conv: Convergence::new(plan.convergence_switch_pct, plan.hard_from.is_some()),
+            hard_now: false,
             config: std::path::PathBuf::from("the configuration"),
         })
     }
@@ -167,7 +176,7 @@ impl<'a> Problem for Classify2d<'a> {
     type Row = ResultRow;
     type Extra = Extra;
     type Shared = Shared;
-    type RowState = ();
+    type RowState = u32;
 
     fn layout(&self) -> &StatsLayout {
         &self.layout
@@ -176,10 +185,10 @@ impl<'a> Problem for Classify2d<'a> {
         self.plan.num_classes
     }
 
-    fn start(&mut self, ctx: &Context, resume: Option<(Shared, Vec<()>)>) -> Result<()> {
-        self.n_local = ctx.source.len();
+    fn start(&mut self, ctx: &Context, resume: Option<(Shared, Vec<u32>)>) -> Result<()> {
         match resume {
-            Some((s, _)) => {
+            Some((s, rows)) => {
+                self.conv.start(ctx.source.len(), Some(rows), s.hard_next);
                 let n = s.box_px;
                 let images = s
                     .images
@@ -198,6 +207,7 @@ impl<'a> Problem for Classify2d<'a> {
                 self.sigma2_current = s.sigma2_current;
             }
             None => {
+                self.conv.start(ctx.source.len(), None, false);
                 self.sigma2_init = self.initial_noise(ctx)?;
                 self.sigma2_current = self.sigma2_init.clone();
                 let poses = PoseGrid::new(self.k_hi, self.plan.max_shift_px);
@@ -229,7 +239,8 @@ impl<'a> Problem for Classify2d<'a> {
             &self.sigma2_current,
             &mut self.sigma2_used,
         )?;
-        let hard = self.plan.hard_from.is_some_and(|h| it.t >= h);
+        let hard = self.plan.hard_from.is_some_and(|h| it.t >= h) || self.conv.hard_next;
+        self.hard_now = hard;
         self.now = (
             self.grid.shell_res_a(self.k_hi),
             poses.n_rot(),
@@ -303,7 +314,8 @@ impl<'a> Problem for Classify2d<'a> {
         super::accumulate::cpu_e_step(&prep.model, &prep.params, &self.layout, block, idx, stats)
     }
 
-    fn keep(&mut self, _: usize, _: &ResultRow, _: &Iteration) -> Result<()> {
+    fn keep(&mut self, l: usize, row: &ResultRow, _: &Iteration) -> Result<()> {
+        self.conv.keep(l, row.class);
         Ok(())
     }
 
@@ -328,7 +340,10 @@ impl<'a> Problem for Classify2d<'a> {
         Ok(())
     }
 
-    fn conclude(&mut self, _: &Iteration, _: &Context) -> Result<Conclusion<Extra>> {
+    fn conclude(&mut self, it: &Iteration, ctx: &Context) -> Result<Conclusion<Extra>> {
+        let (switched_pct, stop) =
+            self.conv
+                .conclude(it.phase, self.hard_now, self.plan.num_classes, ctx.comm);
         let (res, n_rot, n_shift, band) = self.now;
         let frc05 = self
             .classes
@@ -347,15 +362,22 @@ impl<'a> Problem for Classify2d<'a> {
                 band_coefficients: band,
                 class_counts: self.classes.counts.clone(),
                 class_frc05_res_a: frc05,
+                switched_pct,
             },
-            stop: None,
+            stop,
         })
     }
 
     fn describe(&self, e: &Extra) -> Vec<String> {
         vec![format!(
-            "align {:.1} Å, {} angles × {} shifts, {} band coefficients",
-            e.align_res_a, e.n_rotations, e.n_shifts, e.band_coefficients
+            "align {:.1} Å, {} angles × {} shifts, {} band coefficients{}",
+            e.align_res_a,
+            e.n_rotations,
+            e.n_shifts,
+            e.band_coefficients,
+            e.switched_pct
+                .map(|s| format!(", switched {s:.2}%"))
+                .unwrap_or_default()
         )]
     }
 
@@ -374,10 +396,11 @@ impl<'a> Problem for Classify2d<'a> {
             noise_gain: self.classes.noise_gain.clone(),
             sigma2_init: self.sigma2_init.clone(),
             sigma2_current: self.sigma2_current.clone(),
+            hard_next: self.conv.hard_next,
         }
     }
 
-    fn row_states(&self) -> Vec<()> {
-        vec![(); self.n_local]
+    fn row_states(&self) -> Vec<u32> {
+        self.conv.row_states()
     }
 }

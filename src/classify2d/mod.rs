@@ -8,6 +8,7 @@
 //! - [`results`]: per-particle results and their rank-local spill file.
 //! - [`estep`]: templates and the batched GEMM scoring.
 //! - [`model`]: sufficient statistics and class averages (M-step).
+//! - [`convergence`]: when the full passes stop (class flow between passes).
 //! - [`engine`]: the problem run by the shared EM engine ([`crate::em::engine`]).
 //! - [`accumulate`]: the E-step of a chunk of particles and its M-step contributions.
 //! - [`gpu`]: the same phases on the CUDA backend.
@@ -16,6 +17,7 @@
 
 pub mod accumulate;
 pub mod config;
+pub mod convergence;
 pub mod duplicate_routing;
 pub mod duplicates;
 pub mod engine;

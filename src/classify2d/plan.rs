@@ -1,6 +1,6 @@
 //! The classify2d configuration turned, once, with the dataset's particle count, into what
 //! the run uses: the engine's iteration plan (online batches from the second batch of the
-//! seeded permutation, η(t) = 1/(1 + t/2)), the ICUF schedule, the alignment limits and
+//! seeded permutation, η(t) = η(0)/(1 + t/h)), the ICUF schedule, the alignment limits and
 //! pose grid extent, and when classification turns hard. The problem
 //! ([`super::engine`]) reads only this; the YAML struct is validated before
 //! (`Classify2dConfig::validate_for`) and the schedules are checked when built here.
@@ -25,6 +25,8 @@ pub struct Plan2d {
     pub max_shift_px: f64,
     /// First iteration classified hard (`final_hard_classification`), or none.
     pub hard_from: Option<usize>,
+    /// Stop the full passes when fewer particles than this switch class, %; none = never.
+    pub convergence_switch_pct: Option<f64>,
     /// Back-project at the best pose only (`force_max`).
     pub force_max: bool,
 }
@@ -40,7 +42,10 @@ impl Classify2dConfig {
                 n_total,
                 batch_size: self.batch_size_per_class * self.num_classes,
                 seed: self.seed,
-                rate: LearningRate::new(1.0, 2.0)?,
+                rate: LearningRate::new(
+                    self.oem_learning_rate_init,
+                    self.oem_learning_rate_halflife,
+                )?,
                 online: self.online_em_iterations,
                 full_max: self.full_iterations,
                 batch_offset: 1,
@@ -52,6 +57,7 @@ impl Classify2dConfig {
             hard_from: self
                 .final_hard_classification
                 .then(|| total.saturating_sub(1)),
+            convergence_switch_pct: self.convergence_switch_pct,
             force_max: self.force_max,
         })
     }

@@ -136,6 +136,18 @@ impl SpillWriter {
         Ok(())
     }
 
+    /// Starts over: the rows written so far are dropped (a new pass over the particles).
+    pub fn restart(&mut self) -> Result<()> {
+        use std::io::{Seek, SeekFrom};
+        self.out.flush().map_err(|e| Error::io(&self.path, e))?;
+        let f = self.out.get_mut();
+        f.set_len(0).map_err(|e| Error::io(&self.path, e))?;
+        f.seek(SeekFrom::Start(0))
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.rows = 0;
+        Ok(())
+    }
+
     /// Flushes and closes; returns the number of rows.
     pub fn finish(mut self) -> Result<usize> {
         self.out.flush().map_err(|e| Error::io(&self.path, e))?;
@@ -204,6 +216,10 @@ mod tests {
                 ..row(0)
             })
             .is_err());
+        w.restart().unwrap();
+        for i in 0..5 {
+            w.push(&row(i)).unwrap();
+        }
         assert_eq!(w.finish().unwrap(), 5);
         assert_eq!(std::fs::metadata(&p).unwrap().len(), 5 * 36);
         let mut r = SpillReader::open(&p, 3).unwrap();

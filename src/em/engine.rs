@@ -12,8 +12,8 @@
 //!     prepare     the problem freezes its model for the E-step (templates, projectors)
 //!     E-step      the rank's rows of the iteration, block by block from the particle
 //!                 source (resident or streamed: the same blocks, so the same bits), into
-//!                 the batch statistics; each particle's result goes to the problem and to
-//!                 the caller's sink; ESS and best-class probability into all-reduced bins;
+//!                 the batch statistics; each particle's result goes to the problem and,
+//!                 in full and assign passes, to the caller's sink; ESS and best-class probability into all-reduced bins;
 //!                 then the problem adds any sums it kept elsewhere (a GPU's resident class
 //!                 sums, brought down once per iteration)
 //!     agree       every rank learns whether every rank scored its particles
@@ -256,15 +256,17 @@ struct Done<E> {
 
 impl<'a> Engine<'a> {
     /// Runs `problem` to the end. `on_iteration` is called on every rank after each
-    /// iteration; `on_row` receives the result of every local particle in the last planned
-    /// pass, in local row order (a run stopped early by the problem's convergence test has
-    /// no such pass: a problem that can stop early keeps its own results).
+    /// iteration; `on_row` receives the result of every local particle in every pass over
+    /// all particles (full and assign iterations, not the O-EM batches), in local row order,
+    /// with its iteration: a caller that writes results keeps the latest pass (a new `it.t`
+    /// starts it over), which is the last one whether the run ends at the iteration limit or
+    /// stops early on the problem's convergence test.
     pub fn run<P: Problem>(
         &self,
         problem: &mut P,
         resume: Option<Resume<P>>,
         mut on_iteration: impl FnMut(&View<P>) -> Result<()>,
-        mut on_row: impl FnMut(usize, &P::Row) -> Result<()>,
+        mut on_row: impl FnMut(&Iteration, usize, &P::Row) -> Result<()>,
     ) -> Result<Outcome<P::Extra>> {
         let plan = self.plan;
         let mut driver = Driver::new(
@@ -359,7 +361,7 @@ impl<'a> Engine<'a> {
         driver: &mut Driver,
         ctx: &Context,
         t: usize,
-        on_row: &mut impl FnMut(usize, &P::Row) -> Result<()>,
+        on_row: &mut impl FnMut(&Iteration, usize, &P::Row) -> Result<()>,
     ) -> Result<Done<P::Extra>> {
         let comm = self.comm;
         let start = Instant::now();
@@ -385,8 +387,8 @@ impl<'a> Engine<'a> {
             ess.add(row.ess());
             best.add(row.best_prob());
             p.keep(l, row, &it)?;
-            if it.last {
-                on_row(l, row)?;
+            if it.phase != Phase::Online {
+                on_row(&it, l, row)?;
             }
             Ok(())
         });

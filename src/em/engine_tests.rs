@@ -198,8 +198,10 @@ fn a_gaussian_mixture_is_recovered() {
                 phases.push(v.it.phase);
                 Ok(())
             },
-            |_, _| {
-                final_rows += 1;
+            |it, _, _| {
+                if it.last {
+                    final_rows += 1;
+                }
                 Ok(())
             },
         )
@@ -273,8 +275,10 @@ fn a_run_resumed_from_its_checkpoint_ends_with_the_same_result() {
             &mut whole,
             None,
             |_| Ok(()),
-            |l, r| {
-                rows_whole.push((l, r.probs));
+            |it, l, r| {
+                if it.last {
+                    rows_whole.push((l, r.probs));
+                }
                 Ok(())
             },
         )
@@ -294,7 +298,7 @@ fn a_run_resumed_from_its_checkpoint_ends_with_the_same_result() {
             }
             Ok(())
         },
-        |_, _| Ok(()),
+        |_, _, _| Ok(()),
     );
     assert!(stopped.is_err());
     let bytes = std::fs::read(dir.path().join(crate::em::checkpoint::FILE)).unwrap();
@@ -307,8 +311,10 @@ fn a_run_resumed_from_its_checkpoint_ends_with_the_same_result() {
             &mut resumed,
             Some(resume),
             |_| Ok(()),
-            |l, r| {
-                rows_resumed.push((l, r.probs));
+            |it, l, r| {
+                if it.last {
+                    rows_resumed.push((l, r.probs));
+                }
                 Ok(())
             },
         )

@@ -144,6 +144,7 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
     }
     let spill_path = results::spill_path(&staging, comm.rank());
     let mut spill = collective(comm, SpillWriter::create(&spill_path, cfg.num_classes))?;
+    let mut spill_pass = None;
     let ran = engine.run(
         &mut problem,
         resume,
@@ -156,7 +157,14 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
                 None => Ok(()),
             }
         },
-        |_, row| spill.push(row),
+        |it, _, row| {
+            // Every full pass writes its rows; the last one written is the result.
+            if spill_pass != Some(it.t) {
+                spill.restart()?;
+                spill_pass = Some(it.t);
+            }
+            spill.push(row)
+        },
     );
     let ran = collective(comm, ran)?;
     let outcome = Outcome {

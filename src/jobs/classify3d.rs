@@ -238,7 +238,7 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
                 _ => Ok(()),
             }
         },
-        |_, _| Ok(()),
+        |_, _, _| Ok(()),
     );
     let ran = collective(comm, ran)?;
     let scale = std::mem::take(&mut problem.scale);
