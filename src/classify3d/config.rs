@@ -300,8 +300,9 @@ impl Classify3dConfig {
     }
 }
 
-impl crate::config::JobConfig for Classify3dConfig {
-    fn validate(&self, path: &Path) -> Result<()> {
+impl Classify3dConfig {
+    /// `num_classes`, `filter_res_A` and the initial volumes (mode, files, particles, low-pass).
+    fn validate_classes_and_init(&self, path: &Path) -> Result<()> {
         if self.num_classes == 0 {
             return Err(Error::config(path, "num_classes", "must be at least 1"));
         }
@@ -344,7 +345,11 @@ impl crate::config::JobConfig for Classify3dConfig {
             ));
         }
         check_range(path, "init_lowpass_A", self.init_lowpass_a, 1e-3, 1e4)?;
-        check_range(path, "max_resident_gb", self.max_resident_gb, 0.0, 1e6)?;
+        Ok(())
+    }
+
+    /// The generated solvent mask's threshold, dilation and soft edge.
+    fn validate_solvent_mask(&self, path: &Path) -> Result<()> {
         check_range(
             path,
             "solvent_mask_threshold",
@@ -366,6 +371,11 @@ impl crate::config::JobConfig for Classify3dConfig {
             0.0,
             1e4,
         )?;
+        Ok(())
+    }
+
+    /// O-EM learning rate, batches and epochs, the F-EM iterations and convergence criteria.
+    fn validate_em_schedule(&self, path: &Path) -> Result<()> {
         check_range(
             path,
             "oem_learning_rate_init",
@@ -400,6 +410,11 @@ impl crate::config::JobConfig for Classify3dConfig {
         if let Some(t) = self.rms_density_change_threshold {
             check_range(path, "rms_density_change_threshold", t, 0.0, 1e6)?;
         }
+        Ok(())
+    }
+
+    /// Class similarity and its annealing window.
+    fn validate_similarity(&self, path: &Path) -> Result<()> {
         check_range(path, "class_similarity", self.class_similarity, 0.0, 1.0)?;
         if let Some(end) = self.class_similarity_anneal_end {
             if end < self.class_similarity_anneal_start {
@@ -413,6 +428,17 @@ impl crate::config::JobConfig for Classify3dConfig {
                 ));
             }
         }
+        Ok(())
+    }
+}
+
+impl crate::config::JobConfig for Classify3dConfig {
+    fn validate(&self, path: &Path) -> Result<()> {
+        self.validate_classes_and_init(path)?;
+        check_range(path, "max_resident_gb", self.max_resident_gb, 0.0, 1e6)?;
+        self.validate_solvent_mask(path)?;
+        self.validate_em_schedule(path)?;
+        self.validate_similarity(path)?;
         point_group(&self.symmetry).map_err(|e| Error::config(path, "symmetry", e.to_string()))?;
         if self.output_every_fem_iter && self.reorder_classes_by_size {
             return Err(Error::config(

@@ -4,17 +4,22 @@
 //! iteration does:
 //!
 //! - start ([`super::start`]): consensus, solvent mask, noise model, per-particle scales,
-//!   initial classes (or the checkpoint's classes);
+//!   initial classes (or the checkpoint's classes, [`super::checkpoint`]);
 //! - prepare: the effective volumes (focus mask) as projectors, the class priors from the
 //!   class weights, similarity and hardness of the annealing schedule;
 //! - E-step per block, through the backend's phases ([`crate::backend::phases`], the CPU
-//!   ones in [`super::estep`], the CUDA ones in [`super::gpu`]): log-likelihoods against the K projections with scale, CTF
-//!   and noise, responsibilities, back-projection of the particles with their class
-//!   weights (symmetry copies included) and the per-shell residual power (on the GPU the
-//!   class sums stay on the device and come down once, in `finish_e_step`);
+//!   ones in [`super::estep`], the CUDA ones in [`super::gpu`]): log-likelihoods against
+//!   the K projections with scale, CTF and noise, responsibilities, back-projection of the
+//!   particles with their class weights (symmetry copies included) and the per-shell
+//!   residual power (on the GPU the class sums stay on the device and come down once, in
+//!   `finish_e_step`); the rows it returns are [`super::state::Row`]s;
 //! - M-step: FSC-filtered, masked reconstructions, noise model and class weights;
 //! - conclude: class sizes (all-reduced counts), the class flow against the previous F-EM
-//!   assignment, the RMS density change, and the convergence criteria.
+//!   assignment, the RMS density change, and the convergence criteria
+//!   ([`super::record`], with the record's fields and log line).
+//!
+//! The checkpoint's model and rows, and their conversion from and back into this problem,
+//! are in [`super::checkpoint`].
 
 use ndarray::Array3;
 
@@ -26,16 +31,19 @@ use crate::em::engine::{Conclusion, Context, Iteration, Problem};
 use crate::em::responsibilities::EStepParams;
 use crate::em::schedule::SimilaritySchedule;
 use crate::em::stats::{Stats, StatsLayout};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::numerics::project3d::Projector;
 use crate::numerics::rotation::Mat3;
 use crate::particles::{Particles, WorkGrid};
 
+pub use super::checkpoint::{RowState, Shared};
 use super::estep::VolumeModel;
 use super::gpu;
 use super::model::{self, ClassVolume, PAD};
 use super::plan::Plan3d;
-pub use super::state::{Extra, Results, Row, RowState, Shared};
+use super::record::convergence;
+pub use super::record::Extra;
+pub use super::state::{Results, Row};
 
 /// What the E-step of one iteration uses.
 pub struct Prepared<'a> {
@@ -83,7 +91,8 @@ pub struct Classify3d<'a> {
     pub sigma2: Vec<f64>,
     pub weights: Vec<f64>,
     pub results: Results,
-    prev_fem: Option<Vec<u32>>,
+    /// Classes of the previous F-EM iteration (local rows), once there was one.
+    pub(super) prev_fem: Option<Vec<u32>>,
     /// Class flow between consecutive F-EM iterations: (iteration, K × K counts).
     pub flows: Vec<(usize, Vec<Vec<u64>>)>,
     /// The flow of the iteration just concluded, if any.
@@ -96,12 +105,6 @@ impl<'a> Classify3d<'a> {
     pub fn new(i: Inputs<'a>) -> Result<Self> {
         let plan = i.plan;
         let k = plan.num_classes;
-        let empty = ClassVolume {
-            vol: Array3::zeros((0, 0, 0)),
-            fsc: Vec::new(),
-            halves: [Array3::zeros((0, 0, 0)), Array3::zeros((0, 0, 0))],
-            res_a: f64::NAN,
-        };
         Ok(Classify3d {
             layout: model::layout(k, i.grid)?,
             sim: plan.similarity,
@@ -114,7 +117,7 @@ impl<'a> Classify3d<'a> {
             initial_volumes: i.initial_volumes,
             input_scales: i.input_scales,
             gpu: i.gpu,
-            consensus: empty,
+            consensus: ClassVolume::empty(),
             mask: Array3::zeros((0, 0, 0)),
             mask_generated: false,
             scale: Vec::new(),
@@ -149,44 +152,13 @@ impl<'a> Problem for Classify3d<'a> {
         self.start_model(ctx.source, ctx.comm)?;
         let (k, n) = (self.plan.num_classes, ctx.source.len());
         self.results = Results::new(n, k);
-        let Some((s, rows)) = resume else {
-            self.classes = self.initial_classes(ctx.source, ctx.comm)?;
-            return Ok(());
-        };
-        let g = self.grid.n;
-        let vol = |v: &Vec<f32>| {
-            Array3::from_shape_vec((g, g, g), v.clone())
-                .map_err(|e| Error::Checkpoint(format!("class volume shape: {e}")))
-        };
-        self.classes = (0..s.vols.len())
-            .map(|c| {
-                Ok(ClassVolume {
-                    vol: vol(&s.vols[c][0])?,
-                    fsc: s.fsc[c].clone(),
-                    halves: [vol(&s.vols[c][1])?, vol(&s.vols[c][2])?],
-                    res_a: s.res_a[c],
-                })
-            })
-            .collect::<Result<_>>()?;
-        self.sigma2 = s.sigma2;
-        self.weights = s.weights;
-        self.flows = s.flows;
-        let mut prev = Vec::with_capacity(n);
-        for (l, r) in rows.into_iter().enumerate() {
-            if r.probs.len() != k {
-                return Err(Error::Checkpoint(format!(
-                    "row state of {} classes",
-                    r.probs.len()
-                )));
+        match resume {
+            Some((s, rows)) => self.restore_checkpoint(s, rows),
+            None => {
+                self.classes = self.initial_classes(ctx.source, ctx.comm)?;
+                Ok(())
             }
-            self.results.probs[l * k..(l + 1) * k].copy_from_slice(&r.probs);
-            self.results.class[l] = r.class;
-            self.results.class_posterior[l] = r.posterior;
-            self.results.class_ess[l] = r.ess;
-            prev.push(r.prev_fem);
         }
-        self.prev_fem = s.has_prev_fem.then_some(prev);
-        Ok(())
     }
 
     fn prepare(&mut self, it: &Iteration, _: &Context) -> Result<Prepared<'a>> {
@@ -236,18 +208,7 @@ impl<'a> Problem for Classify3d<'a> {
             Some(g) => gpu::e_step_block(g, m, &b, prior, params, accumulate, st)?,
             None => e_step_block(&Cpu, m, &b, prior, params, accumulate, st)?,
         };
-        let probs = resp.probs();
-        Ok((0..idx.len())
-            .map(|j| {
-                let row = Row {
-                    probs: (0..k).map(|c| probs[[j, c]] as f32).collect(),
-                    class: resp.best_class()[j] as u32,
-                    posterior: resp.best_prob()[j] as f32,
-                    ess: resp.ess()[j] as f32,
-                };
-                (idx[j], row)
-            })
-            .collect())
+        Ok(Row::of_block(&resp, idx, k))
     }
 
     /// On the GPU: brings the iteration's class sums down (once, 48·K·V bytes) into the
@@ -260,13 +221,8 @@ impl<'a> Problem for Classify3d<'a> {
     }
 
     fn keep(&mut self, l: usize, row: &Row, _: &Iteration) -> Result<()> {
-        let r = &mut self.results;
-        let k = r.k;
         self.assigned[row.class as usize] += 1;
-        r.class[l] = row.class;
-        r.class_posterior[l] = row.posterior;
-        r.class_ess[l] = row.ess;
-        r.probs[l * k..(l + 1) * k].copy_from_slice(&row.probs);
+        self.results.store(l, row);
         Ok(())
     }
 
@@ -305,19 +261,6 @@ impl<'a> Problem for Classify3d<'a> {
         } else {
             None
         };
-        let mut stop = None;
-        if let Some(s) = switched {
-            if s < plan.convergence_switch_pct {
-                stop = Some(format!(
-                    "converged: {s:.2}% of particles switched class (< {}%)",
-                    plan.convergence_switch_pct
-                ));
-            } else if let (Some(thr), Some(r)) = (plan.rms_density_change_threshold, rms) {
-                if r < thr {
-                    stop = Some(format!("converged: RMS density change {r:.4} (< {thr})"));
-                }
-            }
-        }
         Ok(Conclusion {
             extra: Extra {
                 class_similarity: self.sim.similarity(it.t),
@@ -328,58 +271,19 @@ impl<'a> Problem for Classify3d<'a> {
                 switched_pct: switched,
                 rms_density_change: rms,
             },
-            stop,
+            stop: convergence(plan, switched, rms),
         })
     }
 
     fn describe(&self, e: &Extra) -> Vec<String> {
-        let res: Vec<f64> = e
-            .class_res_a
-            .iter()
-            .map(|r| (r * 10.0).round() / 10.0)
-            .collect();
-        vec![format!(
-            "similarity {:.3}{}; assignments {:?}, FSC 0.143 {res:?} Å{}{}",
-            e.class_similarity,
-            if e.hard_classification { ", hard" } else { "" },
-            e.class_assignments,
-            e.switched_pct
-                .map(|s| format!(", switched {s:.2}%"))
-                .unwrap_or_default(),
-            e.rms_density_change
-                .map(|r| format!(", RMS change {r:.4}"))
-                .unwrap_or_default()
-        )]
+        e.describe()
     }
 
     fn shared_state(&self) -> Shared {
-        let flat = |a: &Array3<f32>| a.iter().copied().collect::<Vec<f32>>();
-        Shared {
-            vols: self
-                .classes
-                .iter()
-                .map(|c| [flat(&c.vol), flat(&c.halves[0]), flat(&c.halves[1])])
-                .collect(),
-            fsc: self.classes.iter().map(|c| c.fsc.clone()).collect(),
-            res_a: self.classes.iter().map(|c| c.res_a).collect(),
-            sigma2: self.sigma2.clone(),
-            weights: self.weights.clone(),
-            flows: self.flows.clone(),
-            has_prev_fem: self.prev_fem.is_some(),
-        }
+        self.checkpoint_model()
     }
 
     fn row_states(&self) -> Vec<RowState> {
-        let r = &self.results;
-        let k = r.k;
-        (0..r.class.len())
-            .map(|l| RowState {
-                probs: r.probs[l * k..(l + 1) * k].to_vec(),
-                class: r.class[l],
-                posterior: r.class_posterior[l],
-                ess: r.class_ess[l],
-                prev_fem: self.prev_fem.as_ref().map_or(0, |p| p[l]),
-            })
-            .collect()
+        self.checkpoint_rows()
     }
 }

@@ -14,7 +14,10 @@
 //! - [`gpu`]: the same E-step phases and scale fit on the GPU (CUDA backend).
 //! - [`model`]: statistics, back-projection, reconstruction with FSC filtering, masks.
 //! - [`engine`]: the problem run by the shared EM engine ([`crate::em::engine`]).
+//! - [`state`]: per-particle results; [`checkpoint`]: the model and rows in a checkpoint;
+//!   [`record`]: the fields of the iteration record and the convergence criteria.
 
+pub mod checkpoint;
 pub mod config;
 pub mod engine;
 pub mod estep;
@@ -22,5 +25,6 @@ pub mod gpu;
 pub mod model;
 pub mod particles;
 pub mod plan;
+pub mod record;
 pub mod start;
 pub mod state;

@@ -160,6 +160,18 @@ pub struct ClassVolume {
     pub res_a: f64,
 }
 
+impl ClassVolume {
+    /// A placeholder before the start (empty volumes, no FSC, NaN resolution).
+    pub fn empty() -> ClassVolume {
+        ClassVolume {
+            vol: Array3::zeros((0, 0, 0)),
+            fsc: Vec::new(),
+            halves: [Array3::zeros((0, 0, 0)), Array3::zeros((0, 0, 0))],
+            res_a: f64::NAN,
+        }
+    }
+}
+
 /// The reconstructions of every class from the statistics.
 pub fn reconstruct_classes(
     st: &Stats,

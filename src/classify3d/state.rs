@@ -1,9 +1,9 @@
-//! What a 3D classification keeps per particle and in a checkpoint, and its fields of the
-//! iteration record.
-
-use serde::{Deserialize, Serialize};
+//! What a 3D classification keeps per particle: the result of one iteration ([`Row`]) and
+//! the latest result of every local row ([`Results`]). What it keeps in a checkpoint is in
+//! [`super::checkpoint`], its fields of the iteration record in [`super::record`].
 
 use crate::em::engine::Scored;
+use crate::em::responsibilities::Responsibilities;
 
 /// Per-particle results of the last iteration that saw the particle (local rows).
 #[derive(Clone, Debug)]
@@ -26,6 +26,15 @@ impl Results {
             class_ess: vec![0.0; n],
         }
     }
+
+    /// Keeps `row` as the result of local row `l`.
+    pub fn store(&mut self, l: usize, row: &Row) {
+        let k = self.k;
+        self.class[l] = row.class;
+        self.class_posterior[l] = row.posterior;
+        self.class_ess[l] = row.ess;
+        self.probs[l * k..(l + 1) * k].copy_from_slice(&row.probs);
+    }
 }
 
 /// One particle's result of an iteration.
@@ -36,6 +45,25 @@ pub struct Row {
     pub ess: f32,
 }
 
+impl Row {
+    /// The rows of a block's responsibilities over `k` classes, each with its particle's
+    /// index `idx[j]`.
+    pub fn of_block(resp: &Responsibilities, idx: &[usize], k: usize) -> Vec<(usize, Row)> {
+        let probs = resp.probs();
+        (0..idx.len())
+            .map(|j| {
+                let row = Row {
+                    probs: (0..k).map(|c| probs[[j, c]] as f32).collect(),
+                    class: resp.best_class()[j] as u32,
+                    posterior: resp.best_prob()[j] as f32,
+                    ess: resp.ess()[j] as f32,
+                };
+                (idx[j], row)
+            })
+            .collect()
+    }
+}
+
 impl Scored for Row {
     fn ess(&self) -> f64 {
         self.ess as f64
@@ -43,44 +71,4 @@ impl Scored for Row {
     fn best_prob(&self) -> f64 {
         self.posterior as f64
     }
-}
-
-/// The problem's fields of the iteration record (summary.json, log).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Extra {
-    pub class_similarity: f64,
-    pub hard_classification: bool,
-    /// Particles whose most likely class is k (this iteration's particles).
-    pub class_assignments: Vec<u64>,
-    /// Σ_i p_ik of the running statistics.
-    pub class_effective_size: Vec<f64>,
-    #[serde(rename = "class_fsc0143_res_A")]
-    pub class_res_a: Vec<f64>,
-    /// % of particles that changed class since the previous F-EM iteration.
-    pub switched_pct: Option<f64>,
-    /// Size-weighted RMS change of the class volumes (relative to the consensus RMS).
-    pub rms_density_change: Option<f64>,
-}
-
-/// The model in a checkpoint.
-#[derive(Serialize, Deserialize)]
-pub struct Shared {
-    /// Per class: volume, half maps A and B (flat, `n³` each), FSC, resolution.
-    pub vols: Vec<[Vec<f32>; 3]>,
-    pub fsc: Vec<Vec<f64>>,
-    pub res_a: Vec<f64>,
-    pub sigma2: Vec<f64>,
-    pub weights: Vec<f64>,
-    pub flows: Vec<(usize, Vec<Vec<u64>>)>,
-    pub has_prev_fem: bool,
-}
-
-/// One particle in a checkpoint: its latest result and previous F-EM class.
-#[derive(Clone, Serialize, Deserialize)]
-pub struct RowState {
-    pub probs: Vec<f32>,
-    pub class: u32,
-    pub posterior: f32,
-    pub ess: f32,
-    pub prev_fem: u32,
 }

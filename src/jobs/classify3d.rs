@@ -25,7 +25,7 @@ use crate::dataset::{Column, ColumnData, Dataset, DatasetAttrs, ParticleTable};
 use crate::em::binned::{Binned, BINS};
 use crate::em::checkpoint::{self, Keeper};
 use crate::em::driver::Phase;
-use crate::em::engine::{Engine, Record};
+use crate::em::engine::{Engine, Outcome as Ran, Record};
 use crate::error::{Error, Result};
 use crate::formats::mrc::{read_volume, write_volume};
 use crate::jobs::collective;
@@ -180,24 +180,7 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         Some(dir) => Some(read_resume::<Classify3d>(comm, &keeper, dir)?),
         None => None,
     };
-    log::info!(
-        "classify3d: {n_total} particles on {} rank(s), {} classes, box {} px at {} Å → volumes {} px at {:.2} Å (filter {} Å), symmetry {} ({} operators)",
-        comm.size(),
-        cfg.num_classes,
-        s.box_px,
-        s.psize,
-        grid.n,
-        grid.psize_a(),
-        cfg.res_a(),
-        cfg.symmetry,
-        inputs.syms.len()
-    );
-    if !s.has_ctf {
-        log::info!(
-            "{}: no ctf/* fields, classifying without CTF correction",
-            cfg.input.display()
-        );
-    }
+    log_start(comm, &s, &inputs);
     let needs = Needs {
         ctf: s.has_ctf,
         poses: true,
@@ -241,18 +224,7 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         |_, _, _| Ok(()),
     );
     let ran = collective(comm, ran)?;
-    let scale = std::mem::take(&mut problem.scale);
-    let mut results = std::mem::replace(&mut problem.results, Results::new(0, cfg.num_classes));
-    let mut outcome = Outcome {
-        consensus: problem.consensus,
-        solvent_mask: problem.mask,
-        solvent_mask_generated: problem.mask_generated,
-        classes: problem.classes,
-        history: ran.history,
-        flows: problem.flows,
-        sigma2: problem.sigma2,
-        stop_reason: ran.stop_reason,
-    };
+    let (mut outcome, mut results, scale) = take_outcome(problem, ran);
     if cfg.reorder_classes_by_size {
         reorder_by_size(comm, &mut outcome, &mut results);
     }
@@ -276,6 +248,45 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
             None => Ok(()),
         },
     )
+}
+
+/// The run's sizes, sampling and symmetry, and a missing CTF.
+fn log_start(comm: &dyn Comm, s: &Setup, inputs: &Inputs) {
+    let (cfg, grid, n_total) = (&s.cfg, &s.grid, s.n_total);
+    log::info!(
+        "classify3d: {n_total} particles on {} rank(s), {} classes, box {} px at {} Å → volumes {} px at {:.2} Å (filter {} Å), symmetry {} ({} operators)",
+        comm.size(),
+        cfg.num_classes,
+        s.box_px,
+        s.psize,
+        grid.n,
+        grid.psize_a(),
+        cfg.res_a(),
+        cfg.symmetry,
+        inputs.syms.len()
+    );
+    if !s.has_ctf {
+        log::info!(
+            "{}: no ctf/* fields, classifying without CTF correction",
+            cfg.input.display()
+        );
+    }
+}
+
+/// Takes what the output needs out of the finished problem: the outcome, the local rows'
+/// results and their per-particle scales.
+fn take_outcome(problem: Classify3d, ran: Ran<Extra>) -> (Outcome, Results, Vec<f64>) {
+    let outcome = Outcome {
+        consensus: problem.consensus,
+        solvent_mask: problem.mask,
+        solvent_mask_generated: problem.mask_generated,
+        classes: problem.classes,
+        history: ran.history,
+        flows: problem.flows,
+        sigma2: problem.sigma2,
+        stop_reason: ran.stop_reason,
+    };
+    (outcome, problem.results, problem.scale)
 }
 
 /// `output_every_fem_iter`: this F-EM iteration's particles.h5 (every rank writes its rows
@@ -581,7 +592,6 @@ fn write_outputs(
     focus: Option<&Array3<f32>>,
 ) -> Result<()> {
     let dir: PathBuf = out.path().to_path_buf();
-    let k = cfg.num_classes;
     let ps = grid.psize_a() as f32;
     write_volumes(&dir, &o.classes, grid.psize_a())?;
     write_volume(dir.join("consensus.mrc"), o.consensus.vol.view(), ps)?;
@@ -609,6 +619,21 @@ fn write_outputs(
         "particles",
         &[("assignments", assigned), ("effective size", effective)],
     )?;
+    volume_plots(&plots, o)?;
+    fsc_plot(&plots, &o.classes, grid)?;
+    if let Some((t, f)) = o.flows.last() {
+        flow_plots(&plots, f, *t)?;
+    }
+    if let Some(a) = written.ari {
+        log::info!("adjusted Rand index vs simulated states (non-junk): {a:.4}");
+    }
+    let summary = summary(cfg, o, written, grid);
+    out.finish(&summary, cfg, "classify3d")
+}
+
+/// Central slices of each class's difference from the consensus, and of the consensus and
+/// the classes themselves.
+fn volume_plots(plots: &Path, o: &Outcome) -> Result<()> {
     let diff: Vec<(String, Array3<f32>)> = o
         .classes
         .iter()
@@ -633,10 +658,13 @@ fn write_outputs(
         "Class volumes, central slices",
         &vols,
         false,
-    )?;
+    )
+}
+
+/// The half-map FSC curve of every class.
+fn fsc_plot(plots: &Path, classes: &[ClassVolume], grid: &WorkGrid) -> Result<()> {
     let side = grid.n as f64 * grid.psize_a();
-    let curves: Vec<(String, Vec<(f64, f64)>)> = o
-        .classes
+    let curves: Vec<(String, Vec<(f64, f64)>)> = classes
         .iter()
         .enumerate()
         .map(|(j, c)| {
@@ -658,15 +686,19 @@ fn write_outputs(
         &series,
         false,
         PLOT_SIZE_PX,
-    )?;
-    if let Some((t, f)) = o.flows.last() {
-        flow_plots(&plots, f, *t)?;
-    }
-    let ari = written.ari;
-    if let Some(a) = ari {
-        log::info!("adjusted Rand index vs simulated states (non-junk): {a:.4}");
-    }
-    let summary = json!({
+    )
+}
+
+/// `summary.json`: the run's sizes and results, the iteration records and class flows.
+fn summary(
+    cfg: &Classify3dConfig,
+    o: &Outcome,
+    written: &Written,
+    grid: &WorkGrid,
+) -> serde_json::Value {
+    let k = cfg.num_classes;
+    let (assigned, effective, ari) = (&written.assigned, &written.effective, written.ari);
+    json!({
         "job": "classify3d",
         "input": cfg.input,
         "num_particles": written.num_particles,
@@ -684,6 +716,5 @@ fn write_outputs(
         "iterations": o.history,
         "class_flow": o.flows.iter().map(|(t, f)| json!({"iteration": t, "counts": f})).collect::<Vec<_>>(),
         "sigma2": o.sigma2,
-    });
-    out.finish(&summary, cfg, "classify3d")
+    })
 }
