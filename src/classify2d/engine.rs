@@ -16,17 +16,19 @@
 //!   CUDA backend ([`super::gpu`]) in blocks of up to 256 particles, one at a time, sized
 //!   to the free device memory;
 //! - M-step: class averages (mask, re-centring, …) and the noise model;
-//! - conclude: the record (alignment limit, class sizes and FRC resolutions), then the
-//!   alignment limit is raised to where the class averages have signal.
+//! - conclude: the record (alignment limit, class sizes and FRC resolutions, and after a
+//!   full pass the percentage of particles that switched class, [`super::convergence`],
+//!   which stops the full passes), then the alignment limit is raised to where the class
+//!   averages have signal.
+//!
+//! The checkpoint's model is [`super::checkpoint::Shared`], the record's fields
+//! [`super::record::Extra`].
 //!
 //! Rank independence: batches come from one seeded global permutation, the random initial
 //! assignment and the 100 noise particles are functions of the global row, and statistics
 //! are summed in f64, so 1, 2 or 64 ranks give the same classes up to summation order.
 
-use ndarray::Array2;
-use serde::{Deserialize, Serialize};
-
-use crate::em::engine::{Conclusion, Context, Iteration, Problem, Scored};
+use crate::em::engine::{Conclusion, Context, Iteration, Problem};
 use crate::em::responsibilities::EStepParams;
 use crate::em::schedule::IcufSchedule;
 use crate::em::stats::{Stats, StatsLayout};
@@ -35,59 +37,15 @@ use crate::numerics::frc::frc_resolution_a;
 use crate::particles::{Particles, WorkGrid};
 
 use super::accumulate::{signal_shell, PlaneModel};
+pub use super::checkpoint::Shared;
 use super::convergence::Convergence;
 use super::estep::{Scorer, Templates};
 use super::gpu;
-use super::grid::{Band, PoseGrid};
+use super::grid::{align_shells, Band, PoseGrid};
 use super::model::{self, ClassUpdate, PostProcess};
 use super::plan::Plan2d;
+pub use super::record::Extra;
 use super::results::ResultRow;
-
-/// Coarsest alignment limit of the first iteration, Å (raised as the classes improve).
-pub const START_ALIGN_RES_A: f64 = 25.0;
-
-/// The problem's fields of the iteration record (summary.json, log).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Extra {
-    #[serde(rename = "align_res_A")]
-    pub align_res_a: f64,
-    pub n_rotations: usize,
-    pub n_shifts: usize,
-    pub band_coefficients: usize,
-    pub class_counts: Vec<f64>,
-    #[serde(rename = "class_frc05_res_A")]
-    pub class_frc05_res_a: Vec<f64>,
-    /// Full passes after the first: particles whose best class changed, %.
-    #[serde(default)]
-    pub switched_pct: Option<f64>,
-}
-
-/// The model in a checkpoint.
-#[derive(Serialize, Deserialize)]
-pub struct Shared {
-    /// Alignment limit (shell) for the next iteration.
-    pub k_hi: usize,
-    /// Class averages, `n × n` each, row-major.
-    pub box_px: usize,
-    pub images: Vec<Vec<f32>>,
-    pub frc: Vec<Vec<f64>>,
-    pub counts: Vec<f64>,
-    pub noise_gain: Vec<Vec<f64>>,
-    pub sigma2_init: Vec<f64>,
-    pub sigma2_current: Vec<f64>,
-    /// Converged with `final_hard_classification`: the next pass is the last, hard.
-    #[serde(default)]
-    pub hard_next: bool,
-}
-
-impl Scored for ResultRow {
-    fn ess(&self) -> f64 {
-        self.ess as f64
-    }
-    fn best_prob(&self) -> f64 {
-        self.prob as f64
-    }
-}
 
 /// What the E-step of one iteration uses.
 pub struct Prepared<'a> {
@@ -122,7 +80,7 @@ pub struct Classify2d<'a> {
     pub sigma2_current: Vec<f64>,
     pub sigma2_used: Vec<f64>,
     /// When the full passes stop; this iteration is hard.
-    conv: Convergence,
+    pub(super) conv: Convergence,
     hard_now: bool,
     /// The configuration file, named in the GPU memory budget error.
     pub config: std::path::PathBuf,
@@ -135,14 +93,7 @@ impl<'a> Classify2d<'a> {
         post: PostProcess,
         backend: &'a dyn crate::backend::Backend,
     ) -> Result<Self> {
-        let k_align = grid.shell_at(plan.align_res_a);
-        let k_lo = plan
-            .min_align_res_a
-            .map(|r| grid.shell_at(r).max(1))
-            .unwrap_or(1);
-        let k_start = grid
-            .shell_at(START_ALIGN_RES_A)
-            .clamp((k_lo + 2).min(k_align), k_align);
+        let [k_lo, k_align, k_start] = align_shells(grid, plan.align_res_a, plan.min_align_res_a);
         Ok(Classify2d {
             layout: model::layout(plan.num_classes, grid)?,
             icuf: plan.icuf,
@@ -155,12 +106,7 @@ impl<'a> Classify2d<'a> {
             k_start,
             k_hi: k_start,
             now: (f64::NAN, 0, 0, 0),
-            classes: ClassUpdate {
-                images: Vec::new(),
-                frc: Vec::new(),
-                counts: Vec::new(),
-                noise_gain: Vec::new(),
-            },
+            classes: ClassUpdate::empty(),
             sigma2_init: Vec::new(),
             sigma2_current: Vec::new(),
             sigma2_used: Vec::new(),
@@ -189,22 +135,8 @@ impl<'a> Problem for Classify2d<'a> {
         match resume {
             Some((s, rows)) => {
                 self.conv.start(ctx.source.len(), Some(rows), s.hard_next);
-                let n = s.box_px;
-                let images = s
-                    .images
-                    .into_iter()
-                    .map(|v| Array2::from_shape_vec((n, n), v))
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(|e| Error::Checkpoint(format!("class image shape: {e}")))?;
-                self.classes = ClassUpdate {
-                    images,
-                    frc: s.frc,
-                    counts: s.counts,
-                    noise_gain: s.noise_gain,
-                };
                 self.k_hi = s.k_hi;
-                self.sigma2_init = s.sigma2_init;
-                self.sigma2_current = s.sigma2_current;
+                (self.classes, self.sigma2_init, self.sigma2_current) = s.into_model()?;
             }
             None => {
                 self.conv.start(ctx.source.len(), None, false);
@@ -221,17 +153,7 @@ impl<'a> Problem for Classify2d<'a> {
     fn prepare(&mut self, it: &Iteration, _: &Context) -> Result<Prepared<'a>> {
         let band = Band::new(self.grid, self.k_lo, self.k_hi);
         let poses = PoseGrid::new(self.k_hi, self.plan.max_shift_px);
-        let noise_power: Vec<Vec<f64>> = self
-            .classes
-            .noise_gain
-            .iter()
-            .map(|g| {
-                g.iter()
-                    .zip(&self.sigma2_current)
-                    .map(|(g, s)| g * s)
-                    .collect()
-            })
-            .collect();
+        let noise_power = self.classes.noise_power(&self.sigma2_current);
         let templates = Templates::build(&self.classes.images, &poses, &band, Some(&noise_power));
         self.icuf.sigma2(
             it.t,
@@ -256,17 +178,8 @@ impl<'a> Problem for Classify2d<'a> {
             &self.sigma2_used,
             self.backend,
         )?;
-        let mut gpu_error = None;
-        let (device, gpu_batch) = match self.backend.as_cuda() {
-            Some(gpu) => match gpu::plane_device(gpu, &scorer, self.grid, &ramps, &self.config) {
-                Ok((d, nb)) => (Some(d), nb),
-                Err(e) => {
-                    gpu_error = Some(e);
-                    (None, 0)
-                }
-            },
-            None => (None, 0),
-        };
+        let (device, gpu_batch, gpu_error) =
+            gpu::prepare(self.backend, &scorer, self.grid, &ramps, &self.config);
         Ok(Prepared {
             model: PlaneModel {
                 num_classes: self.plan.num_classes,
@@ -369,35 +282,11 @@ impl<'a> Problem for Classify2d<'a> {
     }
 
     fn describe(&self, e: &Extra) -> Vec<String> {
-        vec![format!(
-            "align {:.1} Å, {} angles × {} shifts, {} band coefficients{}",
-            e.align_res_a,
-            e.n_rotations,
-            e.n_shifts,
-            e.band_coefficients,
-            e.switched_pct
-                .map(|s| format!(", switched {s:.2}%"))
-                .unwrap_or_default()
-        )]
+        e.describe()
     }
 
     fn shared_state(&self) -> Shared {
-        Shared {
-            k_hi: self.k_hi,
-            box_px: self.grid.n,
-            images: self
-                .classes
-                .images
-                .iter()
-                .map(|a| a.iter().copied().collect())
-                .collect(),
-            frc: self.classes.frc.clone(),
-            counts: self.classes.counts.clone(),
-            noise_gain: self.classes.noise_gain.clone(),
-            sigma2_init: self.sigma2_init.clone(),
-            sigma2_current: self.sigma2_current.clone(),
-            hard_next: self.conv.hard_next,
-        }
+        Shared::of(self)
     }
 
     fn row_states(&self) -> Vec<u32> {

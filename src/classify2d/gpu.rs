@@ -290,6 +290,25 @@ fn add_sums(m: &PlaneModel, sums: &PlaneSums, st: &mut Stats) -> Result<()> {
     Ok(())
 }
 
+/// The iteration's GPU set-up on the CUDA backend (none on the CPU): the device data,
+/// particles per block, and the set-up error kept for the first E-step call (so that every
+/// rank agrees on it; an error here on one rank would leave the others waiting).
+pub fn prepare(
+    backend: &dyn crate::backend::Backend,
+    scorer: &Scorer,
+    grid: &WorkGrid,
+    ramps: &[Complex32],
+    cfg: &Path,
+) -> (Option<PlaneDevice>, usize, Option<Error>) {
+    match backend.as_cuda() {
+        Some(gpu) => match plane_device(gpu, scorer, grid, ramps, cfg) {
+            Ok((d, nb)) => (Some(d), nb, None),
+            Err(e) => (None, 0, Some(e)),
+        },
+        None => (None, 0, None),
+    }
+}
+
 /// Ok when this iteration's GPU set-up (made in `prepare`, where an error on one rank
 /// would leave the others waiting) succeeded; otherwise its error, returned by the first
 /// E-step call, whose errors every rank agrees on.

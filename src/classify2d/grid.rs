@@ -16,6 +16,23 @@
 
 pub use crate::particles::grid::WorkGrid;
 
+/// Coarsest alignment limit of the first iteration, Å (raised as the classes improve).
+pub const START_ALIGN_RES_A: f64 = 25.0;
+
+/// The alignment shells of a run: the high-pass `k_lo` (`min_align_res_A`, else 1), the
+/// finest limit `k_align` (`max_align_res_A`) and the first iteration's limit `k_start`
+/// ([`START_ALIGN_RES_A`], at least two shells above `k_lo`, at most `k_align`).
+pub fn align_shells(grid: &WorkGrid, align_res_a: f64, min_align_res_a: Option<f64>) -> [usize; 3] {
+    let k_align = grid.shell_at(align_res_a);
+    let k_lo = min_align_res_a
+        .map(|r| grid.shell_at(r).max(1))
+        .unwrap_or(1);
+    let k_start = grid
+        .shell_at(START_ALIGN_RES_A)
+        .clamp((k_lo + 2).min(k_align), k_align);
+    [k_lo, k_align, k_start]
+}
+
 /// The coefficients used for alignment.
 #[derive(Clone, Debug)]
 pub struct Band {

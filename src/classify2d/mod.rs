@@ -8,6 +8,7 @@
 //! - [`results`]: per-particle results and their rank-local spill file.
 //! - [`estep`]: templates and the batched GEMM scoring.
 //! - [`model`]: sufficient statistics and class averages (M-step).
+//! - [`checkpoint`], [`record`]: the model in a checkpoint; the iteration record.
 //! - [`convergence`]: when the full passes stop (class flow between passes).
 //! - [`engine`]: the problem run by the shared EM engine ([`crate::em::engine`]).
 //! - [`accumulate`]: the E-step of a chunk of particles and its M-step contributions.
@@ -16,6 +17,7 @@
 //! - [`duplicate_routing`]: the same over ranks, picks routed to their micrograph's owner.
 
 pub mod accumulate;
+pub mod checkpoint;
 pub mod config;
 pub mod convergence;
 pub mod duplicate_routing;
@@ -26,5 +28,6 @@ pub mod gpu;
 pub mod grid;
 pub mod model;
 pub mod plan;
+pub mod record;
 pub mod results;
 pub mod start;

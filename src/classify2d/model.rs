@@ -164,6 +164,26 @@ pub struct ClassUpdate {
     pub noise_gain: Vec<Vec<f64>>,
 }
 
+impl ClassUpdate {
+    /// Per class and shell, the noise power of the class average: gain × σ²(ℓ).
+    pub fn noise_power(&self, sigma2: &[f64]) -> Vec<Vec<f64>> {
+        self.noise_gain
+            .iter()
+            .map(|g| g.iter().zip(sigma2).map(|(g, s)| g * s).collect())
+            .collect()
+    }
+
+    /// No classes yet (before the start).
+    pub fn empty() -> Self {
+        ClassUpdate {
+            images: Vec::new(),
+            frc: Vec::new(),
+            counts: Vec::new(),
+            noise_gain: Vec::new(),
+        }
+    }
+}
+
 /// Noise power per shell from the statistics (`None` where a shell got no samples).
 pub fn noise_per_shell(stats: &Stats) -> Vec<Option<f64>> {
     let p = stats.segment(NOISE).expect("noise");
