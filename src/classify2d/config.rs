@@ -72,7 +72,8 @@ pub struct Classify2dConfig {
     /// η(0). Default 2.
     #[serde(default = "d_lr_halflife")]
     pub oem_learning_rate_halflife: f64,
-    /// Full iterations over all particles after online EM. Default 1.
+    /// Full iterations over all particles after online EM, at most (see
+    /// `convergence_switch_pct`). Default 10 (CryoSPARC's is 1; issue 18's measurements).
     #[serde(default = "d_full_iterations")]
     pub full_iterations: usize,
     /// Stop the full iterations early when fewer than this percentage of particles changed
@@ -152,7 +153,7 @@ fn d_convergence_switch_pct() -> Option<f64> {
     Some(1.0)
 }
 fn d_full_iterations() -> usize {
-    1
+    10
 }
 fn d_max_shift_px() -> f64 {
     5.0
