@@ -155,7 +155,9 @@ fn recovers_views_writes_every_output_and_removes_duplicates() {
         serde_json::from_str(&std::fs::read_to_string(d.join("out/summary.json")).unwrap())
             .unwrap();
     let iters = summary["iterations"].as_array().unwrap();
-    assert_eq!(iters.len(), 21);
+    // 20 online, then 2..=10 full iterations (the 1% class-switch stop may end them early).
+    assert!((22..=30).contains(&iters.len()), "{} iterations", iters.len());
+    assert_eq!(iters.last().unwrap()["phase"].as_str(), Some("full"));
     assert!(
         iters[0]["ess_quartiles"][2].as_f64().unwrap()
             > iters[20]["ess_quartiles"][2].as_f64().unwrap()

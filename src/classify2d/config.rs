@@ -375,7 +375,8 @@ mod tests {
                 c.batch_size_per_class,
                 c.full_iterations
             ),
-            (20, 100, 1)
+            // full_iterations: 10, not CryoSPARC's 1 (issue 18, docs/ALGORITHMS.md)
+            (20, 100, 10)
         );
     }
 
