@@ -156,7 +156,11 @@ fn recovers_views_writes_every_output_and_removes_duplicates() {
             .unwrap();
     let iters = summary["iterations"].as_array().unwrap();
     // 20 online, then 2..=10 full iterations (the 1% class-switch stop may end them early).
-    assert!((22..=30).contains(&iters.len()), "{} iterations", iters.len());
+    assert!(
+        (22..=30).contains(&iters.len()),
+        "{} iterations",
+        iters.len()
+    );
     assert_eq!(iters.last().unwrap()["phase"].as_str(), Some("full"));
     assert!(
         iters[0]["ess_quartiles"][2].as_f64().unwrap()

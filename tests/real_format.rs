@@ -509,7 +509,8 @@ fn curation_on_every_rank_count(
     let name = format!("{tag}.yaml");
     write(d, &name, cfg);
     let inp = uid_set(p, input, &d.join(from));
-    let mut first: Option<(HashMap<String, BTreeSet<u64>>, Vec<(String, Vec<u8>)>)> = None;
+    type Outcome = (HashMap<String, BTreeSet<u64>>, Vec<(String, Vec<u8>)>);
+    let mut first: Option<Outcome> = None;
     on_every_rank_count(d, |ranks| {
         let out = format!("output={tag}_r{ranks}");
         ["-q", job, &name, "--set", &out].map(String::from).to_vec()
@@ -804,7 +805,8 @@ fn classify3d_on_star_and_cs_imports_agrees_on_1_2_3_ranks() {
     let mut one_rank: HashMap<&str, HashMap<u64, f64>> = HashMap::new();
     for input in ["star.h5", "cs.h5"] {
         let tag = input.trim_end_matches(".h5");
-        let mut first: Option<(HashMap<u64, f64>, Vec<BTreeSet<u64>>)> = None;
+        type Outcome = (HashMap<u64, f64>, Vec<BTreeSet<u64>>);
+        let mut first: Option<Outcome> = None;
         on_every_rank_count(d, |ranks| {
             let (i, o) = (
                 format!("input={input}"),

@@ -86,7 +86,8 @@ pub fn check_parity<M: ?Sized, R: Accumulate<M>, C: Accumulate<M>>(
     params: &EStepParams,
     tol: f64,
 ) -> std::result::Result<(), String> {
-    let run = |b: &dyn Fn(&mut Stats) -> Result<(Vec<f64>, Vec<f64>)>| {
+    type Scored = Result<(Vec<f64>, Vec<f64>)>;
+    let run = |b: &dyn Fn(&mut Stats) -> Scored| {
         let mut st = Stats::zeros(layout);
         let (ll, p) = b(&mut st).map_err(|e| e.to_string())?;
         Ok::<_, String>((ll, p, st))

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use crate::backend::BackendChoice;
-use crate::config::check_range;
+use crate::config::{check_learning_rate, check_range};
 use crate::error::{Error, Result};
 
 /// Configuration of `emclass classify2d`. Field names are the YAML keys.
@@ -265,19 +265,11 @@ impl crate::config::JobConfig for Classify2dConfig {
         if let Some(p) = self.convergence_switch_pct {
             check_range(path, "convergence_switch_pct", p, 0.0, 100.0)?;
         }
-        check_range(
+        check_learning_rate(
             path,
-            "oem_learning_rate_init",
             self.oem_learning_rate_init,
-            1e-6,
-            1.0,
-        )?;
-        check_range(
-            path,
             "oem_learning_rate_halflife",
             self.oem_learning_rate_halflife,
-            0.0,
-            1e6,
         )?;
         check_range(path, "max_res_A", self.max_res_a, 1e-3, 1e4)?;
         if let Some(a) = self.max_align_res_a {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use crate::backend::BackendChoice;
-use crate::config::check_range;
+use crate::config::{check_learning_rate, check_range};
 use crate::error::{Error, Result};
 use crate::numerics::symmetry::point_group;
 
@@ -376,19 +376,11 @@ impl Classify3dConfig {
 
     /// O-EM learning rate, batches and epochs, the F-EM iterations and convergence criteria.
     fn validate_em_schedule(&self, path: &Path) -> Result<()> {
-        check_range(
+        check_learning_rate(
             path,
-            "oem_learning_rate_init",
             self.oem_learning_rate_init,
-            1e-6,
-            1.0,
-        )?;
-        check_range(
-            path,
             "oem_learning_rate_halflife_pct",
             self.oem_learning_rate_halflife_pct,
-            0.0,
-            1e6,
         )?;
         if self.oem_batch_size == 0 {
             return Err(Error::config(path, "oem_batch_size", "must be at least 1"));

@@ -206,6 +206,19 @@ pub fn check_range(path: &Path, key: &str, v: f64, lo: f64, hi: f64) -> Result<(
     Ok(())
 }
 
+/// Checks an online-EM learning-rate schedule shared by the EM jobs: the initial rate
+/// `oem_learning_rate_init` in `(0, 1]` and its half-life (the key names its unit) in
+/// `[0, 1e6]`.
+pub fn check_learning_rate(
+    path: &Path,
+    init: f64,
+    halflife_key: &str,
+    halflife: f64,
+) -> Result<()> {
+    check_range(path, "oem_learning_rate_init", init, 1e-6, 1.0)?;
+    check_range(path, halflife_key, halflife, 0.0, 1e6)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -119,6 +119,10 @@ fn compute_statistic(
     Ok((values, what))
 }
 
+/// What [`split`] returns: the subsets, the subset of each of this rank's particles, a
+/// summary of how they were made, and the fitted mixture if any.
+type Split = (Vec<Subset>, Vec<u32>, serde_json::Value, Option<Gmm1d>);
+
 /// The subsets, the subset of each of this rank's particles, a summary of how they were
 /// made, and the fitted mixture if any; collective.
 fn split(
@@ -126,7 +130,7 @@ fn split(
     cfg: &SubsetConfig,
     cfg_path: &std::path::Path,
     values: &[f64],
-) -> Result<(Vec<Subset>, Vec<u32>, serde_json::Value, Option<Gmm1d>)> {
+) -> Result<Split> {
     match cfg.method {
         SplitMethod::Threshold if cfg.thresholds().len() == 1 => {
             let t = cfg.thresholds()[0];
