@@ -5,7 +5,7 @@
 # mass, CTF, the config's 15% junk and 5% duplicates; simulation seed = seed), then three
 # classify3d runs on 1 rank (filter_res_A 10, K classes, classify seed = seed + 10, the
 # config's defaults otherwise):
-#   emclass         init_mode simple (random-subset initial classes)
+#   emclass         init_mode simple (random-subset initial classes), or $INIT (e.g. INIT=pca)
 #   oracle          the same job started from the simulator's true volumes (init_mode input,
 #                   initial_volumes = volumes/state_XX.mrc, low-passed to init_lowpass_A as usual)
 #   frozen oracle   the true volumes at 10 Å, no O-EM, one F-EM iteration, class similarity 0:
@@ -20,7 +20,7 @@
 # Prints Markdown tables.
 # Usage: bash benches/classify3d_oracle.sh [WORKDIR=/tmp/emclass-bench-c3d-oracle] [SEEDS="1 2 3"] [KS="2 4"]
 # Environment: EMCLASS (binary; default: cargo build --release, target/release/emclass),
-#   N (3000), SNR (0.1), DOMAIN (0.15), TIGHT (1), KEEP=1 keeps WORKDIR (deleted at the end otherwise).
+#   N (3000), SNR (0.1), DOMAIN (0.15), TIGHT (1), INIT (the emclass run's init_mode; simple), KEEP=1 keeps WORKDIR (deleted at the end otherwise).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-/tmp/emclass-bench-c3d-oracle}
@@ -63,13 +63,13 @@ for K in $KS; do
             --set snr="$SNR" --set domain_mass_fraction="$DOMAIN" --set seed="$SEED"
         h5dump -d /gt/state -b LE -o "$D/state.bin" "$D/sim/particles.h5" >/dev/null
         vols=$(ls "$D"/sim/volumes/state_*.mrc | paste -sd, -)
-        c3d "$D/emclass"
+        c3d "$D/emclass" ${INIT:+--set init_mode=$INIT}
         c3d "$D/oracle" --set init_mode=input --set "initial_volumes=[$vols]"
         c3d "$D/frozen" --set init_mode=input --set "initial_volumes=[$vols]" --set init_lowpass_A=10 \
             --set oem_epochs=0 --set fem_max_iterations=1 --set class_similarity=0
         if [ "$TIGHT" = 1 ]; then
             tight=(--set convergence_switch_pct=0.2 --set rms_density_change_threshold=null --set fem_max_iterations=40)
-            c3d "$D/emclass_tight" "${tight[@]}"
+            c3d "$D/emclass_tight" "${tight[@]}" ${INIT:+--set init_mode=$INIT}
             c3d "$D/oracle_tight" "${tight[@]}" --set init_mode=input --set "initial_volumes=[$vols]"
         fi
     done

@@ -100,6 +100,26 @@ fn recovers_views_writes_every_output_and_removes_duplicates() {
             "missing plots/{f}: {plots:?}"
         );
     }
+    // After every iteration, as the seed shows them: montage, ESS and best-probability
+    // histograms, noise model; each a readable PNG.
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("out/summary.json")).unwrap())
+            .unwrap();
+    let iterations = summary["iterations"].as_array().unwrap();
+    assert!(iterations.len() > 5);
+    for it in iterations {
+        let t = it["iteration"].as_u64().unwrap();
+        for stem in [
+            "classes",
+            "class_ess",
+            "best_class_probability",
+            "noise_model",
+        ] {
+            let f = d.join(format!("out/plots/{stem}_iter{t:03}.png"));
+            let img = image::open(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            assert!(img.width() > 100 && img.height() > 100, "{}", f.display());
+        }
+    }
     // Every particle is in exactly one of particles.h5 / duplicates.h5, with its fields.
     let kept = Dataset::open(&d.join("out/particles.h5")).unwrap();
     let dups = Dataset::open(&d.join("out/duplicates.h5")).unwrap();

@@ -115,9 +115,68 @@ fn recovers_two_states_and_writes_every_output() {
     assert_eq!(v.dim(), (n, n, n));
     assert!((24..=28).contains(&n), "{n}");
     assert!((ps as f64 * n as f64 - 144.0).abs() < 1e-2, "{ps}");
+    // The class-size and ESS plots after every F-EM iteration.
+    let fem: Vec<u64> = s["iterations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|it| it["phase"] == "full")
+        .map(|it| it["iteration"].as_u64().unwrap())
+        .collect();
+    assert!(!fem.is_empty());
+    for t in fem {
+        for stem in ["class_sizes", "class_ess"] {
+            let f = out.join(format!("plots/{stem}_iter{t:03}.png"));
+            let img = image::open(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            assert!(img.width() > 100, "{}", f.display());
+        }
+    }
     // F-EM ran and recorded class flows; the stop reason is stated.
     assert!(!s["class_flow"].as_array().unwrap().is_empty());
     assert!(s["stop_reason"].as_str().unwrap().len() > 5);
+}
+
+/// `init_mode: pca` (the seed's third start): the subset reconstructions' principal
+/// components give the two states apart; the key is refused with another mode.
+#[test]
+fn pca_start_recovers_two_states() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    simulate(d, "sim", 1500, &[]);
+    config(
+        d,
+        "p.yaml",
+        "sim/particles.h5",
+        "out",
+        "init_mode: pca\ninit_particles_per_class: 150\ninit_pca_reconstructions: 10\n",
+    );
+    let run = emclass(d, &["classify3d", "p.yaml"]).ok();
+    assert!(
+        run.stderr
+            .contains("initial classes (pca): 10 reconstructions of 150"),
+        "{}",
+        run.stderr
+    );
+    let a = ari(&d.join("out/particles.h5"));
+    assert!(a >= 0.9, "ARI {a}");
+    config(
+        d,
+        "q.yaml",
+        "sim/particles.h5",
+        "o2",
+        "init_pca_reconstructions: 10\n",
+    );
+    emclass(d, &["classify3d", "q.yaml"])
+        .fails_with(&["init_pca_reconstructions", "init_mode is not pca"]);
+    config(
+        d,
+        "r.yaml",
+        "sim/particles.h5",
+        "o3",
+        "init_mode: pca\nnum_classes: 4\ninit_pca_reconstructions: 3\n",
+    );
+    emclass(d, &["classify3d", "r.yaml"]).fails_with(&["init_pca_reconstructions", "outside"]);
+    assert!(!d.join("o2").exists() && !d.join("o3").exists());
 }
 
 #[test]
@@ -598,10 +657,12 @@ fn nothing_per_particle_reaches_rank_0() {
         let s = summary(&d.join(format!("o{n}")));
         let it = &s["iterations"][0];
         assert!(it["allreduce_bytes"].as_u64().unwrap() > 0, "{it}");
-        // The binned diagnostics: two 4,096-bin summaries whatever the particle count.
+        // The binned diagnostics: two 4,096-bin summaries and 100 ESS bins per class,
+        // whatever the particle count.
+        let k = s["num_classes"].as_u64().unwrap();
         assert_eq!(
             it["diagnostics_allreduce_bytes"],
-            2 * (4096 + 2) * 8,
+            2 * (4096 + 2) * 8 + k * 100 * 8,
             "{it}"
         );
     }

@@ -46,4 +46,7 @@ impl Scored for ResultRow {
     fn best_prob(&self) -> f64 {
         self.prob as f64
     }
+    fn best_class(&self) -> usize {
+        self.class as usize
+    }
 }

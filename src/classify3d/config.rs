@@ -21,6 +21,10 @@ pub enum InitMode {
     Simple,
     /// The volumes listed in `initial_volumes` (one per class).
     Input,
+    /// Principal components of `init_pca_reconstructions` reconstructions from disjoint
+    /// random particle subsets: k-means of their scores on the first K − 1 components into
+    /// K groups, each class the mean of its group's reconstructions.
+    Pca,
 }
 
 /// Where each particle's scale (its contrast relative to the consensus) comes from.
@@ -51,15 +55,20 @@ pub struct Classify3dConfig {
     /// Classification resolution, Å (required): sets the class volumes' box and pixel size.
     #[serde(rename = "filter_res_A")]
     pub filter_res_a: Option<f64>,
-    /// simple | input. Default simple.
+    /// simple | input | pca. Default simple.
     #[serde(default)]
     pub init_mode: InitMode,
     /// With `init_mode: input`: one MRC volume per class.
     #[serde(default)]
     pub initial_volumes: Vec<PathBuf>,
-    /// `init_mode: simple`: particles reconstructed into each initial class. Default 1000.
+    /// `init_mode: simple`: particles reconstructed into each initial class (`pca`: into
+    /// each subset reconstruction). Default 1000.
     #[serde(default = "d_init_particles")]
     pub init_particles_per_class: usize,
+    /// `init_mode: pca`: number of subset reconstructions (at least num_classes); null =
+    /// max(10·num_classes, 20), at most N / 2 subsets. Default null.
+    #[serde(default)]
+    pub init_pca_reconstructions: Option<usize>,
     /// Low-pass of the initial volumes, Å. Default 20.
     #[serde(rename = "init_lowpass_A", default = "d_init_lowpass")]
     pub init_lowpass_a: f64,
@@ -215,6 +224,7 @@ impl Classify3dConfig {
             init_mode: InitMode::Simple,
             initial_volumes: Vec::new(),
             init_particles_per_class: d_init_particles(),
+            init_pca_reconstructions: None,
             init_lowpass_a: d_init_lowpass(),
             solvent_mask: None,
             solvent_mask_threshold: d_mask_threshold(),
@@ -328,11 +338,11 @@ impl Classify3dConfig {
                     ),
                 ))
             }
-            InitMode::Simple if !self.initial_volumes.is_empty() => {
+            InitMode::Simple | InitMode::Pca if !self.initial_volumes.is_empty() => {
                 return Err(Error::config(
                     path,
                     "initial_volumes",
-                    "given but init_mode is simple; set init_mode: input to use them",
+                    "given but init_mode is not input; set init_mode: input to use them",
                 ))
             }
             _ => {}
@@ -345,6 +355,22 @@ impl Classify3dConfig {
             ));
         }
         check_range(path, "init_lowpass_A", self.init_lowpass_a, 1e-3, 1e4)?;
+        if let Some(b) = self.init_pca_reconstructions {
+            if self.init_mode != InitMode::Pca {
+                return Err(Error::config(
+                    path,
+                    "init_pca_reconstructions",
+                    "given but init_mode is not pca",
+                ));
+            }
+            if b < self.num_classes || b > 1000 {
+                return Err(Error::config(
+                    path,
+                    "init_pca_reconstructions",
+                    format!("{b} is outside [num_classes = {}, 1000]", self.num_classes),
+                ));
+            }
+        }
         Ok(())
     }
 

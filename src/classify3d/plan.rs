@@ -9,7 +9,7 @@ use crate::em::engine::Plan;
 use crate::em::schedule::{LearningRate, SimilaritySchedule};
 use crate::error::Result;
 
-use super::config::{Classify3dConfig, ScaleMode};
+use super::config::{Classify3dConfig, InitMode, ScaleMode};
 
 /// What a 3D classification run does.
 #[derive(Clone, Debug)]
@@ -22,6 +22,9 @@ pub struct Plan3d {
     /// Random particles per initial class (at most N / K) and the initial low-pass, Å.
     pub init_particles_per_class: usize,
     pub init_lowpass_a: f64,
+    /// `init_mode: pca`: the number of subset reconstructions and their particles each
+    /// (B · per ≤ N); None for the other modes.
+    pub init_pca: Option<(usize, usize)>,
     pub per_particle_scale: ScaleMode,
     /// Solvent mask generated from the consensus: threshold (fraction of the maximum),
     /// dilation and soft edge, Å.
@@ -64,6 +67,14 @@ impl Classify3dConfig {
             )?,
             init_particles_per_class: self.init_particles_per_class.min(n_total / k).max(1),
             init_lowpass_a: self.init_lowpass_a,
+            init_pca: (self.init_mode == InitMode::Pca).then(|| {
+                let b = self
+                    .init_pca_reconstructions
+                    .unwrap_or((10 * k).max(20))
+                    .min((n_total / 2).max(k))
+                    .max(1);
+                (b, self.init_particles_per_class.min(n_total / b).max(1))
+            }),
             per_particle_scale: self.per_particle_scale,
             solvent_mask: (
                 self.solvent_mask_threshold,

@@ -11,6 +11,7 @@ use crate::em::batches::permutation;
 use crate::em::binned::Binned;
 use crate::em::stats::{Stats, StatsLayout};
 use crate::error::Result;
+use crate::numerics::pca;
 use crate::numerics::project3d::Projector;
 use crate::numerics::volume::{solvent_mask, spherical_mask};
 use crate::particles::ParticleSource;
@@ -188,19 +189,11 @@ impl Classify3d<'_> {
                 })
                 .collect());
         }
-        let per = plan.init_particles_per_class;
-        let perm = permutation(self.n_total, plan.seed ^ 0x1417_c1a5, 0);
-        let first = source.first_row();
-        let mut group = vec![None; source.len()];
-        for c in 0..k {
-            for &g in &perm[c * per..((c + 1) * per).min(self.n_total)] {
-                if g >= first && g < first + source.len() {
-                    group[g - first] = Some(c);
-                }
-            }
+        if let Some((b, per)) = plan.init_pca {
+            return self.pca_classes(source, comm, b, per);
         }
-        drop(perm);
-        let mut cl = self.reconstruct_groups(source, comm, |l| group[l], k, &self.mask)?;
+        let per = plan.init_particles_per_class;
+        let mut cl = self.random_subsets(source, comm, k, per)?;
         for c in cl.iter_mut() {
             c.vol = &model::lowpass(&c.vol, grid, plan.init_lowpass_a) * &self.mask;
         }
@@ -211,5 +204,88 @@ impl Classify3d<'_> {
             );
         }
         Ok(cl)
+    }
+
+    /// Reconstructions of `b` disjoint random subsets of `per` particles each (the first
+    /// b·per rows of the seeded global permutation), masked by the solvent mask.
+    fn random_subsets(
+        &self,
+        source: &ParticleSource,
+        comm: &dyn Comm,
+        b: usize,
+        per: usize,
+    ) -> Result<Vec<ClassVolume>> {
+        let perm = permutation(self.n_total, self.plan.seed ^ 0x1417_c1a5, 0);
+        let first = source.first_row();
+        let mut group = vec![None; source.len()];
+        for c in 0..b {
+            for &g in &perm[(c * per).min(self.n_total)..((c + 1) * per).min(self.n_total)] {
+                if g >= first && g < first + source.len() {
+                    group[g - first] = Some(c);
+                }
+            }
+        }
+        drop(perm);
+        self.reconstruct_groups(source, comm, |l| group[l], b, &self.mask)
+    }
+
+    /// `init_mode: pca`: `b` subset reconstructions, low-passed and masked; their scores on
+    /// the first K − 1 principal components, k-means into K groups, and each class the mean
+    /// of its group (the same on every rank: the reconstructions are all-reduced and the
+    /// rest is deterministic).
+    fn pca_classes(
+        &self,
+        source: &ParticleSource,
+        comm: &dyn Comm,
+        b: usize,
+        per: usize,
+    ) -> Result<Vec<ClassVolume>> {
+        let (plan, grid) = (self.plan, self.grid);
+        let k = plan.num_classes;
+        let vols: Vec<Array3<f32>> = self
+            .random_subsets(source, comm, b, per)?
+            .into_iter()
+            .map(|c| &model::lowpass(&c.vol, grid, plan.init_lowpass_a) * &self.mask)
+            .collect();
+        let flat: Vec<&[f32]> = vols
+            .iter()
+            .map(|v| v.as_slice().expect("standard layout"))
+            .collect();
+        let (scores, explained) = pca::principal_scores(&flat, (k - 1).max(1));
+        let label = pca::kmeans(&scores, k);
+        let consensus = &self.consensus;
+        let classes = (0..k)
+            .map(|c| {
+                let members: Vec<&Array3<f32>> = vols
+                    .iter()
+                    .zip(&label)
+                    .filter(|(_, &l)| l == c)
+                    .map(|(v, _)| v)
+                    .collect();
+                let mut vol = Array3::<f32>::zeros(vols[0].dim());
+                for v in &members {
+                    vol += *v;
+                }
+                vol /= members.len().max(1) as f32;
+                ClassVolume {
+                    vol,
+                    fsc: consensus.fsc.clone(),
+                    halves: consensus.halves.clone(),
+                    res_a: consensus.res_a,
+                }
+            })
+            .collect();
+        if comm.is_root() {
+            let sizes: Vec<usize> = (0..k)
+                .map(|c| label.iter().filter(|&&l| l == c).count())
+                .collect();
+            log::info!(
+                "initial classes (pca): {b} reconstructions of {per} random particles, low-passed to {} Å; variance explained by the first {} components {:?}; reconstructions per class {sizes:?}",
+                plan.init_lowpass_a,
+                explained.len(),
+                explained.iter().map(|e| format!("{:.1}%", 100.0 * e)).collect::<Vec<_>>()
+            );
+        }
+        Ok(classes)
     }
 }

@@ -71,4 +71,7 @@ impl Scored for Row {
     fn best_prob(&self) -> f64 {
         self.posterior as f64
     }
+    fn best_class(&self) -> usize {
+        self.class as usize
+    }
 }

@@ -132,6 +132,98 @@ impl Binned {
     }
 }
 
+/// Bins of each class's ESS in [`PerClassEss`].
+pub const CLASS_ESS_BINS: usize = 100;
+
+/// The ESS of the particles whose best class is `c`, per class, in [`CLASS_ESS_BINS`] equal
+/// bins over `[1, min(K, 11)]` (larger values go to the last bin): each class's hard count
+/// and median ESS after one all-reduce of K × 100 counts (800 B per class), whatever the
+/// particle count. The median is interpolated within its bin (error at most one bin width,
+/// 0.1 or less); a median in the last bin is reported as at least its lower edge.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PerClassEss {
+    hi: f64,
+    counts: Vec<u64>,
+}
+
+impl PerClassEss {
+    /// Empty summaries for `k` classes.
+    pub fn new(k: usize) -> PerClassEss {
+        PerClassEss {
+            hi: (k.max(2) as f64).min(11.0),
+            counts: vec![0; k.max(1) * CLASS_ESS_BINS],
+        }
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.counts.len() / CLASS_ESS_BINS
+    }
+
+    fn width(&self) -> f64 {
+        (self.hi - 1.0) / CLASS_ESS_BINS as f64
+    }
+
+    fn class(&self, c: usize) -> &[u64] {
+        &self.counts[c * CLASS_ESS_BINS..(c + 1) * CLASS_ESS_BINS]
+    }
+
+    /// Counts a particle of best class `class` with effective number of classes `ess`
+    /// (a class out of range or a NaN ESS is ignored).
+    pub fn add(&mut self, class: usize, ess: f64) {
+        if class >= self.num_classes() || ess.is_nan() {
+            return;
+        }
+        let b = ((ess - 1.0) / self.width()).floor().max(0.0) as usize;
+        self.counts[class * CLASS_ESS_BINS + b.min(CLASS_ESS_BINS - 1)] += 1;
+    }
+
+    /// Sums the counts over ranks (one all-reduce); returns this rank's bytes.
+    pub fn all_reduce(&mut self, comm: &dyn Comm) -> usize {
+        comm.all_reduce_sum_u64(&mut self.counts);
+        8 * self.counts.len()
+    }
+
+    /// Particles whose best class is each class (hard counts).
+    pub fn hard_counts(&self) -> Vec<u64> {
+        (0..self.num_classes())
+            .map(|c| self.class(c).iter().sum())
+            .collect()
+    }
+
+    /// Median ESS of class `c`'s particles (None when it has none), interpolated within its
+    /// bin; `(median, true)` when the median lies in the last, open-ended bin.
+    pub fn median(&self, c: usize) -> Option<(f64, bool)> {
+        let counts = self.class(c);
+        let n: u64 = counts.iter().sum();
+        if n == 0 {
+            return None;
+        }
+        let target = 0.5 * n as f64;
+        let mut before = 0u64;
+        for (b, &k) in counts.iter().enumerate() {
+            if k > 0 && (before + k) as f64 >= target {
+                let frac = ((target - before as f64) / k as f64).clamp(0.0, 1.0);
+                let open = b == CLASS_ESS_BINS - 1;
+                let v = 1.0 + (b as f64 + if open { 0.0 } else { frac }) * self.width();
+                return Some((v, open));
+            }
+            before += k;
+        }
+        None
+    }
+
+    /// Class `c`'s median ESS as a montage corner label: `"ESS 1.3"`, `"ESS ≥10.9"`, or
+    /// `"ESS –"` for an empty class.
+    pub fn median_label(&self, c: usize) -> String {
+        match self.median(c) {
+            Some((m, false)) => format!("ESS {m:.1}"),
+            Some((m, true)) => format!("ESS ≥{m:.1}"),
+            None => "ESS –".to_string(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,5 +275,40 @@ mod tests {
         one.add(0.3);
         let q = one.quartiles().unwrap();
         assert_eq!((q.min, q.median, q.max), (0.3, 0.3, 0.3));
+    }
+
+    #[test]
+    fn per_class_counts_and_medians_from_bins() {
+        let mut p = PerClassEss::new(4);
+        // Class 0: ESS 1.0 … 1.99 (median 1.495); class 1: all at 2.5; class 2 empty;
+        // class 3: beyond the binned range (K = 4 → bins over [1, 4]).
+        for i in 0..100 {
+            p.add(0, 1.0 + i as f64 / 100.0);
+        }
+        for _ in 0..7 {
+            p.add(1, 2.5);
+        }
+        p.add(3, 9.0);
+        p.add(3, f64::NAN);
+        p.add(9, 1.0);
+        assert_eq!(p.all_reduce(&Single), 8 * 4 * CLASS_ESS_BINS);
+        assert_eq!(p.hard_counts(), vec![100, 7, 0, 1]);
+        let w = 3.0 / CLASS_ESS_BINS as f64;
+        let (m0, open0) = p.median(0).unwrap();
+        assert!((m0 - 1.495).abs() <= w && !open0, "{m0}");
+        let (m1, _) = p.median(1).unwrap();
+        assert!((m1 - 2.5).abs() <= w, "{m1}");
+        assert_eq!(p.median(2), None);
+        assert_eq!(p.median(3).map(|m| m.1), Some(true));
+        assert_eq!(p.median_label(1), format!("ESS {m1:.1}"));
+        assert_eq!(p.median_label(2), "ESS –");
+        assert!(
+            p.median_label(3).starts_with("ESS ≥4.0"),
+            "{}",
+            p.median_label(3)
+        );
+        // Many classes: the range stops at 11, bins of 0.1.
+        let q = PerClassEss::new(50);
+        assert!((q.width() - 0.1).abs() < 1e-12);
     }
 }

@@ -39,7 +39,7 @@ use crate::comm::{agree, Comm};
 use crate::error::{Error, Result};
 use crate::particles::{ParticleSource, Particles};
 
-use super::binned::{Binned, BINS};
+use super::binned::{Binned, PerClassEss, BINS};
 use super::driver::{Driver, Phase};
 use super::schedule::LearningRate;
 use super::stats::{Stats, StatsLayout};
@@ -83,6 +83,8 @@ pub trait Scored {
     fn ess(&self) -> f64;
     /// Probability of the most likely class.
     fn best_prob(&self) -> f64;
+    /// The most likely class (for the per-class ESS summary).
+    fn best_class(&self) -> usize;
 }
 
 /// What the engine gives a problem at start.
@@ -177,8 +179,9 @@ pub struct Record<E> {
     pub comm_seconds: f64,
     /// Bytes of the statistics all-reduce (each rank's buffer).
     pub allreduce_bytes: usize,
-    /// Bytes of the all-reduces of the binned ESS and best-probability diagnostics (two
-    /// 4,096-bin summaries with their ranges: 2 × (4,096 + 2) × 8 = 65,568 B; independent of N).
+    /// Bytes of the all-reduces of the binned diagnostics: the ESS and best-probability
+    /// summaries (two 4,096-bin summaries with their ranges: 2 × (4,096 + 2) × 8 = 65,568 B)
+    /// and the per-class ESS bins (K × 100 × 8 B); independent of N.
     pub diagnostics_allreduce_bytes: usize,
 }
 
@@ -198,6 +201,8 @@ pub struct View<'a, P: Problem> {
     /// ESS and best-class probability of this iteration's particles, over all ranks.
     pub ess: &'a Binned,
     pub best_prob: &'a Binned,
+    /// Hard class counts and per-class ESS of this iteration's particles, over all ranks.
+    pub class_ess: &'a PerClassEss,
     /// Not after the last iteration: what a checkpoint holds.
     pub snapshot: Option<Snapshot<'a, P>>,
 }
@@ -218,6 +223,7 @@ pub struct Outcome<E> {
     /// Diagnostics of the last iteration (over all ranks).
     pub ess: Binned,
     pub best_prob: Binned,
+    pub class_ess: PerClassEss,
     /// Why the run stopped.
     pub stop_reason: String,
 }
@@ -251,6 +257,7 @@ struct Done<E> {
     record: Record<E>,
     ess: Binned,
     best: Binned,
+    class_ess: PerClassEss,
     stop: Option<String>,
 }
 
@@ -286,6 +293,7 @@ impl<'a> Engine<'a> {
         };
         let (t0, mut history) = self.begin(problem, resume, &mut driver, &ctx)?;
         let (mut ess, mut best) = bins(problem.num_classes());
+        let mut class_ess = PerClassEss::new(problem.num_classes());
         let mut stop_reason = format!(
             "reached the iteration limit ({} online + {} full)",
             plan.online, plan.full_max
@@ -299,6 +307,7 @@ impl<'a> Engine<'a> {
                 problem: &*problem,
                 ess: &done.ess,
                 best_prob: &done.best,
+                class_ess: &done.class_ess,
                 snapshot: (!done.it.last && done.stop.is_none()).then(|| Snapshot {
                     next_iteration: t + 1,
                     running: driver.running(),
@@ -309,7 +318,7 @@ impl<'a> Engine<'a> {
             // A failure on one rank (rank 0's plots) ends every rank before the next
             // collective.
             agree(self.comm, on_iteration(&view))?;
-            (ess, best) = (done.ess, done.best);
+            (ess, best, class_ess) = (done.ess, done.best, done.class_ess);
             if let Some(why) = done.stop {
                 stop_reason = why;
                 break;
@@ -322,6 +331,7 @@ impl<'a> Engine<'a> {
             history,
             ess,
             best_prob: best,
+            class_ess,
             stop_reason,
         })
     }
@@ -383,9 +393,11 @@ impl<'a> Engine<'a> {
         let t_e = Instant::now();
         let mut batch = Stats::zeros(problem.layout());
         let (mut ess, mut best) = bins(problem.num_classes());
+        let mut class_ess = PerClassEss::new(problem.num_classes());
         let scored = self.e_step(problem, &prep, &it, driver, &mut batch, |p, l, row| {
             ess.add(row.ess());
             best.add(row.best_prob());
+            class_ess.add(row.best_class(), row.ess());
             p.keep(l, row, &it)?;
             if it.phase != Phase::Online {
                 on_row(&it, l, row)?;
@@ -398,7 +410,8 @@ impl<'a> Engine<'a> {
         drop(prep);
         let estep_seconds = t_e.elapsed().as_secs_f64();
         let t_c = Instant::now();
-        let diagnostics_allreduce_bytes = ess.all_reduce(comm) + best.all_reduce(comm);
+        let diagnostics_allreduce_bytes =
+            ess.all_reduce(comm) + best.all_reduce(comm) + class_ess.all_reduce(comm);
         let mut allreduce_bytes = 0;
         let running = if phase == Phase::Assign {
             None
@@ -433,6 +446,7 @@ impl<'a> Engine<'a> {
             record,
             ess,
             best,
+            class_ess,
             stop: concl.stop,
         })
     }

@@ -38,6 +38,9 @@ impl Scored for Row {
     fn best_prob(&self) -> f64 {
         self.probs[0].max(self.probs[1])
     }
+    fn best_class(&self) -> usize {
+        usize::from(self.probs[1] > self.probs[0])
+    }
 }
 
 impl Problem for Mixture {
@@ -234,7 +237,7 @@ fn a_gaussian_mixture_is_recovered() {
     assert_eq!(out.history[0].allreduce_bytes, 32);
     assert_eq!(
         out.history[0].diagnostics_allreduce_bytes,
-        2 * (4096 + 2) * 8
+        2 * (4096 + 2) * 8 + 2 * 100 * 8
     );
     // A converged run ends before the last planned pass: no final-pass rows (a problem that
     // can stop early keeps its own results).

@@ -20,7 +20,7 @@ use crate::cli::JobArgs;
 use crate::comm::Comm;
 use crate::config::{self, JobConfig};
 use crate::dataset::{Dataset, DatasetAttrs, ParticleTable};
-use crate::em::binned::Binned;
+use crate::em::binned::{Binned, PerClassEss};
 use crate::em::checkpoint::{self, Keeper};
 use crate::em::engine::{Engine, Record, View};
 use crate::error::{Error, Result};
@@ -175,6 +175,7 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         sigma2_used: problem.sigma2_used,
         ess: ran.ess,
         best_prob: ran.best_prob,
+        class_ess: ran.class_ess,
     };
     let spilled = spill.finish().and_then(|n| {
         if n == rows.len() {
@@ -212,6 +213,8 @@ struct Outcome {
     /// ESS and best-class probability of every particle in the last pass (binned over ranks).
     ess: Binned,
     best_prob: Binned,
+    /// Per-class ESS of the last pass (binned over ranks).
+    class_ess: PerClassEss,
 }
 
 /// The class-average mask and post-processing switches.
@@ -252,28 +255,34 @@ fn full_size(images: &[Array2<f32>], grid: &WorkGrid, box_px: usize) -> Array3<f
     out
 }
 
-/// Montage of the classes with count and FRC-0.5 resolution.
+/// Montage of the classes: the hard count (particles whose best class it is) and FRC-0.5
+/// resolution above each, the median ESS of those particles at its bottom right.
 fn montage(
     path: &Path,
     images: &Array3<f32>,
-    counts: &[f64],
+    hard_counts: &[u64],
     frc05: &[f64],
-    psize: f64,
-    box_px: usize,
+    class_ess: &PerClassEss,
+    (psize, box_px): (f64, usize),
 ) -> Result<()> {
-    let labels: Vec<String> = counts
+    let labels: Vec<String> = hard_counts
         .iter()
         .zip(frc05)
-        .map(|(&c, &r)| class_label(c.round() as usize, Some(r)))
+        .map(|(&c, &r)| class_label(c as usize, Some(r)))
         .collect();
-    class_montage(path, images, &labels, psize, box_px)
+    let corners: Vec<String> = (0..labels.len())
+        .map(|c| class_ess.median_label(c))
+        .collect();
+    class_montage(path, images, &labels, Some(&corners), psize, box_px)
 }
 
-/// Montage of class averages `(K, box, box)` with one label each, 10 per row, scale bar.
+/// Montage of class averages `(K, box, box)` with one label each (and optionally a corner
+/// label each), 10 per row, scale bar.
 pub(crate) fn class_montage(
     path: &Path,
     images: &Array3<f32>,
     labels: &[String],
+    corners: Option<&[String]>,
     psize: f64,
     box_px: usize,
 ) -> Result<()> {
@@ -283,7 +292,7 @@ pub(crate) fn class_montage(
         psize_a: psize,
         scale_bar_a: scale_bar_a(box_px as f64 * psize),
     };
-    montage_png(path, images.view(), labels, &style)
+    montage_png(path, images.view(), labels, corners, &style)
 }
 
 /// A round scale-bar length of about a quarter of the box.
@@ -297,7 +306,10 @@ fn scale_bar_a(side_a: f64) -> f64 {
         .unwrap_or(p)
 }
 
-/// Per-iteration plots (rank 0).
+/// Per-iteration plots (rank 0), as the seed shows them after every iteration: the class
+/// montage (`classes_iterNNN.png`; counts of this iteration's particles: the batch in
+/// O-EM), the ESS and best-class-probability histograms and the noise model
+/// (`class_ess_iterNNN.png`, `best_class_probability_iterNNN.png`, `noise_model_iterNNN.png`).
 fn iteration_plots(
     dir: &Path,
     v: &View<Classify2d>,
@@ -306,13 +318,69 @@ fn iteration_plots(
     psize: f64,
 ) -> Result<()> {
     let imgs = full_size(&v.problem.classes.images, grid, box_px);
+    let tag = format!("_iter{:03}", v.record.iteration);
     montage(
-        &dir.join(format!("classes_iter{:03}.png", v.record.iteration)),
+        &dir.join(format!("classes{tag}.png")),
         &imgs,
-        &v.problem.classes.counts,
+        &v.class_ess.hard_counts(),
         &v.record.extra.class_frc05_res_a,
-        psize,
-        box_px,
+        v.class_ess,
+        (psize, box_px),
+    )?;
+    let p = v.problem;
+    let sigma2 = [&p.sigma2_used[..], &p.sigma2_current, &p.sigma2_init];
+    diagnostic_plots(dir, &tag, v.ess, v.best_prob, sigma2, (psize, box_px))
+}
+
+/// The ESS and best-class-probability histograms and the noise-model plot, named
+/// `class_ess{tag}.png`, `best_class_probability{tag}.png` and `noise_model{tag}.png`;
+/// `sigma2` = [used, current estimate, initial] per shell.
+fn diagnostic_plots(
+    plots: &Path,
+    tag: &str,
+    ess: &Binned,
+    best_prob: &Binned,
+    sigma2: [&[f64]; 3],
+    (psize, box_px): (f64, usize),
+) -> Result<()> {
+    for (file, title, x, b) in [
+        (
+            "class_ess",
+            "Effective number of classes per particle",
+            "class ESS",
+            ess,
+        ),
+        (
+            "best_class_probability",
+            "Probability of best class",
+            "probability",
+            best_prob,
+        ),
+    ] {
+        if let Some((lo, hi, counts)) = b.bars(40) {
+            let path = plots.join(format!("{file}{tag}.png"));
+            histogram_counts_png(&path, title, x, lo, hi, &counts, PLOT_SIZE_PX)?;
+        }
+    }
+    let curve = |v: &[f64]| -> Vec<(f64, f64)> {
+        // Shells 1..k_max (the last, partial shell of the crop circle is left out).
+        (1..v.len().saturating_sub(1))
+            .map(|s| (s as f64 / (box_px as f64 * psize), v[s]))
+            .collect()
+    };
+    let [used, cur, init] = sigma2.map(curve);
+    lines_png(
+        &plots.join(format!("noise_model{tag}.png")),
+        "Noise model",
+        "spatial frequency (1/Å)",
+        "sigma² per coefficient",
+        &[
+            ("current sigma", &used),
+            ("current noise", &cur),
+            ("initial sigma", &init),
+        ],
+        true,
+        PLOT_SIZE_PX,
     )
 }
 
@@ -537,53 +605,14 @@ fn write_outputs(
     montage(
         &plots.join("classes.png"),
         &imgs,
-        &outcome.classes.counts,
+        &written.class_sizes,
         &frc05,
-        psize,
-        box_px,
+        &outcome.class_ess,
+        (psize, box_px),
     )?;
-    for (file, title, x, b) in [
-        (
-            "class_ess.png",
-            "Effective number of classes per particle",
-            "class ESS",
-            &outcome.ess,
-        ),
-        (
-            "best_class_probability.png",
-            "Probability of best class",
-            "probability",
-            &outcome.best_prob,
-        ),
-    ] {
-        if let Some((lo, hi, counts)) = b.bars(40) {
-            histogram_counts_png(&plots.join(file), title, x, lo, hi, &counts, PLOT_SIZE_PX)?;
-        }
-    }
-    let curve = |v: &[f64]| -> Vec<(f64, f64)> {
-        // Shells 1..k_max (the last, partial shell of the crop circle is left out).
-        (1..v.len().saturating_sub(1))
-            .map(|s| (s as f64 / (box_px as f64 * psize), v[s]))
-            .collect()
-    };
-    let (used, cur, init) = (
-        curve(&outcome.sigma2_used),
-        curve(&outcome.sigma2_current),
-        curve(&outcome.sigma2_init),
-    );
-    lines_png(
-        &plots.join("noise_model.png"),
-        "Noise model",
-        "spatial frequency (1/Å)",
-        "sigma² per coefficient",
-        &[
-            ("current sigma", &used),
-            ("current noise", &cur),
-            ("initial sigma", &init),
-        ],
-        true,
-        PLOT_SIZE_PX,
-    )?;
+    let o = outcome;
+    let sigma2 = [&o.sigma2_used[..], &o.sigma2_current, &o.sigma2_init];
+    diagnostic_plots(&plots, "", &o.ess, &o.best_prob, sigma2, (psize, box_px))?;
     let ari = written.ari;
     let counts = &written.class_sizes;
     let (n_dup, dup_truth) = (written.duplicates_removed, &written.duplicates_vs_truth);

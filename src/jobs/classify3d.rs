@@ -25,7 +25,7 @@ use crate::dataset::{Column, ColumnData, Dataset, DatasetAttrs, ParticleTable};
 use crate::em::binned::{Binned, BINS};
 use crate::em::checkpoint::{self, Keeper};
 use crate::em::driver::Phase;
-use crate::em::engine::{Engine, Outcome as Ran, Record};
+use crate::em::engine::{Engine, Outcome as Ran, Record, View};
 use crate::error::{Error, Result};
 use crate::formats::mrc::{read_volume, write_volume};
 use crate::jobs::collective;
@@ -122,7 +122,7 @@ fn inputs<'a>(args: &JobArgs, comm: &dyn Comm, s: &'a Setup) -> Result<Inputs<'a
     let initial_volumes = collective(
         comm,
         match cfg.init_mode {
-            InitMode::Simple => Ok(None),
+            InitMode::Simple | InitMode::Pca => Ok(None),
             InitMode::Input => cfg
                 .initial_volumes
                 .iter()
@@ -215,6 +215,9 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
             let p = view.problem;
             if cfg.output_every_fem_iter && view.it.phase == Phase::Full {
                 write_fem_iteration(comm, args, &s, dir.as_deref(), view.record.iteration, p)?;
+            }
+            if let (Some(d), Phase::Full) = (&dir, view.it.phase) {
+                fem_iteration_plots(&d.join("plots"), view)?;
             }
             match (&dir, p.flow_now, p.flows.last()) {
                 (Some(d), true, Some((t, flow))) => flow_plots(&d.join("plots"), flow, *t),
@@ -564,6 +567,50 @@ fn write_particles(
     })
 }
 
+/// The class-size bars (hard assignments and effective size) and the per-particle ESS
+/// histogram: `class_sizes{tag}.png`, `class_ess{tag}.png`.
+fn size_and_ess_plots(
+    plots: &Path,
+    tag: &str,
+    assigned: &[f64],
+    effective: &[f64],
+    ess: &Binned,
+) -> Result<()> {
+    if let Some((lo, hi, counts)) = ess.bars(40) {
+        histogram_counts_png(
+            &plots.join(format!("class_ess{tag}.png")),
+            "Per-particle class ESS",
+            "effective number of classes",
+            lo,
+            hi,
+            &counts,
+            PLOT_SIZE_PX,
+        )?;
+    }
+    grouped_bars_png(
+        &plots.join(format!("class_sizes{tag}.png")),
+        "Class assignments and effective size",
+        "class",
+        "particles",
+        &[("assignments", assigned), ("effective size", effective)],
+    )
+}
+
+/// After every F-EM iteration (rank 0), as the seed shows them: `class_sizes_iterNNN.png`
+/// (hard counts from the all-reduced per-class bins, effective sizes from the class
+/// weights) and `class_ess_iterNNN.png`.
+fn fem_iteration_plots(plots: &Path, view: &View<Classify3d>) -> Result<()> {
+    let assigned: Vec<f64> = view
+        .class_ess
+        .hard_counts()
+        .iter()
+        .map(|&c| c as f64)
+        .collect();
+    let tag = format!("_iter{:03}", view.record.iteration);
+    let effective = &view.record.extra.class_effective_size;
+    size_and_ess_plots(plots, &tag, &assigned, effective, view.ess)
+}
+
 /// Class-flow matrix and diagram of one F-EM iteration (and the latest as the plain names).
 fn flow_plots(plots: &Path, flow: &[Vec<u64>], t: usize) -> Result<()> {
     let title = format!("Class flow into iteration {t}");
@@ -600,25 +647,8 @@ fn write_outputs(
         write_volume(dir.join("focus_mask.mrc"), f.view(), ps)?;
     }
     let plots = dir.join("plots");
-    if let Some((lo, hi, counts)) = written.ess.bars(40) {
-        histogram_counts_png(
-            &plots.join("class_ess.png"),
-            "Per-particle class ESS",
-            "effective number of classes",
-            lo,
-            hi,
-            &counts,
-            PLOT_SIZE_PX,
-        )?;
-    }
-    let (assigned, effective) = (&written.assigned, &written.effective);
-    grouped_bars_png(
-        &plots.join("class_sizes.png"),
-        "Class assignments and effective size",
-        "class",
-        "particles",
-        &[("assignments", assigned), ("effective size", effective)],
-    )?;
+    let w = written;
+    size_and_ess_plots(&plots, "", &w.assigned, &w.effective, &w.ess)?;
     volume_plots(&plots, o)?;
     fsc_plot(&plots, &o.classes, grid)?;
     if let Some((t, f)) = o.flows.last() {

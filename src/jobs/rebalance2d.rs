@@ -345,6 +345,7 @@ fn plots(
         &p.join("superclasses.png"),
         &imgs,
         &text,
+        None,
         avg.psize_a,
         imgs.dim().1,
     )

@@ -160,6 +160,7 @@ fn write_kept_averages(
         &plots_dir(dir)?.join("classes_selected.png"),
         &imgs,
         &labels,
+        None,
         a.psize_a,
         imgs.dim().1,
     )

@@ -1,12 +1,14 @@
 //! Class-average montage PNG: the class images in a grid, each normalised on its own, with a
-//! text label under each (particle count and FRC resolution, see [`class_label`]) and a scale
-//! bar on the left-most image of every other row (rows 0, 2, 4, …), as the 2D classification
-//! seed describes.
+//! text label above each (particle count and FRC resolution, see [`class_label`]), an
+//! optional corner label at the bottom right inside each image (classify2d: the median ESS of
+//! the class's particles), and a scale bar on the left-most image of every other row (rows
+//! 0, 2, 4, …), as the 2D classification seed describes.
 //!
 //! Layout (all in pixels): every class image is resized to `tile_px × tile_px`; cells are
-//! `tile_px` wide and `tile_px + LABEL_PX` high, separated and surrounded by `PAD_PX` of dark
-//! background. Tile `t` sits in row `t / ncols`, column `t % ncols`. Image row 0 is at the
-//! top (as the arrays are stored, like `mrcfile`'s and RELION's display).
+//! `tile_px` wide and `LABEL_PX + tile_px` high (the label strip on top), separated and
+//! surrounded by `PAD_PX` of dark background. Tile `t` sits in row `t / ncols`, column
+//! `t % ncols`. Image row 0 is at the top (as the arrays are stored, like `mrcfile`'s and
+//! RELION's display).
 //!
 //! Grey levels: each image is mapped linearly from `[μ − 3σ, μ + 3σ]` (its own mean and
 //! standard deviation) to `[0, 255]` and clipped; a constant image is black.
@@ -22,7 +24,7 @@ use crate::report::plot::{ensure_font, write_png_atomic, FONT_FAMILY};
 
 /// Background between and around tiles.
 const BACKGROUND: Rgb<u8> = Rgb([24, 24, 24]);
-/// Height of the text strip under each tile.
+/// Height of the text strip above each tile.
 pub const LABEL_PX: u32 = 20;
 /// Gap between cells and around the montage.
 pub const PAD_PX: u32 = 4;
@@ -64,13 +66,14 @@ pub fn montage_size_px(n: usize, style: &MontageStyle) -> (u32, u32) {
     )
 }
 
-/// Top-left corner of tile `t` in the montage.
+/// Top-left corner of tile `t`'s image in the montage (its label strip is the `LABEL_PX`
+/// above).
 pub fn tile_origin_px(t: usize, n: usize, style: &MontageStyle) -> (u32, u32) {
     let (ncols, _) = grid(n, style);
     let (row, col) = ((t / ncols) as u32, (t % ncols) as u32);
     (
         PAD_PX + col * (style.tile_px + PAD_PX),
-        PAD_PX + row * (style.tile_px + LABEL_PX + PAD_PX),
+        PAD_PX + LABEL_PX + row * (style.tile_px + LABEL_PX + PAD_PX),
     )
 }
 
@@ -105,12 +108,14 @@ fn to_gray(img: ArrayView2<f32>) -> GrayImage {
     })
 }
 
-/// Writes the montage of `images` `(n, box, box)` with `labels` (one per image) to `path`
-/// (via `<path>.tmp`).
+/// Writes the montage of `images` `(n, box, box)` with `labels` (one per image, above it)
+/// and, if given, `corners` (one per image, at its bottom right) to `path` (via
+/// `<path>.tmp`).
 pub fn montage_png(
     path: &Path,
     images: ArrayView3<f32>,
     labels: &[String],
+    corners: Option<&[String]>,
     style: &MontageStyle,
 ) -> Result<()> {
     let (n, ny, nx) = images.dim();
@@ -122,11 +127,12 @@ pub fn montage_png(
             style.tile_px
         )));
     }
-    if labels.len() != n {
+    if labels.len() != n || corners.is_some_and(|c| c.len() != n) {
         return Err(Error::Internal(format!(
-            "montage {}: {} labels for {n} images",
+            "montage {}: {} labels and {} corner labels for {n} images",
             path.display(),
-            labels.len()
+            labels.len(),
+            corners.map_or(0, |c| c.len())
         )));
     }
     if !(style.psize_a > 0.0 && style.scale_bar_a > 0.0) {
@@ -174,8 +180,11 @@ pub fn montage_png(
         let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
             for (i, label) in labels.iter().enumerate() {
                 let (x0, y0) = tile_origin_px(i, n, style);
-                let pos = (x0 as i32 + 2, (y0 + t) as i32 + 3);
+                let pos = (x0 as i32 + 2, (y0 - LABEL_PX) as i32 + 3);
                 root.draw(&Text::new(label.clone(), pos, label_style.clone()))?;
+                if let Some(c) = corners {
+                    corner_text(&root, &c[i], (x0, y0), t)?;
+                }
                 if i % ncols == 0 && (i / ncols).is_multiple_of(2) {
                     // The bar's length, just above it.
                     let (bx, by, _, _) = bar;
@@ -191,6 +200,30 @@ pub fn montage_png(
         draw().map_err(|e| Error::file(path, format!("cannot draw montage labels: {e}")))?;
     }
     write_png_atomic(path, &buf, w, h)
+}
+
+/// `text` at the bottom right inside the tile whose image starts at `(x0, y0)`, white on a
+/// dark box so it reads over any image.
+fn corner_text<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    text: &str,
+    (x0, y0): (u32, u32),
+    t: u32,
+) -> std::result::Result<(), Box<dyn std::error::Error>>
+where
+    DB::ErrorType: 'static,
+{
+    let size = (t as f64 / 9.0).clamp(8.0, 13.0);
+    let style = TextStyle::from((FONT_FAMILY, size).into_font()).color(&WHITE);
+    let (tw, th) = root.estimate_text_size(text, &style)?;
+    let (x1, y1) = ((x0 + t) as i32 - 2, (y0 + t) as i32 - 2);
+    let (xa, ya) = (x1 - tw as i32 - 2, y1 - th as i32 - 2);
+    root.draw(&Rectangle::new(
+        [(xa, ya), (x1, y1)],
+        RGBColor(BACKGROUND.0[0], BACKGROUND.0[1], BACKGROUND.0[2]).filled(),
+    ))?;
+    root.draw(&Text::new(text.to_string(), (xa + 1, ya + 1), style))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -212,17 +245,18 @@ mod tests {
             ncols: 3,
             tile_px: 96,
             psize_a: 2.0,
-            scale_bar_a: 40.0,
+            scale_bar_a: 20.0,
         };
-        montage_png(&path, images.view(), &labels, &style).unwrap();
+        let corners: Vec<String> = (0..n).map(|i| format!("ESS {i}.5")).collect();
+        montage_png(&path, images.view(), &labels, Some(&corners), &style).unwrap();
         assert!(!dir.path().join("classes.png.tmp").exists());
         let img = image::open(&path).unwrap().to_rgb8();
         // 3 columns × 3 rows of 96-px tiles, 20-px labels, 4-px gaps.
         assert_eq!(montage_size_px(n, &style), (4 + 3 * 100, 4 + 3 * 120));
         assert_eq!(img.dimensions(), montage_size_px(n, &style));
-        // Scale bar: 40 Å / 2 Å = 20 image px = 60 tile px, on tiles 0 and 6 (rows 0 and 2).
+        // Scale bar: 20 Å / 2 Å = 10 image px = 30 tile px (clear of the corner label), on tiles 0 and 6 (rows 0 and 2).
         let (bx, by, bw, bh) = scale_bar_rect_px(box_px, &style);
-        assert_eq!(bw, 60);
+        assert_eq!(bw, 30);
         let white_bar = |t: usize| {
             let (x0, y0) = tile_origin_px(t, n, &style);
             (y0 + by..y0 + by + bh)
@@ -231,10 +265,20 @@ mod tests {
         assert!(white_bar(0) && white_bar(6), "scale bars on rows 0 and 2");
         assert!(!white_bar(3), "no scale bar on row 1");
         assert!(!white_bar(1), "only on the left-most tile");
-        // Labels: some white text pixels in the strip under tile 0; the empty cell stays
-        // background.
+        // Labels: some white text pixels in the strip above tile 0; the corner label's dark
+        // box at the bottom right of the (random, mid-grey on average) image; the empty cell
+        // stays background.
         let (x0, y0) = tile_origin_px(0, n, &style);
-        let text = (y0 + 96..y0 + 116)
+        assert_eq!(y0, 4 + 20);
+        let corner = (y0 + 80..y0 + 93)
+            .flat_map(|y| (x0 + 60..x0 + 93).map(move |x| (x, y)))
+            .filter(|(x, y)| img.get_pixel(*x, *y).0 == BACKGROUND.0)
+            .count();
+        assert!(
+            corner > 100,
+            "{corner} background pixels in the corner label"
+        );
+        let text = (y0 - 20..y0)
             .flat_map(|y| (x0..x0 + 96).map(move |x| (x, y)))
             .filter(|(x, y)| img.get_pixel(*x, *y).0[0] > 128)
             .count();
@@ -264,10 +308,10 @@ mod tests {
         };
         let imgs = Array3::<f32>::zeros((2, 16, 16));
         let p = dir.path().join("m.png");
-        assert!(montage_png(&p, imgs.view(), &["a".into()], &style).is_err());
+        assert!(montage_png(&p, imgs.view(), &["a".into()], None, &style).is_err());
         let wide = Array3::<f32>::zeros((2, 16, 12));
-        assert!(montage_png(&p, wide.view(), &["a".into(), "b".into()], &style).is_err());
-        montage_png(&p, imgs.view(), &["a".into(), "b".into()], &style).unwrap();
+        assert!(montage_png(&p, wide.view(), &["a".into(), "b".into()], None, &style).is_err());
+        montage_png(&p, imgs.view(), &["a".into(), "b".into()], None, &style).unwrap();
         assert_eq!(
             image::open(&p).unwrap().to_rgb8().dimensions(),
             (4 + 2 * 36, 4 + 56)
