@@ -138,7 +138,12 @@ fn reconstructs_every_class_at_the_full_box_matching_its_true_state() {
     config(d, "r.yaml", "c3d/particles.h5", "hard", "");
     emclass(d, &["-q", "reconstruct3d", "r.yaml"]).ok();
     let out = d.join("hard");
-    for f in ["fsc.csv", "summary.json", "config.used.yaml", "plots/fsc.png"] {
+    for f in [
+        "fsc.csv",
+        "summary.json",
+        "config.used.yaml",
+        "plots/fsc.png",
+    ] {
         assert!(out.join(f).is_file(), "missing {f}: {:?}", ls(&out));
     }
     assert!(out.join("plots/class_maps.png").is_file());
@@ -218,16 +223,29 @@ fn reconstructs_every_class_at_the_full_box_matching_its_true_state() {
     for c in 0..2 {
         assert!(rows[0][2 + c] > 0.95, "{:?}", rows[0]);
         let first_below = rows.iter().find(|r| r[2 + c] < 0.143).unwrap();
-        assert!(first_below[1] <= res[c] + 1e-9, "{first_below:?} vs {}", res[c]);
+        assert!(
+            first_below[1] <= res[c] + 1e-9,
+            "{first_below:?} vs {}",
+            res[c]
+        );
     }
 
     // Soft weighting of class 1 only: the class probabilities' sum as weight, a map close to
     // the hard one and still nearer its own state.
-    config(d, "s.yaml", "c3d/particles.h5", "soft", "weighting: soft\nclasses: [1]\n");
+    config(
+        d,
+        "s.yaml",
+        "c3d/particles.h5",
+        "soft",
+        "weighting: soft\nclasses: [1]\n",
+    );
     emclass(d, &["-q", "reconstruct3d", "s.yaml"]).ok();
     let soft = d.join("soft");
     let names = ls(&soft);
-    assert!(names.iter().all(|n| !n.starts_with("class_00")), "{names:?}");
+    assert!(
+        names.iter().all(|n| !n.starts_with("class_00")),
+        "{names:?}"
+    );
     let s = summary(&soft);
     assert_eq!(s["classes"], serde_json::json!([1]));
     let probs = column(&d.join("c3d/particles.h5"), "alignments3D/class_probs");
@@ -297,7 +315,13 @@ fn the_same_maps_on_one_and_two_ranks_and_symmetry() {
         }
     }
     // C2 about z: v(z, y, x) = v(z, n − y, n − x) around the centre n/2.
-    config(d, "c2.yaml", "c3d/particles.h5", "c2", "symmetry: C2\nclasses: [0]\n");
+    config(
+        d,
+        "c2.yaml",
+        "c3d/particles.h5",
+        "c2",
+        "symmetry: C2\nclasses: [0]\n",
+    );
     emclass(d, &["-q", "reconstruct3d", "c2.yaml"]).ok();
     assert_eq!(summary(&d.join("c2"))["symmetry"], "C2");
     let asym = |p: &Path| {
@@ -344,24 +368,69 @@ fn bad_inputs_fail_with_one_line_naming_the_field() {
     });
     let before = tree_snapshot(d);
     let cases: [(&str, &str, &[&str]); 9] = [
-        ("c3d/particles.h5", "num_classes: 3\n", &["b.yaml", "num_classes", "unknown field"]),
-        ("c3d/particles.h5", "classes: [0, 2]\n", &["b.yaml", "classes", "class 2 is out of range", "2 classes"]),
-        ("c3d/particles.h5", "weighting: some\n", &["b.yaml", "weighting"]),
-        ("sim/particles.h5", "", &["sim/particles.h5", "alignments3D/class", "missing"]),
-        ("no_probs.h5", "weighting: soft\n", &["no_probs.h5", "alignments3D/class_probs", "missing"]),
-        ("no_pose.h5", "", &["no_pose.h5", "alignments3D/pose", "missing"]),
-        ("no_alpha.h5", "", &["no_alpha.h5", "alignments3D/alpha", "missing"]),
-        ("bad_class.h5", "", &["bad_class.h5", "alignments3D/class", "particle 7 has class 5"]),
+        (
+            "c3d/particles.h5",
+            "num_classes: 3\n",
+            &["b.yaml", "num_classes", "unknown field"],
+        ),
+        (
+            "c3d/particles.h5",
+            "classes: [0, 2]\n",
+            &["b.yaml", "classes", "class 2 is out of range", "2 classes"],
+        ),
+        (
+            "c3d/particles.h5",
+            "weighting: some\n",
+            &["b.yaml", "weighting"],
+        ),
+        (
+            "sim/particles.h5",
+            "",
+            &["sim/particles.h5", "alignments3D/class", "missing"],
+        ),
+        (
+            "no_probs.h5",
+            "weighting: soft\n",
+            &["no_probs.h5", "alignments3D/class_probs", "missing"],
+        ),
+        (
+            "no_pose.h5",
+            "",
+            &["no_pose.h5", "alignments3D/pose", "missing"],
+        ),
+        (
+            "no_alpha.h5",
+            "",
+            &["no_alpha.h5", "alignments3D/alpha", "missing"],
+        ),
+        (
+            "bad_class.h5",
+            "",
+            &[
+                "bad_class.h5",
+                "alignments3D/class",
+                "particle 7 has class 5",
+            ],
+        ),
         ("missing.h5", "", &["missing.h5"]),
     ];
     for (i, (input, extra, needles)) in cases.iter().enumerate() {
         config(d, "b.yaml", input, &format!("out{i}"), extra);
         emclass(d, &["reconstruct3d", "b.yaml"]).fails_with(needles);
-        assert!(!d.join(format!("out{i}")).exists(), "case {i}: output written");
+        assert!(
+            !d.join(format!("out{i}")).exists(),
+            "case {i}: output written"
+        );
         std::fs::remove_file(d.join("b.yaml")).unwrap();
     }
     // The particles without alpha reconstruct with per_particle_scale: none.
-    config(d, "ok.yaml", "no_alpha.h5", "ok", "per_particle_scale: none\n");
+    config(
+        d,
+        "ok.yaml",
+        "no_alpha.h5",
+        "ok",
+        "per_particle_scale: none\n",
+    );
     emclass(d, &["-q", "reconstruct3d", "ok.yaml"]).ok();
     std::fs::remove_dir_all(d.join("ok")).unwrap();
     std::fs::remove_file(d.join("ok.yaml")).unwrap();
