@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use emclass::dataset::store::write_referencing;
-use emclass::dataset::{Dataset, DatasetAttrs, ParticleTable};
+use emclass::dataset::{Column, ColumnData, Dataset, DatasetAttrs, ParticleTable};
 use emclass::formats::mrc::read_volume;
 use ndarray::Array3;
 
@@ -435,6 +435,25 @@ fn bad_inputs_fail_with_one_line_naming_the_field() {
     std::fs::remove_dir_all(d.join("ok")).unwrap();
     std::fs::remove_file(d.join("ok.yaml")).unwrap();
     assert_same_tree(&before, &tree_snapshot(d));
+    // A class no particle is in (the probabilities of 3 classes, none in class 2): empty
+    // maps, a warning, no resolution; the other class as usual.
+    derived(d, &src, "three.h5", |t| {
+        let p = t.f32("alignments3D/class_probs").unwrap();
+        let v: Vec<f32> = p.chunks(2).flat_map(|r| [r[0], r[1], 0.0]).collect();
+        t.set("alignments3D/class_probs", Column::new(ColumnData::F32(v), 3));
+    });
+    config(d, "t.yaml", "three.h5", "three", "classes: [2, 0]\n");
+    let r = emclass(d, &["reconstruct3d", "t.yaml"]).ok();
+    assert!(r.stderr.contains("class 2: no particle"), "{}", r.stderr);
+    let s = summary(&d.join("three"));
+    assert_eq!(s["num_input_classes"], 3);
+    assert_eq!(s["classes"], serde_json::json!([2, 0]));
+    let (empty, full) = (&s["per_class"][0], &s["per_class"][1]);
+    assert_eq!(empty["weight"], 0.0);
+    assert!(empty["fsc0143_res_A"].is_null(), "{empty}");
+    assert!(full["fsc0143_res_A"].as_f64().unwrap() < 30.0, "{full}");
+    let (v, _) = vol(&d.join("three/class_02_map.mrc"));
+    assert!(v.iter().all(|x| *x == 0.0));
     // An existing output is refused without --overwrite.
     config(d, "e.yaml", "c3d/particles.h5", "c3d", "");
     emclass(d, &["reconstruct3d", "e.yaml"]).fails_with(&["c3d", "already exists"]);
