@@ -440,7 +440,10 @@ fn bad_inputs_fail_with_one_line_naming_the_field() {
     derived(d, &src, "three.h5", |t| {
         let p = t.f32("alignments3D/class_probs").unwrap();
         let v: Vec<f32> = p.chunks(2).flat_map(|r| [r[0], r[1], 0.0]).collect();
-        t.set("alignments3D/class_probs", Column::new(ColumnData::F32(v), 3));
+        t.set(
+            "alignments3D/class_probs",
+            Column::new(ColumnData::F32(v), 3),
+        );
     });
     config(d, "t.yaml", "three.h5", "three", "classes: [2, 0]\n");
     let r = emclass(d, &["reconstruct3d", "t.yaml"]).ok();

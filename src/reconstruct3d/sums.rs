@@ -1,8 +1,8 @@
 //! The Fourier sums of the classes being reconstructed: every rank back-projects its own
 //! particles (CTF-weighted, per-particle scale, symmetry copies, each into its half set's
 //! accumulator, with 3D classification's [`crate::classify3d::model::backproject`]), and
-//! the sums are all-reduced once, with each class's summed weight and particle count packed
-//! into the same buffer.
+//! the sums are all-reduced once (in pieces of at most 1 GiB), with each class's summed
+//! weight and particle count packed into the same buffer.
 
 use crate::classify3d::model::{self, ACC, PAD, WEIGHT};
 use crate::comm::{agree, Comm};
@@ -43,7 +43,7 @@ pub struct Sources<'a> {
 }
 
 /// Back-projects the rank's particles into the sums of `s.selected` and sums them over
-/// ranks (one all-reduce); collective. A particle with no weight in any selected class is
+/// ranks (one all-reduce of the packed buffer); collective. A particle with no weight in any selected class is
 /// not read into the sums.
 pub fn accumulate(s: &Sources, grid: &WorkGrid, comm: &dyn Comm) -> Result<Stats> {
     let k = s.selected.len();
@@ -68,8 +68,20 @@ pub fn accumulate(s: &Sources, grid: &WorkGrid, comm: &dyn Comm) -> Result<Stats
     });
     agree(comm, read)?;
     st.segment_mut(COUNT)?.copy_from_slice(&count);
-    st.all_reduce(comm);
+    all_reduce_in_pieces(st.as_mut_slice(), comm);
     Ok(st)
+}
+
+/// Values per piece of the all-reduce: 1 GiB of f64, far below MPI's `int` count limit.
+const PIECE: usize = 1 << 27;
+
+/// The sum over ranks of `buf`, in pieces of at most [`PIECE`] values: full-box sums of
+/// several classes exceed 2³¹ values (box 256: 0.4·10⁹ per class), more than one MPI call
+/// can count, and each piece needs only its own temporary copy.
+fn all_reduce_in_pieces(buf: &mut [f64], comm: &dyn Comm) {
+    for piece in buf.chunks_mut(PIECE) {
+        comm.all_reduce_sum_f64(piece);
+    }
 }
 
 /// The two half-set accumulators of output class `j`.
