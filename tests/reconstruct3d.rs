@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use emclass::dataset::store::write_referencing;
 use emclass::dataset::{Column, ColumnData, Dataset, DatasetAttrs, ParticleTable};
-use emclass::formats::mrc::read_volume;
+use emclass::formats::mrc::{read_volume, write_volume};
 use ndarray::Array3;
 
 /// Box 48 at 3 Å (Nyquist 6 Å), two states differing by a domain of 20% of the mass, SNR
@@ -366,8 +366,32 @@ fn bad_inputs_fail_with_one_line_naming_the_field() {
         c[7] = 5;
         t.set_u32("alignments3D/class", c);
     });
+    let sphere = |n: usize, value: f32| {
+        let c = n as f32 / 2.0;
+        Array3::from_shape_fn((n, n, n), |(z, y, x)| {
+            let r2 = (z as f32 - c).powi(2) + (y as f32 - c).powi(2) + (x as f32 - c).powi(2);
+            if r2 < (0.3 * n as f32).powi(2) {
+                value
+            } else {
+                0.0
+            }
+        })
+    };
+    write_volume(d.join("small.mrc"), sphere(32, 1.0).view(), 3.0).unwrap();
+    write_volume(d.join("loud.mrc"), sphere(48, 3.0).view(), 3.0).unwrap();
+    write_volume(d.join("sphere.mrc"), sphere(48, 1.0).view(), 3.0).unwrap();
     let before = tree_snapshot(d);
-    let cases: [(&str, &str, &[&str]); 9] = [
+    let cases: [(&str, &str, &[&str]); 11] = [
+        (
+            "c3d/particles.h5",
+            "solvent_mask: small.mrc\n",
+            &["b.yaml", "solvent_mask", "small.mrc", "48³"],
+        ),
+        (
+            "c3d/particles.h5",
+            "solvent_mask: loud.mrc\n",
+            &["b.yaml", "solvent_mask", "loud.mrc", "not in [0, 1]"],
+        ),
         (
             "c3d/particles.h5",
             "num_classes: 3\n",
@@ -457,6 +481,18 @@ fn bad_inputs_fail_with_one_line_naming_the_field() {
     assert!(full["fsc0143_res_A"].as_f64().unwrap() < 30.0, "{full}");
     let (v, _) = vol(&d.join("three/class_02_map.mrc"));
     assert!(v.iter().all(|x| *x == 0.0));
+    // A given solvent mask is used (and written) for every class.
+    config(
+        d,
+        "m.yaml",
+        "c3d/particles.h5",
+        "masked",
+        "solvent_mask: sphere.mrc\n",
+    );
+    emclass(d, &["-q", "reconstruct3d", "m.yaml"]).ok();
+    let s = summary(&d.join("masked"));
+    assert_eq!(s["per_class"][1]["mask"], "input");
+    assert_eq!(vol(&d.join("masked/class_01_mask.mrc")).0, sphere(48, 1.0));
     // An existing output is refused without --overwrite.
     config(d, "e.yaml", "c3d/particles.h5", "c3d", "");
     emclass(d, &["reconstruct3d", "e.yaml"]).fails_with(&["c3d", "already exists"]);

@@ -18,11 +18,12 @@ use crate::comm::Comm;
 use crate::config;
 use crate::em::stats::Stats;
 use crate::error::{Error, Result};
-use crate::formats::mrc::write_volume;
+use crate::formats::mrc::{read_volume, write_volume};
 use crate::jobs::collective;
 use crate::jobs::em_shell::{open_input, output_dir, particle_source, Input};
 use crate::jobs::output::{check_writable, OutputDir};
 use crate::numerics::symmetry::point_group;
+use crate::numerics::volume::check_mask;
 use crate::particles::{Needs, WorkGrid};
 use crate::reconstruct3d::assignments::Assignments;
 use crate::reconstruct3d::config::{Reconstruct3dConfig, ScaleSource};
@@ -64,6 +65,13 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         point_group(&cfg.symmetry)
             .map_err(|e| Error::config(&args.config, "symmetry", e.to_string())),
     )?;
+    let given_mask = collective(
+        comm,
+        match (&cfg.solvent_mask, comm.is_root()) {
+            (Some(p), true) => read_mask(p, &args.config, box_px, psize).map(Some),
+            _ => Ok(None),
+        },
+    )?;
     if comm.is_root() {
         log::info!(
             "reconstruct3d: {n_total} particles on {} rank(s), classes {selected:?} of {num_input_classes} ({:?} weighting), box {box_px} px at {psize} Å, symmetry {} ({} operators); Fourier sums {:.2} GiB per rank",
@@ -102,6 +110,7 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
         selected: &selected,
         n_total,
         num_input_classes,
+        given_mask: given_mask.as_ref(),
     };
     collective(
         comm,
@@ -119,6 +128,8 @@ struct Job<'a> {
     selected: &'a [usize],
     n_total: usize,
     num_input_classes: usize,
+    /// `solvent_mask` (rank 0), or None to generate one per class.
+    given_mask: Option<&'a Array3<f32>>,
 }
 
 /// One class's line of `summary.json` and what the shared plots and table need.
@@ -175,7 +186,12 @@ impl Job<'_> {
             dilate_a: self.cfg.solvent_mask_dilate_a,
             soft_a: self.cfg.solvent_mask_soft_a,
         };
-        let m = class_maps(sums::halves(st, self.grid, j)?, self.grid, &mp);
+        let m = class_maps(
+            sums::halves(st, self.grid, j)?,
+            self.grid,
+            &mp,
+            self.given_mask,
+        );
         let ps = self.grid.psize_a() as f32;
         let ClassMaps {
             halves,
@@ -213,7 +229,11 @@ impl Job<'_> {
             "fsc0143_res_A": known(m.res_0143_a),
             "fsc05_res_A": known(m.res_05_a),
             "fsc0143_unmasked_res_A": known(m.res_0143_unmasked_a),
-            "mask": if m.mask_fallback.is_some() { "sphere" } else { "generated" },
+            "mask": match (self.given_mask, &m.mask_fallback) {
+                (Some(_), _) => "input",
+                (None, Some(_)) => "sphere",
+                (None, None) => "generated",
+            },
             "mask_fraction": m.mask.sum() as f64 / m.mask.len() as f64,
         });
         Ok(Done {
@@ -248,6 +268,36 @@ impl Job<'_> {
             "per_class": classes,
         })
     }
+}
+
+/// The `solvent_mask` file: a cube of the particles' box (`box_px`, at their pixel size
+/// `psize` within 1% when its header has one) holding mask values (finite, in [0, 1]).
+fn read_mask(p: &Path, cfg_path: &Path, box_px: usize, psize: f64) -> Result<Array3<f32>> {
+    let (vol, ps) = read_volume(p)?;
+    let (a, b, c) = vol.dim();
+    if (a, b, c) != (box_px, box_px, box_px) {
+        return Err(Error::config(
+            cfg_path,
+            "solvent_mask",
+            format!(
+                "{}: the mask is {c}×{b}×{a} voxels; it must be the particles' box, {box_px}³",
+                p.display()
+            ),
+        ));
+    }
+    if ps > 0.0 && (ps as f64 - psize).abs() > 0.01 * psize {
+        return Err(Error::config(
+            cfg_path,
+            "solvent_mask",
+            format!(
+                "{}: the mask's pixel size is {ps} Å but the particles' is {psize} Å",
+                p.display()
+            ),
+        ));
+    }
+    check_mask(vol.view(), &p.display().to_string())
+        .map_err(|e| Error::config(cfg_path, "solvent_mask", e.to_string()))?;
+    Ok(vol.mapv(|v| v.clamp(0.0, 1.0)))
 }
 
 /// `fsc.csv`: one row per shell `1..=n/2` (shell 0 has no resolution): the shell, its

@@ -54,6 +54,10 @@ pub struct Reconstruct3dConfig {
     /// input | none. Default input.
     #[serde(default)]
     pub per_particle_scale: ScaleSource,
+    /// Solvent mask MRC for every class (the particles' box, values in [0, 1]); null = one
+    /// generated from each class's map.
+    #[serde(default)]
+    pub solvent_mask: Option<PathBuf>,
     /// Solvent mask: low-pass of the class map before thresholding, Å. Default 15.
     #[serde(rename = "solvent_mask_lowpass_A", default = "d_mask_lowpass")]
     pub solvent_mask_lowpass_a: f64,
@@ -101,6 +105,7 @@ impl Reconstruct3dConfig {
             weighting: Weighting::Hard,
             symmetry: d_symmetry(),
             per_particle_scale: ScaleSource::Input,
+            solvent_mask: None,
             solvent_mask_lowpass_a: d_mask_lowpass(),
             solvent_mask_threshold: d_mask_threshold(),
             solvent_mask_dilate_a: d_mask_dilate(),

@@ -3,9 +3,10 @@
 //! ```text
 //!   half maps   V_h = F⁻¹[num_h / (den_h + 0.01·⟨den_h⟩_shell)] / gridding      (h = A, B)
 //!   full map    V   = the same of num_A + num_B, den_A + den_B (unfiltered)
-//!   mask        S   = solvent mask of V low-passed to solvent_mask_lowpass_A: threshold at a
-//!                     fraction of its maximum, largest component, dilation, raised-cosine
-//!                     edge (3D classification's auto solvent mask)
+//!   mask        S   = the given solvent mask, or that of V low-passed to
+//!                     solvent_mask_lowpass_A: threshold at a fraction of its maximum,
+//!                     largest component, dilation, raised-cosine edge (3D classification's
+//!                     auto solvent mask)
 //!   FSC(s)      between S·V_A and S·V_B (and, for reference, V_A and V_B unmasked)
 //!   filtered    F⁻¹[ V̂(k) · √(2·FSC/(1 + FSC)) ] at shell s = round(|k|) (the FSC of the
 //!               full map, Rosenthal & Henderson's C_ref weighting; 0 where FSC ≤ 0), then
@@ -52,8 +53,14 @@ pub struct ClassMaps {
 }
 
 /// Half maps, full map, mask, FSC curves and the filtered map of one class from its two
-/// half-set accumulators on `grid` (the full box).
-pub fn class_maps(halves: [&[f64]; 2], grid: &WorkGrid, mp: &MaskParams) -> ClassMaps {
+/// half-set accumulators on `grid` (the full box); the solvent mask is `given`, or
+/// generated from the map with `mp`.
+pub fn class_maps(
+    halves: [&[f64]; 2],
+    grid: &WorkGrid,
+    mp: &MaskParams,
+    given: Option<&Array3<f32>>,
+) -> ClassMaps {
     let (n, psize) = (grid.n, grid.psize_a());
     let half_maps = halves.map(|a| half_map(a, n));
     let both: Vec<f64> = halves[0]
@@ -63,15 +70,10 @@ pub fn class_maps(halves: [&[f64]; 2], grid: &WorkGrid, mp: &MaskParams) -> Clas
         .collect();
     let map = half_map(&both, n);
     drop(both);
-    let smooth = lowpass(&map, grid, mp.lowpass_a.max(2.0 * psize));
-    let (mask, mask_fallback) =
-        match solvent_mask(smooth.view(), psize, mp.threshold, mp.dilate_a, mp.soft_a) {
-            Ok(m) => (m, None),
-            Err(e) => (
-                spherical_mask(n, 0.45 * n as f64 - 2.0, 2.0),
-                Some(e.to_string()),
-            ),
-        };
+    let (mask, mask_fallback) = match given {
+        Some(m) => (m.clone(), None),
+        None => generated_mask(&map, grid, mp),
+    };
     let fsc = masked_fsc(&half_maps, &mask);
     let fsc_unmasked = masked_fsc(&half_maps, &Array3::ones((n, n, n)));
     let res = |f: &[f64], t: f64| frc_resolution_a(f, t, n, psize);
@@ -88,6 +90,24 @@ pub fn class_maps(halves: [&[f64]; 2], grid: &WorkGrid, mp: &MaskParams) -> Clas
         res_0143_a,
         res_05_a,
         map,
+    }
+}
+
+/// The auto solvent mask of `map`, or a soft sphere of 0.9 × the box and the reason when
+/// the low-passed map has no density to threshold.
+fn generated_mask(
+    map: &Array3<f32>,
+    grid: &WorkGrid,
+    mp: &MaskParams,
+) -> (Array3<f32>, Option<String>) {
+    let (n, psize) = (grid.n, grid.psize_a());
+    let smooth = lowpass(map, grid, mp.lowpass_a.max(2.0 * psize));
+    match solvent_mask(smooth.view(), psize, mp.threshold, mp.dilate_a, mp.soft_a) {
+        Ok(m) => (m, None),
+        Err(e) => (
+            spherical_mask(n, 0.45 * n as f64 - 2.0, 2.0),
+            Some(e.to_string()),
+        ),
     }
 }
 
@@ -181,7 +201,7 @@ mod tests {
             dilate_a: 4.0,
             soft_a: 6.0,
         };
-        let m = class_maps(halves(&st, &grid, 0).unwrap(), &grid, &mp);
+        let m = class_maps(halves(&st, &grid, 0).unwrap(), &grid, &mp, None);
         assert!(m.mask_fallback.is_none(), "{:?}", m.mask_fallback);
         for v in [&m.map, &m.filtered, &m.halves[0], &m.mask] {
             assert_eq!(v.dim(), (n, n, n));
