@@ -43,6 +43,8 @@ pub enum Command {
     Classify2d(JobArgs),
     /// 3D classification without alignment (class volumes at known poses).
     Classify3d(JobArgs),
+    /// Reconstruct 3D classes at the full box from their particles (after classify3d).
+    Reconstruct3d(JobArgs),
     /// Subset particles by class probability or by any per-particle statistic.
     Subset(JobArgs),
     /// Keep or drop particles by 2D class.
@@ -73,6 +75,7 @@ impl Command {
             Command::Simulate(a)
             | Command::Classify2d(a)
             | Command::Classify3d(a)
+            | Command::Reconstruct3d(a)
             | Command::Subset(a)
             | Command::Select2d(a)
             | Command::Rebalance2d(a) => Some(a),

@@ -19,6 +19,7 @@ pub mod numerics;
 pub mod panic_guard;
 pub mod particles;
 pub mod paths;
+pub mod reconstruct3d;
 pub mod report;
 pub mod simulate;
 

@@ -14,6 +14,7 @@ fn help_lists_every_subcommand_of_the_design() {
         "simulate",
         "classify2d",
         "classify3d",
+        "reconstruct3d",
         "subset",
         "select2d",
         "rebalance2d",
@@ -29,6 +30,7 @@ fn jobs_without_their_input_say_so_and_write_nothing() {
     for job in [
         "classify2d",
         "classify3d",
+        "reconstruct3d",
         "subset",
         "select2d",
         "rebalance2d",

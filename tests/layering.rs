@@ -67,6 +67,7 @@ fn algorithm_code_never_names_mpi_or_cudarc() {
         "particles",
         "classify2d",
         "classify3d",
+        "reconstruct3d",
         "curate",
         "numerics",
     ] {

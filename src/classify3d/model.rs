@@ -202,13 +202,8 @@ pub fn reconstruct_one(
     use_fsc: bool,
 ) -> ClassVolume {
     let n = grid.n;
-    let half_maps = halves.map(|a| {
-        let mean = shell_mean(a, n, PAD);
-        reconstruct(a, n, |s| 0.01 * mean.get(s).copied().unwrap_or(0.0) + 1e-30)
-    });
-    let masked: Vec<Array3<Complex32>> =
-        half_maps.iter().map(|h| rfft3((h * mask).view())).collect();
-    let fsc = fsc_spectra(masked[0].view(), masked[1].view(), n);
+    let half_maps = halves.map(|a| half_map(a, n));
+    let fsc = masked_fsc(&half_maps, mask);
     let both: Vec<f64> = halves[0]
         .iter()
         .zip(halves[1])
@@ -235,6 +230,22 @@ pub fn reconstruct_one(
         halves: half_maps,
         res_a,
     }
+}
+
+/// The reconstruction of one accumulator (a half set, or the sum of both) regularised only
+/// lightly, `num / (den + 0.01·⟨den⟩_shell)`: the unfiltered map.
+pub fn half_map(acc: &[f64], n: usize) -> Array3<f32> {
+    let mean = shell_mean(acc, n, PAD);
+    reconstruct(acc, n, |s| {
+        0.01 * mean.get(s).copied().unwrap_or(0.0) + 1e-30
+    })
+}
+
+/// The FSC per shell (`0..=n/2`) between two half maps, both multiplied by `mask`.
+pub fn masked_fsc(halves: &[Array3<f32>; 2], mask: &Array3<f32>) -> Vec<f64> {
+    let n = mask.dim().0;
+    let masked: Vec<Array3<Complex32>> = halves.iter().map(|h| rfft3((h * mask).view())).collect();
+    fsc_spectra(masked[0].view(), masked[1].view(), n)
 }
 
 /// The volume low-passed with a raised-cosine edge of 2 shells at `res_a` (grid units).

@@ -13,6 +13,7 @@ pub mod import;
 pub mod info;
 pub mod output;
 pub mod rebalance2d;
+pub mod reconstruct3d;
 pub mod select2d;
 pub mod selection;
 pub mod simulate;
@@ -41,6 +42,9 @@ pub fn run(cmd: &Command, comm: &dyn Comm) -> Result<()> {
         Command::Simulate(args) => on_root(comm, || simulate::run(args)),
         Command::Classify2d(args) => classify2d::run(args, comm).inspect(|_| log_traffic(comm)),
         Command::Classify3d(args) => classify3d::run(args, comm).inspect(|_| log_traffic(comm)),
+        Command::Reconstruct3d(args) => {
+            reconstruct3d::run(args, comm).inspect(|_| log_traffic(comm))
+        }
         Command::Subset(args) => subset::run(args, comm),
         Command::Select2d(args) => select2d::run(args, comm),
         Command::Rebalance2d(args) => rebalance2d::run(args, comm),
