@@ -114,7 +114,8 @@ pub struct Classify3dConfig {
     /// optimal | input | none. Default optimal.
     #[serde(default)]
     pub per_particle_scale: ScaleMode,
-    /// One-hot class probabilities (no weighted back-projection). Default off.
+    /// One-hot M-step weights (no weighted back-projection); the written posterior stays
+    /// soft. Default off.
     #[serde(default)]
     pub force_hard_classification: bool,
     /// Initial class similarity in [0, 1] (1 = every class equally likely). Default 0.5.
