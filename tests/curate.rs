@@ -238,7 +238,7 @@ fn subset_warns_once_when_the_thresholded_probabilities_are_one_hot() {
     assert_eq!(warnings(&r).len(), 1, "{}", r.stderr);
     // Soft rows on rank 1 only: rank 0's rows are one-hot, but the check is over all ranks.
     std::fs::write(d.join("s.yaml"), format!("input: soft.h5\n{cfg}")).unwrap();
-    let r = mpirun(d, 2, &["-q", "subset", "s.yaml"]).ok();
+    let r = mpirun(d, 2, &["-q", "subset", "s.yaml", "--set", "output=soft"]).ok();
     assert!(warnings(&r).is_empty(), "{}", r.stderr);
     // By field: a class_posterior of all 1 warns too; another field does not.
     let by_field = "mode: statistic\nthresholds: [0.5]\n";
