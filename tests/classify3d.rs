@@ -178,6 +178,69 @@ fn hard_after_anneal_switches_when_similarity_reaches_zero() {
     assert_soft_posterior_with_hard_class(ds.table(), "alignments3D", 2);
 }
 
+/// Issue 19 item 6: `hard_first_iterations` (the forum's "hard first to let the volumes
+/// diverge, then weighted"): the records say which passes were hard, no convergence stop
+/// during them, the two states are recovered, and it refuses the other hard schedules.
+#[test]
+fn hard_first_then_weighted_recovers_two_states() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    simulate(d, "sim", 1500, &[]);
+    // 1500 particles, batches of 2 × 300: 2 per epoch, 2 epochs = 4 O-EM iterations.
+    config(d, "c.yaml", "sim/particles.h5", "out", "hard_first_iterations: 3\n");
+    emclass(d, &["-q", "classify3d", "c.yaml"]).ok();
+    let out = d.join("out");
+    let s = summary(&out);
+    let hard: Vec<bool> = s["iterations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["hard_classification"].as_bool().unwrap())
+        .collect();
+    assert!(hard.len() > 4, "{hard:?}");
+    assert_eq!(&hard[..4], &[true, true, true, false], "{hard:?}");
+    assert!(hard[3..].iter().all(|h| !h), "{hard:?}");
+    let a = ari(&out.join("particles.h5"));
+    assert!(a >= 0.9, "ARI {a}");
+    // The last pass was weighted: soft probabilities with their ESS.
+    let ess = column(&out.join("particles.h5"), "alignments3D/class_ess");
+    assert!(ess.iter().any(|e| *e > 1.001));
+
+    // Reaching into F-EM: a stop criterion that fires at once (100%) waits for the first
+    // weighted iteration (t = 6, after F-EM t = 4, 5 hard).
+    let extra = "hard_first_iterations: 6\nconvergence_switch_pct: 100\nfem_max_iterations: 10\n";
+    config(d, "f.yaml", "sim/particles.h5", "fem", extra);
+    emclass(d, &["-q", "classify3d", "f.yaml"]).ok();
+    let s = summary(&d.join("fem"));
+    let it = s["iterations"].as_array().unwrap();
+    let hard: Vec<bool> = it
+        .iter()
+        .map(|r| r["hard_classification"].as_bool().unwrap())
+        .collect();
+    assert_eq!(hard, vec![true, true, true, true, true, true, false], "{s}");
+    assert!(s["stop_reason"].as_str().unwrap().contains("converged"), "{s}");
+
+    // Conflicts and a schedule with no weighted iteration are one-line config errors.
+    for (extra, needles) in [
+        (
+            "hard_first_iterations: 2\nforce_hard_classification: true\n",
+            &["c.yaml", "hard_first_iterations", "force_hard_classification"][..],
+        ),
+        (
+            "hard_first_iterations: 2\nhard_after_anneal: true\n",
+            &["c.yaml", "hard_first_iterations", "hard_after_anneal"][..],
+        ),
+        (
+            "hard_first_iterations: 24\n",
+            &["c.yaml", "hard_first_iterations", "all 24 iterations"][..],
+        ),
+    ] {
+        config(d, "c.yaml", "sim/particles.h5", "bad", extra);
+        emclass(d, &["classify3d", "c.yaml"]).fails_with(needles);
+        assert!(!d.join("bad").exists());
+    }
+}
+
 #[test]
 fn focus_mask_on_the_variable_domain_classifies_at_least_as_well() {
     let dir = tempfile::tempdir().unwrap();
