@@ -9,7 +9,7 @@ use std::path::Path;
 
 use emclass::dataset::Dataset;
 use emclass::em::metrics::{adjusted_rand_index, matched_agreement};
-use emclass::formats::mrc::{read_volume, write_volume};
+use emclass::formats::mrc::{read_volume, write_volume, MrcStack};
 use emclass::numerics::volume::solvent_mask;
 
 /// A small, quick hetero3d set: box 48 at 3 Å, two states differing by a domain of 20% of
@@ -84,6 +84,7 @@ fn recovers_two_states_and_writes_every_output() {
         "summary.json",
         "config.used.yaml",
         "volumes/class_00.mrc",
+        "volumes/all_volumes.mrcs",
         "volumes/class_01_half_A.mrc",
         "volumes/class_01_half_B.mrc",
         "plots/class_ess.png",
@@ -115,6 +116,16 @@ fn recovers_two_states_and_writes_every_output() {
     assert_eq!(v.dim(), (n, n, n));
     assert!((24..=28).contains(&n), "{n}");
     assert!((ps as f64 * n as f64 - 144.0).abs() < 1e-2, "{ps}");
+    // Issue 19 item 6b: all class volumes in one MRC2014 volume stack, in class order.
+    let all = MrcStack::open(out.join("volumes/all_volumes.mrcs")).unwrap();
+    let h = all.header();
+    assert_eq!((h.nx, h.ny, h.nz, h.ispg), (n, n, 2 * n, 401));
+    assert_eq!(h.sampling, [n as i32, n as i32, n as i32]);
+    assert_eq!(all.psize_a(), ps);
+    for k in 0..2 {
+        let (vk, _) = read_volume(out.join(format!("volumes/class_{k:02}.mrc"))).unwrap();
+        assert_eq!(all.read(k * n..(k + 1) * n).unwrap(), vk, "class {k}");
+    }
     // F-EM ran and recorded class flows; the stop reason is stated.
     assert!(!s["class_flow"].as_array().unwrap().is_empty());
     assert!(s["stop_reason"].as_str().unwrap().len() > 5);
@@ -509,6 +520,7 @@ fn assert_same_3d(a: &Path, b: &Path) {
     for v in [
         "volumes/class_00.mrc",
         "volumes/class_01_half_B.mrc",
+        "volumes/all_volumes.mrcs",
         "consensus.mrc",
     ] {
         assert_eq!(
