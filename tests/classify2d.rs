@@ -365,10 +365,9 @@ fn marginalised_poses_hard_final_and_no_ctf() {
     emclass(d, &["classify2d", "c2d.yaml"]).ok();
     let ds = Dataset::open(&d.join("out/particles.h5")).unwrap();
     let t = ds.table();
-    // Final hard classification: one-hot probabilities.
-    for row in t.f32("alignments2D/class_probs").unwrap().chunks(6) {
-        assert_eq!(row.iter().filter(|&&p| p == 1.0).count(), 1, "{row:?}");
-    }
+    // Final hard classification (issue 19): the written posterior is the soft one of the
+    // hard last pass, `class` its hard assignment.
+    assert_soft_posterior_with_hard_class(t, "alignments2D", 6);
     // ctf_correct off writes CryoSPARC's "no CTF" values.
     assert!(t.f32("ctf/amp_contrast").unwrap().iter().all(|&v| v == 1.0));
     assert!(t.f32("ctf/df1_A").unwrap().iter().all(|&v| v == 0.0));

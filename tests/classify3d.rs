@@ -9,7 +9,7 @@ use std::path::Path;
 
 use emclass::dataset::Dataset;
 use emclass::em::metrics::{adjusted_rand_index, matched_agreement};
-use emclass::formats::mrc::{read_volume, write_volume};
+use emclass::formats::mrc::{read_volume, write_volume, MrcStack};
 use emclass::numerics::volume::solvent_mask;
 
 /// A small, quick hetero3d set: box 48 at 3 Å, two states differing by a domain of 20% of
@@ -84,6 +84,7 @@ fn recovers_two_states_and_writes_every_output() {
         "summary.json",
         "config.used.yaml",
         "volumes/class_00.mrc",
+        "volumes/all_volumes.mrcs",
         "volumes/class_01_half_A.mrc",
         "volumes/class_01_half_B.mrc",
         "plots/class_ess.png",
@@ -130,6 +131,16 @@ fn recovers_two_states_and_writes_every_output() {
             let img = image::open(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
             assert!(img.width() > 100, "{}", f.display());
         }
+    }
+    // Issue 19 item 6b: all class volumes in one MRC2014 volume stack, in class order.
+    let all = MrcStack::open(out.join("volumes/all_volumes.mrcs")).unwrap();
+    let h = all.header();
+    assert_eq!((h.nx, h.ny, h.nz, h.ispg), (n, n, 2 * n, 401));
+    assert_eq!(h.sampling, [n as i32, n as i32, n as i32]);
+    assert_eq!(all.psize_a(), ps);
+    for k in 0..2 {
+        let (vk, _) = read_volume(out.join(format!("volumes/class_{k:02}.mrc"))).unwrap();
+        assert_eq!(all.read(k * n..(k + 1) * n).unwrap(), vk, "class {k}");
     }
     // F-EM ran and recorded class flows; the stop reason is stated.
     assert!(!s["class_flow"].as_array().unwrap().is_empty());
@@ -180,7 +191,7 @@ fn pca_start_recovers_two_states() {
 }
 
 #[test]
-fn similarity_one_is_uniform_and_force_hard_is_one_hot() {
+fn similarity_one_is_uniform_and_force_hard_writes_the_soft_posterior() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     simulate(d, "sim", 600, &[]);
@@ -196,13 +207,10 @@ fn similarity_one_is_uniform_and_force_hard_is_one_hot() {
     let hard = "num_classes: 3\nforce_hard_classification: true\nclass_similarity: 0.8\nfem_max_iterations: 2\n";
     config(d, "h.yaml", "sim/particles.h5", "hard", hard);
     emclass(d, &["-q", "classify3d", "h.yaml"]).ok();
-    let p = column(&d.join("hard/particles.h5"), "alignments3D/class_probs");
-    assert!(p.iter().all(|v| *v == 0.0 || *v == 1.0));
-    for row in p.chunks(3) {
-        assert_eq!(row.iter().sum::<f64>(), 1.0);
-    }
-    let ess = column(&d.join("hard/particles.h5"), "alignments3D/class_ess");
-    assert!(ess.iter().all(|e| (e - 1.0).abs() < 1e-6));
+    // Issue 19: one-hot M-step weights, but the written posterior is the soft one of the
+    // last pass and `class` its hard assignment.
+    let ds = Dataset::open(&d.join("hard/particles.h5")).unwrap();
+    assert_soft_posterior_with_hard_class(ds.table(), "alignments3D", 3);
     let s = summary(&d.join("hard"));
     assert!(s["iterations"]
         .as_array()
@@ -235,8 +243,72 @@ fn hard_after_anneal_switches_when_similarity_reaches_zero() {
     assert_eq!(hard, vec![false, false, false, true, true, true]);
     // Soft probabilities before the switch show up as ESS > 1 in the first iteration.
     assert!(it[0]["ess_quartiles"][4].as_f64().unwrap() > 1.01);
-    let p = column(&d.join("out/particles.h5"), "alignments3D/class_probs");
-    assert!(p.iter().all(|v| *v == 0.0 || *v == 1.0));
+    // The hard passes still write the soft posterior (issue 19).
+    let ds = Dataset::open(&d.join("out/particles.h5")).unwrap();
+    assert_soft_posterior_with_hard_class(ds.table(), "alignments3D", 2);
+}
+
+/// Issue 19 item 6: `hard_first_iterations` (the forum's "hard first to let the volumes
+/// diverge, then weighted"): the records say which passes were hard, no convergence stop
+/// during them, the two states are recovered, and it refuses the other hard schedules.
+#[test]
+fn hard_first_then_weighted_recovers_two_states() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    simulate(d, "sim", 1500, &[]);
+    // 1500 particles, batches of 2 × 300: 2 per epoch, 2 epochs = 4 O-EM iterations.
+    config(d, "c.yaml", "sim/particles.h5", "out", "hard_first_iterations: 3\n");
+    emclass(d, &["-q", "classify3d", "c.yaml"]).ok();
+    let out = d.join("out");
+    let s = summary(&out);
+    let hard: Vec<bool> = s["iterations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["hard_classification"].as_bool().unwrap())
+        .collect();
+    assert!(hard.len() > 4, "{hard:?}");
+    assert_eq!(&hard[..4], &[true, true, true, false], "{hard:?}");
+    assert!(hard[3..].iter().all(|h| !h), "{hard:?}");
+    let a = ari(&out.join("particles.h5"));
+    assert!(a >= 0.9, "ARI {a}");
+    // The last pass was weighted: soft probabilities with their ESS.
+    let ess = column(&out.join("particles.h5"), "alignments3D/class_ess");
+    assert!(ess.iter().any(|e| *e > 1.001));
+
+    // Reaching into F-EM: a stop criterion that fires at once (100%) waits for the first
+    // weighted iteration (t = 6, after F-EM t = 4, 5 hard).
+    let extra = "hard_first_iterations: 6\nconvergence_switch_pct: 100\nfem_max_iterations: 10\n";
+    config(d, "f.yaml", "sim/particles.h5", "fem", extra);
+    emclass(d, &["-q", "classify3d", "f.yaml"]).ok();
+    let s = summary(&d.join("fem"));
+    let it = s["iterations"].as_array().unwrap();
+    let hard: Vec<bool> = it
+        .iter()
+        .map(|r| r["hard_classification"].as_bool().unwrap())
+        .collect();
+    assert_eq!(hard, vec![true, true, true, true, true, true, false], "{s}");
+    assert!(s["stop_reason"].as_str().unwrap().contains("converged"), "{s}");
+
+    // Conflicts and a schedule with no weighted iteration are one-line config errors.
+    for (extra, needles) in [
+        (
+            "hard_first_iterations: 2\nforce_hard_classification: true\n",
+            &["c.yaml", "hard_first_iterations", "force_hard_classification"][..],
+        ),
+        (
+            "hard_first_iterations: 2\nhard_after_anneal: true\n",
+            &["c.yaml", "hard_first_iterations", "hard_after_anneal"][..],
+        ),
+        (
+            "hard_first_iterations: 24\n",
+            &["c.yaml", "hard_first_iterations", "all 24 iterations"][..],
+        ),
+    ] {
+        config(d, "c.yaml", "sim/particles.h5", "bad", extra);
+        emclass(d, &["classify3d", "c.yaml"]).fails_with(needles);
+        assert!(!d.join("bad").exists());
+    }
 }
 
 #[test]
@@ -507,6 +579,7 @@ fn assert_same_3d(a: &Path, b: &Path) {
     for v in [
         "volumes/class_00.mrc",
         "volumes/class_01_half_B.mrc",
+        "volumes/all_volumes.mrcs",
         "consensus.mrc",
     ] {
         assert_eq!(

@@ -197,6 +197,74 @@ fn subset_3d_sums_the_chosen_classes() {
     assert_eq!(uids(&d.join("out/excluded.h5")), vec![all[0]]);
 }
 
+/// Issue 19: thresholds on one-hot probabilities (a hard classification before the fix)
+/// keep or drop everything; `subset` says so in one warning line naming the field, once
+/// over all ranks, and not for soft probabilities.
+#[test]
+fn subset_warns_once_when_the_thresholded_probabilities_are_one_hot() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    dataset(d, "hard.h5", 4, |t| {
+        f32_col(
+            t,
+            "alignments3D/class_probs",
+            vec![1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0],
+            2,
+        )
+    });
+    dataset(d, "soft.h5", 4, |t| {
+        f32_col(
+            t,
+            "alignments3D/class_probs",
+            vec![1.0, 0.0, 0.0, 1.0, 0.3, 0.7, 0.0, 1.0],
+            2,
+        )
+    });
+    let cfg = "output: out\nmode: class_probability_3d\nclasses: [0]\nthresholds: [0.9]\n";
+    let warnings = |r: &Run| -> Vec<String> {
+        r.stderr
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("0 or 1"))
+            .map(String::from)
+            .collect()
+    };
+    let r = run_job(d, "subset", "h.yaml", &format!("input: hard.h5\n{cfg}")).ok();
+    let w = warnings(&r);
+    assert_eq!(w.len(), 1, "{}", r.stderr);
+    assert!(w[0].contains("alignments3D/class_probs"), "{}", w[0]);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    // Under mpirun: one line, from rank 0, although both ranks hold one-hot rows.
+    let r = mpirun(d, 2, &["-q", "subset", "h.yaml", "--set", "output=mpi"]).ok();
+    assert_eq!(warnings(&r).len(), 1, "{}", r.stderr);
+    // Soft rows on rank 1 only: rank 0's rows are one-hot, but the check is over all ranks.
+    std::fs::write(d.join("s.yaml"), format!("input: soft.h5\n{cfg}")).unwrap();
+    let r = mpirun(d, 2, &["-q", "subset", "s.yaml", "--set", "output=soft"]).ok();
+    assert!(warnings(&r).is_empty(), "{}", r.stderr);
+    // By field: a class_posterior of all 1 warns too; another field does not.
+    let by_field = "mode: statistic\nthresholds: [0.5]\n";
+    let post = dataset(d, "post.h5", 4, |t| {
+        f32_col(t, "alignments2D/class_posterior", vec![1.0; 4], 1);
+        f32_col(t, "alignments2D/other", vec![1.0; 4], 1);
+    });
+    assert!(post.exists());
+    let r = run_job(
+        d,
+        "subset",
+        "p.yaml",
+        &format!("input: post.h5\noutput: o1\nfield: alignments2D/class_posterior\n{by_field}"),
+    )
+    .ok();
+    assert!(warnings(&r)[0].contains("alignments2D/class_posterior"));
+    let r = run_job(
+        d,
+        "subset",
+        "q.yaml",
+        &format!("input: post.h5\noutput: o2\nfield: alignments2D/other\n{by_field}"),
+    )
+    .ok();
+    assert!(warnings(&r).is_empty(), "{}", r.stderr);
+}
+
 #[test]
 fn subset_by_field_with_several_thresholds_keep_below_and_gmm() {
     let dir = tempfile::tempdir().unwrap();

@@ -284,7 +284,8 @@ pub fn result_row(
     let (br, bt) = poses.split(best_pose[[bi, best_k]]);
     let s = poses.shifts_px[bt];
     ResultRow {
-        probs: resp.probs().row(bi).iter().map(|&v| v as f32).collect(),
+        // The soft posterior, also in a hard pass (`class` is then the hard assignment).
+        probs: resp.posterior().row(bi).iter().map(|&v| v as f32).collect(),
         class: best_k as u32,
         prob: resp.best_prob()[bi] as f32,
         ess: resp.ess()[bi] as f32,

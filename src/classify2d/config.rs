@@ -90,7 +90,8 @@ pub struct Classify2dConfig {
     /// output particles (as CryoSPARC does). Default on.
     #[serde(default = "d_true")]
     pub ctf_correct: bool,
-    /// The final iteration assigns each particle wholly to its best class. Default off.
+    /// The final iteration assigns each particle wholly to its best class (M-step weights);
+    /// the written posterior stays soft. Default off.
     #[serde(default)]
     pub final_hard_classification: bool,
     /// Radius of the translational search around the box centre, in input pixels.

@@ -1,6 +1,6 @@
 //! The `emclass classify3d` job configuration: CryoSPARC's "3D Classification" parameters
 //! in snake_case (`configs/classify3d.yaml` documents each one with its default), plus the
-//! forum thread's `hard_after_anneal`, and the validation after which the engine trusts the
+//! forum thread's `hard_after_anneal` and its reverse `hard_first_iterations`, and the validation after which the engine trusts the
 //! values.
 
 use std::path::{Path, PathBuf};
@@ -123,7 +123,8 @@ pub struct Classify3dConfig {
     /// optimal | input | none. Default optimal.
     #[serde(default)]
     pub per_particle_scale: ScaleMode,
-    /// One-hot class probabilities (no weighted back-projection). Default off.
+    /// One-hot M-step weights (no weighted back-projection); the written posterior stays
+    /// soft. Default off.
     #[serde(default)]
     pub force_hard_classification: bool,
     /// Initial class similarity in [0, 1] (1 = every class equally likely). Default 0.5.
@@ -138,6 +139,11 @@ pub struct Classify3dConfig {
     /// Switch to hard classification once similarity has annealed to 0. Default off.
     #[serde(default)]
     pub hard_after_anneal: bool,
+    /// Hard classification in the first N iterations (O-EM first, counted from 0, then
+    /// F-EM), weighted after: the forum's "hard first to let the volumes diverge, then
+    /// weighted back-projection". No convergence stop while they run. 0 = off (default).
+    #[serde(default)]
+    pub hard_first_iterations: usize,
     /// Point group enforced in back-projection: C1, Cn, Dn, T, O, I. Default C1.
     #[serde(default = "d_symmetry")]
     pub symmetry: String,
@@ -245,6 +251,7 @@ impl Classify3dConfig {
             class_similarity_anneal_start: 0,
             class_similarity_anneal_end: None,
             hard_after_anneal: false,
+            hard_first_iterations: 0,
             symmetry: d_symmetry(),
             reorder_classes_by_size: false,
             output_every_fem_iter: false,
@@ -267,6 +274,15 @@ impl Classify3dConfig {
     /// Number of O-EM iterations for `n` particles: epochs × batches per epoch.
     pub fn oem_iterations(&self, n: usize) -> usize {
         self.oem_epochs * (n / self.batch_total(n)).max(1)
+    }
+
+    /// O-EM iterations the run does for `n` particles (0 with `oem_epochs: 0`).
+    pub fn oem_iterations_planned(&self, n: usize) -> usize {
+        if self.oem_epochs == 0 {
+            0
+        } else {
+            self.oem_iterations(n)
+        }
     }
 
     /// Iteration where class similarity reaches 0.
@@ -296,6 +312,19 @@ impl Classify3dConfig {
                 format!(
                     "{res} Å is too coarse for a {box_px}-pixel box at {psize_a} Å/pixel (at most a quarter of the box, {} Å)",
                     box_px as f64 * psize_a / 4.0
+                ),
+            ));
+        }
+        let total = self.oem_iterations_planned(n) + self.fem_max_iterations;
+        if self.hard_first_iterations >= total {
+            return Err(Error::config(
+                path,
+                "hard_first_iterations",
+                format!(
+                    "{} would make all {total} iterations of this run hard ({} O-EM + fem_max_iterations {}); lower it or use force_hard_classification",
+                    self.hard_first_iterations,
+                    self.oem_iterations_planned(n),
+                    self.fem_max_iterations
                 ),
             ));
         }
@@ -431,9 +460,23 @@ impl Classify3dConfig {
         Ok(())
     }
 
-    /// Class similarity and its annealing window.
+    /// Class similarity and its annealing window; the hard schedules that exclude each other.
     fn validate_similarity(&self, path: &Path) -> Result<()> {
         check_range(path, "class_similarity", self.class_similarity, 0.0, 1.0)?;
+        if self.hard_first_iterations > 0 {
+            for (on, key) in [
+                (self.force_hard_classification, "force_hard_classification"),
+                (self.hard_after_anneal, "hard_after_anneal"),
+            ] {
+                if on {
+                    return Err(Error::config(
+                        path,
+                        "hard_first_iterations",
+                        format!("cannot be combined with {key}: true (hard first, then weighted, is a schedule of its own); turn one off"),
+                    ));
+                }
+            }
+        }
         if let Some(end) = self.class_similarity_anneal_end {
             if end < self.class_similarity_anneal_start {
                 return Err(Error::config(
@@ -517,6 +560,14 @@ mod tests {
                 "class_similarity_anneal_end",
             ),
             ("filter_res_A: 10\noem_learning_rate_init: 0\n", "oem_learning_rate_init"),
+            (
+                "filter_res_A: 10\nhard_first_iterations: 2\nforce_hard_classification: true\n",
+                "hard_first_iterations",
+            ),
+            (
+                "filter_res_A: 10\nhard_first_iterations: 2\nhard_after_anneal: true\n",
+                "hard_after_anneal",
+            ),
             ("filter_res_A: 10\nper_particle_scale: best\n", "per_particle_scale"),
             ("filter_res_A: 10\nnum_clases: 3\n", "num_clases"),
         ];
@@ -543,5 +594,12 @@ mod tests {
         assert!(e.contains("too coarse"), "{e}");
         let e = c.validate_for(p, 128, 2.0, 1).unwrap_err().to_string();
         assert!(e.contains("num_classes"), "{e}");
+        // 100 particles: one batch per epoch, 2 O-EM + 20 F-EM iterations.
+        let mut h = c.clone();
+        h.hard_first_iterations = 21;
+        assert!(h.validate_for(p, 128, 2.0, 100).is_ok());
+        h.hard_first_iterations = 22;
+        let e = h.validate_for(p, 128, 2.0, 100).unwrap_err().to_string();
+        assert!(e.contains("hard_first_iterations") && e.contains("all 22"), "{e}");
     }
 }

@@ -6,7 +6,8 @@
 //! - start ([`super::start`]): consensus, solvent mask, noise model, per-particle scales,
 //!   initial classes (or the checkpoint's classes, [`super::checkpoint`]);
 //! - prepare: the effective volumes (focus mask) as projectors, the class priors from the
-//!   class weights, similarity and hardness of the annealing schedule;
+//!   class weights, similarity and hardness of the annealing schedule (`force_hard`,
+//!   `hard_after_anneal`, `hard_first_iterations`);
 //! - E-step per block, through the backend's phases ([`crate::backend::phases`], the CPU
 //!   ones in [`super::estep`], the CUDA ones in [`super::gpu`]): log-likelihoods against
 //!   the K projections with scale, CTF and noise, responsibilities, back-projection of the
@@ -271,7 +272,8 @@ impl<'a> Problem for Classify3d<'a> {
                 switched_pct: switched,
                 rms_density_change: rms,
             },
-            stop: convergence(plan, switched, rms),
+            // No stop during `hard_first_iterations`: the weighted passes are still to come.
+            stop: convergence(plan, switched, rms).filter(|_| !self.sim.in_hard_first(it.t)),
         })
     }
 

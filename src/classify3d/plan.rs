@@ -39,11 +39,7 @@ pub struct Plan3d {
 impl Classify3dConfig {
     /// The plan for `n_total` particles (the configuration already validated).
     pub fn plan(&self, n_total: usize) -> Result<Plan3d> {
-        let online = if self.oem_epochs == 0 {
-            0
-        } else {
-            self.oem_iterations(n_total)
-        };
+        let online = self.oem_iterations_planned(n_total);
         let halflife = self.oem_learning_rate_halflife_pct / 100.0 * online as f64;
         let k = self.num_classes;
         Ok(Plan3d {
@@ -64,7 +60,8 @@ impl Classify3dConfig {
                 self.anneal_end(n_total),
                 self.force_hard_classification,
                 self.hard_after_anneal,
-            )?,
+            )?
+            .with_hard_first(self.hard_first_iterations),
             init_particles_per_class: self.init_particles_per_class.min(n_total / k).max(1),
             init_lowpass_a: self.init_lowpass_a,
             init_pca: (self.init_mode == InitMode::Pca).then(|| {

@@ -47,9 +47,10 @@ pub struct Row {
 
 impl Row {
     /// The rows of a block's responsibilities over `k` classes, each with its particle's
-    /// index `idx[j]`.
+    /// index `idx[j]`: the soft posterior, its best-class probability and ESS, also in a
+    /// hard pass, where `class` is the hard assignment.
     pub fn of_block(resp: &Responsibilities, idx: &[usize], k: usize) -> Vec<(usize, Row)> {
-        let probs = resp.probs();
+        let probs = resp.posterior();
         (0..idx.len())
             .map(|j| {
                 let row = Row {

@@ -43,6 +43,23 @@ pub fn best_class_probability_2d(table: &ParticleTable, file: &Path) -> Result<V
     ))
 }
 
+/// Whether `field` is a class probability (`…/class_probs`, `…/class_posterior`): the
+/// fields whose thresholds mean nothing when every value is 0 or 1.
+pub fn is_probability_field(field: &str) -> bool {
+    field.ends_with("/class_probs") || field.ends_with("/class_posterior")
+}
+
+/// `(values strictly between 0 and 1, all values)` of numeric `field` (0, 0 when it is
+/// absent or not numeric): no fractional value means one-hot probabilities, as a hard
+/// classification wrote them before issue 19, and a threshold then keeps all or nothing.
+pub fn fractional_count(table: &ParticleTable, field: &str) -> (u64, u64) {
+    let Some(v) = table.get(field).and_then(|c| c.data.to_f64()) else {
+        return (0, 0);
+    };
+    let frac = v.iter().filter(|&&x| x > 0.0 && x < 1.0).count();
+    (frac as u64, v.len() as u64)
+}
+
 /// Number of 3D classes in the dataset's `alignments3D/class_probs`.
 pub fn num_classes_3d(table: &ParticleTable, file: &Path) -> Result<usize> {
     let col = table.get(CLASS_PROBS_3D).ok_or_else(|| {
@@ -250,6 +267,18 @@ mod tests {
         let mut t = ParticleTable::new((0..n as u64).map(|u| 10 + u).collect());
         t.set(probs_name, Column::new(ColumnData::F32(probs), k));
         t
+    }
+
+    #[test]
+    fn fractional_count_tells_one_hot_from_soft() {
+        let hard = table(CLASS_PROBS_3D, vec![1.0, 0.0, 0.0, 1.0], 2);
+        assert_eq!(fractional_count(&hard, CLASS_PROBS_3D), (0, 4));
+        let soft = table(CLASS_PROBS_3D, vec![0.7, 0.3, 0.0, 1.0], 2);
+        assert_eq!(fractional_count(&soft, CLASS_PROBS_3D), (2, 4));
+        assert_eq!(fractional_count(&soft, CLASS_PROBS_2D), (0, 0));
+        assert!(is_probability_field("alignments2D/class_posterior"));
+        assert!(is_probability_field(CLASS_PROBS_3D));
+        assert!(!is_probability_field("alignments3D/class_ess"));
     }
 
     #[test]

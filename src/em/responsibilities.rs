@@ -9,10 +9,16 @@
 //!   ln Z_i   = m_i + ln Σ_k exp(a[i,k] − m_i),   m_i = max_k a[i,k]   (log-sum-exp)
 //!   p[i,k]   = exp(a[i,k] − ln Z_i) = exp(a[i,k] − m_i) / Σ_k' exp(a[i,k'] − m_i)
 //!   p'[i,k]  = (1 − s)·p[i,k] + s/K          (class similarity s ∈ [0,1]; s = 1 → 1/K)
-//!   hard     : p'[i,k] = 1 if k = argmax_k a[i,k] (ties → lowest k), else 0; s is ignored
-//!   ESS_i    = 1 / Σ_k p'[i,k]²              (1 for one-hot, K for uniform)
 //!   best_i   = argmax_k p'[i,k] (ties → lowest k), best-class probability p'[i,best_i]
+//!   ESS_i    = 1 / Σ_k p'[i,k]²              (1 for one-hot, K for uniform)
+//!   w[i,k]   = p'[i,k]                       (the weights the M-step uses), or, hard:
+//!   w[i,k]   = 1 if k = best_i, else 0       (one-hot; best_i is argmax_k a[i,k] then)
 //! ```
+//!
+//! A hard pass changes only the M-step weights w: the posterior p', the best-class
+//! probability and the ESS reported for it are the soft ones of the same β and s, so a hard
+//! final pass still says how certain each assignment is (issue 19: a one-hot posterior made
+//! every threshold of `subset` keep every particle).
 //!
 //! Subtracting the row maximum (and dividing by the sum rather than subtracting ln Z)
 //! keeps this exact for log-likelihoods of order −1e6, where a
@@ -34,7 +40,8 @@ pub struct EStepParams {
 
 impl EStepParams {
     /// `beta` ≥ 0 and finite (1 = plain posterior, 0 = the prior); `similarity` in [0, 1];
-    /// `hard` gives one-hot posteriors (similarity then has no effect).
+    /// `hard` gives one-hot M-step weights (similarity then has no effect on them; the
+    /// reported posterior stays soft).
     pub fn new(beta: f64, similarity: f64, hard: bool) -> Result<Self> {
         if !(beta.is_finite() && beta >= 0.0) {
             return Err(invalid(
@@ -76,7 +83,10 @@ impl EStepParams {
 /// The E-step result for a block of particles.
 #[derive(Clone, Debug)]
 pub struct Responsibilities {
+    /// The M-step weights w (one-hot in a hard pass).
     probs: Array2<f64>,
+    /// The soft posterior p' when it differs from `probs` (hard passes), else None.
+    soft: Option<Array2<f64>>,
     log_evidence: Vec<f64>,
     best_class: Vec<usize>,
     best_prob: Vec<f64>,
@@ -84,24 +94,31 @@ pub struct Responsibilities {
 }
 
 impl Responsibilities {
-    /// p'[i,k], particles × classes, rows sum to 1.
+    /// The M-step weights w[i,k], particles × classes, rows sum to 1: p' in a soft pass,
+    /// one-hot at `best_class` in a hard pass.
     pub fn probs(&self) -> &Array2<f64> {
         &self.probs
+    }
+    /// The soft posterior p'[i,k] (rows sum to 1), also in a hard pass: what the job writes
+    /// as the class probabilities.
+    pub fn posterior(&self) -> &Array2<f64> {
+        self.soft.as_ref().unwrap_or(&self.probs)
     }
     /// ln Z_i = ln Σ_k exp(β·LL[i,k]) π_k, before similarity blending (for a lower bound
     /// or convergence check).
     pub fn log_evidence(&self) -> &[f64] {
         &self.log_evidence
     }
-    /// argmax_k p'[i,k], ties → lowest index.
+    /// argmax_k p'[i,k], ties → lowest index (the class of the one-hot weights when hard).
     pub fn best_class(&self) -> &[usize] {
         &self.best_class
     }
-    /// p'[i, best_i] (CryoSPARC's "probability of best class", `class_posterior`).
+    /// p'[i, best_i], soft also in a hard pass (CryoSPARC's "probability of best class",
+    /// `class_posterior`).
     pub fn best_prob(&self) -> &[f64] {
         &self.best_prob
     }
-    /// ESS_i = 1 / Σ_k p'[i,k]² (`class_ess`).
+    /// ESS_i = 1 / Σ_k p'[i,k]² of the soft posterior (`class_ess`).
     pub fn ess(&self) -> &[f64] {
         &self.ess
     }
@@ -112,7 +129,7 @@ impl Responsibilities {
     pub fn is_empty(&self) -> bool {
         self.best_class.is_empty()
     }
-    /// Σ_i p'[i,k] per class (the effective class sizes).
+    /// Σ_i w[i,k] per class (the effective class sizes the M-step sees).
     pub fn class_weights(&self) -> Vec<f64> {
         self.probs.sum_axis(ndarray::Axis(0)).to_vec()
     }
@@ -205,23 +222,32 @@ pub fn responsibilities(
             p.iter_mut().for_each(|a| *a = (*a - m).exp());
             let sum: f64 = p.iter().sum();
             let log_z = m + sum.ln();
-            if hard {
-                // One-hot at argmax a (ties → lowest index); similarity has no effect.
-                let b = argmax(p);
-                p.iter_mut().for_each(|v| *v = 0.0);
-                p[b] = 1.0;
-            } else {
-                for v in p.iter_mut() {
-                    // p' = (1 − s)·p + s/K (s = 1 gives exactly 1/K).
-                    *v = (1.0 - s) * (*v / sum) + s * uniform;
-                }
-            }
+            // argmax a before blending (ties → lowest index): the hard class. Blending is
+            // monotone, so it is also argmax p' up to rounding; using it for both keeps
+            // `class` and the one-hot weights the same in a hard pass.
             let b = argmax(p);
+            for v in p.iter_mut() {
+                // p' = (1 − s)·p + s/K (s = 1 gives exactly 1/K).
+                *v = (1.0 - s) * (*v / sum) + s * uniform;
+            }
+            let b = if hard { b } else { argmax(p) };
             Ok((log_z, b, p[b], ess(p)))
         })
         .collect::<Result<Vec<_>>>()?;
+    let soft = Array2::from_shape_vec((n, k), probs).expect("n × k buffer");
+    let (probs, soft) = if hard {
+        // One-hot M-step weights at the hard class; the soft posterior is kept for output.
+        let mut w = Array2::zeros((n, k));
+        for (i, r) in rows.iter().enumerate() {
+            w[[i, r.1]] = 1.0;
+        }
+        (w, Some(soft))
+    } else {
+        (soft, None)
+    };
     let mut out = Responsibilities {
-        probs: Array2::from_shape_vec((n, k), probs).expect("n × k buffer"),
+        probs,
+        soft,
         log_evidence: Vec::with_capacity(n),
         best_class: Vec::with_capacity(n),
         best_prob: Vec::with_capacity(n),
@@ -464,7 +490,7 @@ mod tests {
     }
 
     #[test]
-    fn hard_is_one_hot_ties_lowest_and_ignores_similarity() {
+    fn hard_weights_are_one_hot_ties_lowest_and_ignore_similarity() {
         let ll = array![
             [-3.0, -1.0, -1.0],
             [5.0, 5.0, 5.0],
@@ -478,8 +504,38 @@ mod tests {
                 assert_eq!(v, if c == r.best_class()[i] { 1.0 } else { 0.0 });
             }
         }
-        assert!(r.ess().iter().all(|&e| e == 1.0));
-        assert!(r.best_prob().iter().all(|&b| b == 1.0));
+        assert_eq!(r.class_weights(), vec![1.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn hard_pass_reports_the_soft_posterior_and_its_ess() {
+        // Issue 19: the written posterior of a hard pass is the soft one of the same β, s.
+        let ll = array![[-3.0, -1.0, -1.0], [0.0, -1.0, -40.0], [-1e6, -2e6, -1e6 + 0.5]];
+        for s in [0.0, 0.3] {
+            let hard = EStepParams::new(1.0, s, true).unwrap();
+            let soft = EStepParams::new(1.0, s, false).unwrap();
+            let h = responsibilities(ll.view(), &[0.0; 3], &hard).unwrap();
+            let w = responsibilities(ll.view(), &[0.0; 3], &soft).unwrap();
+            assert_eq!(h.posterior(), w.probs());
+            assert_eq!(h.ess(), w.ess());
+            assert_eq!(h.log_evidence(), w.log_evidence());
+            assert!(h.ess().iter().all(|&e| e > 1.0), "{:?}", h.ess());
+            for i in 0..3 {
+                let b = h.best_class()[i];
+                assert_eq!(h.best_prob()[i], w.probs()[[i, b]]);
+                assert!(h.best_prob()[i] < 1.0);
+            }
+            // Ties: the hard class is the lowest index, its soft probability is reported.
+            assert_eq!(h.best_class()[0], 1);
+            assert!(close(h.best_prob()[0], h.posterior()[[0, 2]], 0.0));
+            // Soft passes: the posterior is the M-step weights.
+            assert_eq!(w.posterior(), w.probs());
+        }
+        // Row 1, s = 0: p = softmax(0, −1, −40).
+        let h = responsibilities(ll.view(), &[0.0; 3], &EStepParams::new(1.0, 0.0, true).unwrap())
+            .unwrap();
+        let z = 1.0 + (-1.0f64).exp() + (-40.0f64).exp();
+        assert!(close(h.best_prob()[1], 1.0 / z, 1e-14));
     }
 
     #[test]

@@ -129,17 +129,19 @@ impl LearningRate {
 }
 
 /// Class similarity annealed linearly from `initial` to 0 between iterations `start` and
-/// `end`, and the forum thread's `hard_after_anneal`:
+/// `end`, the forum thread's `hard_after_anneal`, and its reverse, `hard_first` (hard
+/// classification for the first iterations, to let the volumes diverge, then weighted):
 ///
 /// ```text
 ///   s(t) = s0                          t ≤ start
 ///   s(t) = s0·(end − t)/(end − start)  start < t < end
 ///   s(t) = 0                           t ≥ end
-///   hard(t) = force_hard  or  (hard_after_anneal and t ≥ end)
+///   hard(t) = force_hard  or  (hard_after_anneal and t ≥ end)  or  t < hard_first
 /// ```
 ///
 /// `hard_after_anneal` switches on at the first iteration whose similarity is 0 after the
-/// annealing window (also when s0 = 0: the window still marks the soft phase).
+/// annealing window (also when s0 = 0: the window still marks the soft phase). Iterations
+/// t count O-EM first, from 0, then F-EM, like `start` and `end`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SimilaritySchedule {
     initial: f64,
@@ -147,6 +149,7 @@ pub struct SimilaritySchedule {
     end: usize,
     force_hard: bool,
     hard_after_anneal: bool,
+    hard_first: usize,
 }
 
 impl SimilaritySchedule {
@@ -176,7 +179,19 @@ impl SimilaritySchedule {
             end,
             force_hard,
             hard_after_anneal,
+            hard_first: 0,
         })
+    }
+    /// The same schedule, hard in iterations `t < n` (`hard_first_iterations`; 0 = off).
+    pub fn with_hard_first(self, n: usize) -> Self {
+        Self {
+            hard_first: n,
+            ..self
+        }
+    }
+    /// Whether iteration t is one of the `hard_first` iterations.
+    pub fn in_hard_first(&self, t: usize) -> bool {
+        t < self.hard_first
     }
     /// s(t).
     pub fn similarity(&self, t: usize) -> f64 {
@@ -190,7 +205,7 @@ impl SimilaritySchedule {
     }
     /// Whether posteriors are one-hot at iteration t.
     pub fn hard(&self, t: usize) -> bool {
-        self.force_hard || (self.hard_after_anneal && t >= self.end)
+        self.force_hard || (self.hard_after_anneal && t >= self.end) || self.in_hard_first(t)
     }
 }
 
@@ -280,6 +295,20 @@ mod tests {
         assert!((0..20).all(|t| !off.hard(t)));
         let forced = SimilaritySchedule::new(0.5, 2, 6, true, false).unwrap();
         assert!((0..20).all(|t| forced.hard(t)));
+    }
+
+    #[test]
+    fn hard_first_is_hard_before_and_soft_after() {
+        let s = SimilaritySchedule::new(0.5, 0, 4, false, false)
+            .unwrap()
+            .with_hard_first(3);
+        let hard: Vec<bool> = (0..6).map(|t| s.hard(t)).collect();
+        assert_eq!(hard, vec![true, true, true, false, false, false]);
+        assert!(s.in_hard_first(2) && !s.in_hard_first(3));
+        // Similarity is unchanged by it.
+        assert_eq!(s.similarity(2), 0.25);
+        let off = s.with_hard_first(0);
+        assert!((0..6).all(|t| !off.hard(t) && !off.in_hard_first(t)));
     }
 
     #[test]

@@ -20,6 +20,9 @@
 //! - Pixel size = cell length x / mx (as mrcfile's `voxel_size`); 0 when the header has no
 //!   cell. Stacks are written as mrcfile's image stacks (ispg 0, mx = nx, my = ny, mz = 1,
 //!   cell = (nx·apix, ny·apix, apix)) and volumes with ispg 1, m = n, cell = n·apix.
+//!   A stack of K volumes of n sections is MRC2014's volume stack: ispg 401, nz = K·n,
+//!   mz = n (sections per volume), cell z = n·apix, volume j in sections j·n..(j+1)·n
+//!   (mrcfile reads it as a (K, n, ny, nx) array), with a second label saying so.
 //!   f32 rounding of the cell can make f32(cell / m) one ulp off (mrcfile reads 1.2300001
 //!   for 1.23 Å over 7 px, whatever the writer): the cell written is the f32 that makes
 //!   f32(cell / m) exact whenever one exists (always for powers of two, most of the time
@@ -424,11 +427,41 @@ pub fn write_volume(path: impl AsRef<Path>, volume: ArrayView3<f32>, psize_a: f3
     w.finish()
 }
 
+/// Writes `volumes` (each (n, ny, nx), all the same shape) as one MRC2014 volume stack
+/// (ispg 401, mz = n, nz = K·n; volume j is sections j·n..(j+1)·n) with voxel size
+/// `psize_a`, and `label` (at most 80 ASCII bytes, cut there) as the header's second label.
+pub fn write_volume_stack(
+    path: impl AsRef<Path>,
+    volumes: &[ArrayView3<f32>],
+    psize_a: f32,
+    label: &str,
+) -> Result<()> {
+    let path = path.as_ref();
+    let Some(first) = volumes.first() else {
+        return Err(Error::file(path, "cannot write a volume stack of no volumes"));
+    };
+    let (nz, ny, nx) = first.dim();
+    if nz == 0 || volumes.iter().any(|v| v.dim() != (nz, ny, nx)) {
+        return Err(Error::file(
+            path,
+            format!("a volume stack needs volumes of one non-empty shape ({nz}×{ny}×{nx} first)"),
+        ));
+    }
+    let mut w = MrcStackWriter::create_with(path, nx, ny, psize_a, Layout::VolumeStack(nz))?;
+    w.label = label.bytes().filter(|b| b.is_ascii() && *b >= b' ').take(80).collect();
+    for v in volumes {
+        w.append(v.view())?;
+    }
+    w.finish()
+}
+
 /// What a written file describes (decides ispg, mz and cell z).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Layout {
     Stack,
     Volume,
+    /// Volumes of this many sections each.
+    VolumeStack(usize),
 }
 
 /// Running min/max/mean/M2 (Chan et al.'s pairwise update, in f64).
@@ -497,6 +530,8 @@ pub struct MrcStackWriter {
     psize_a: f32,
     layout: Layout,
     stats: Stats,
+    /// Second header label (empty: none).
+    label: Vec<u8>,
 }
 
 impl MrcStackWriter {
@@ -538,6 +573,7 @@ impl MrcStackWriter {
             psize_a,
             layout,
             stats: Stats::new(),
+            label: Vec::new(),
         };
         // Placeholder header, rewritten by `finish`.
         w.write_bytes(&[0u8; 1024])?;
@@ -619,6 +655,7 @@ impl MrcStackWriter {
         let (ispg, mz, cell_z) = match self.layout {
             Layout::Stack => (0, 1, cell_length(1, apix)),
             Layout::Volume => (1, nz, cell_length(nz, apix)),
+            Layout::VolumeStack(n) => (401, n, cell_length(n, apix)),
         };
         let s = &self.stats;
         // mrcfile's markers for "statistics not computed" when there are no voxels.
@@ -647,7 +684,7 @@ impl MrcStackWriter {
         put_i(22, ispg);
         put_i(23, 0); // nsymbt
         put_i(27, 20140); // nversion (byte 108)
-        put_i(55, 1); // nlabl
+        put_i(55, if self.label.is_empty() { 1 } else { 2 }); // nlabl
         let mut put_f = |i: usize, v: f32| b[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
         put_f(10, cell_length(nx, apix));
         put_f(11, cell_length(ny, apix));
@@ -663,6 +700,7 @@ impl MrcStackWriter {
         b[212..216].copy_from_slice(&[0x44, 0x44, 0, 0]);
         let label = b"emclass";
         b[224..224 + label.len()].copy_from_slice(label);
+        b[304..304 + self.label.len()].copy_from_slice(&self.label);
         b
     }
 }
@@ -893,6 +931,35 @@ mod tests {
         assert_eq!(st.header().ispg, 1);
         assert_eq!(st.header().sampling, [4, 4, 4]);
         assert_eq!(st.header().cell_a[2], st.header().cell_a[0]);
+    }
+
+    #[test]
+    fn volume_stack_holds_the_volumes_in_order_with_a_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("all.mrcs");
+        let a = ramp(3, 4, 5);
+        let b = a.mapv(|v| -2.0 * v);
+        write_volume_stack(&path, &[a.view(), b.view()], 1.5, "2 volumes: class_00, class_01")
+            .unwrap();
+        let st = MrcStack::open(&path).unwrap();
+        let h = st.header();
+        assert_eq!((h.nx, h.ny, h.nz, h.ispg), (5, 4, 6, 401));
+        assert_eq!(h.sampling, [5, 4, 3]);
+        assert_eq!(st.psize_a(), 1.5);
+        assert!((h.cell_a[2] - 4.5).abs() < 1e-6);
+        assert_eq!(st.read(0..3).unwrap(), a);
+        assert_eq!(st.read(3..6).unwrap(), b);
+        let raw = std::fs::read(&path).unwrap();
+        assert_eq!(i32::from_le_bytes(raw[220..224].try_into().unwrap()), 2);
+        assert!(raw[304..384].starts_with(b"2 volumes: class_00, class_01"));
+        // Mismatched shapes or no volumes: an error naming the file, nothing left behind.
+        let c = ramp(2, 4, 5);
+        let e = write_volume_stack(&path, &[a.view(), c.view()], 1.5, "")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("all.mrcs") && e.contains("one non-empty shape"), "{e}");
+        assert!(write_volume_stack(&path, &[], 1.5, "").is_err());
+        assert!(!tmp_path(&path).exists());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! rank appends its own rows of the particle files in turn; rank 0 writes the rest):
 //! `particles.h5` (input fields + `alignments3D/class`, `class_posterior`, `class_probs`,
 //! `class_ess`, `alpha`; images referenced), `particles_class_XX.h5`, `volumes/class_XX.mrc`
+//! (and all of them in `volumes/all_volumes.mrcs`)
 //! with half maps, `consensus.mrc`, `solvent_mask.mrc`, `focus_mask.mrc`, `plots/`,
 //! `summary.json` and `config.used.yaml`.
 
@@ -27,7 +28,7 @@ use crate::em::checkpoint::{self, Keeper};
 use crate::em::driver::Phase;
 use crate::em::engine::{Engine, Outcome as Ran, Record, View};
 use crate::error::{Error, Result};
-use crate::formats::mrc::{read_volume, write_volume};
+use crate::formats::mrc::{read_volume, write_volume, write_volume_stack};
 use crate::jobs::collective;
 use crate::jobs::em_shell::{open_input, output_dir, particle_source, read_resume, Input};
 use crate::jobs::output::{config_without_output, OutputDir};
@@ -406,10 +407,22 @@ fn reorder_by_size(comm: &dyn Comm, o: &mut Outcome, r: &mut Results) {
     log::info!("classes reordered by size: new class j was class {order:?}[j]");
 }
 
-/// Class volumes and half maps into `dir/volumes/`.
+/// Class volumes and half maps into `dir/volumes/`, and every class volume in one file for
+/// download (CryoSPARC v4.5's "all volumes"), `all_volumes.mrcs`: an MRC2014 volume stack
+/// (ispg 401, mz = n, nz = K·n; class k is sections k·n..(k+1)·n) labelled with its layout.
 fn write_volumes(dir: &Path, classes: &[ClassVolume], psize_w: f64) -> Result<()> {
     let v = dir.join("volumes");
     std::fs::create_dir_all(&v).map_err(|e| Error::io(&v, e))?;
+    let n = classes.first().map_or(0, |c| c.vol.dim().0);
+    write_volume_stack(
+        v.join("all_volumes.mrcs"),
+        &classes.iter().map(|c| c.vol.view()).collect::<Vec<_>>(),
+        psize_w as f32,
+        &format!(
+            "emclass volume stack: {} classes of {n}^3, class k = sections k*{n}..(k+1)*{n}",
+            classes.len()
+        ),
+    )?;
     for (k, c) in classes.iter().enumerate() {
         write_volume(
             v.join(format!("class_{k:02}.mrc")),

@@ -33,8 +33,9 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
     let cfg: SubsetConfig = collective(comm, config::load(&args.config, &args.set))?;
     collective(comm, check_writable(&cfg.output, args.overwrite))?;
     let share = Share::new(comm, &cfg.input)?;
-    let (values, what) = collective(comm, compute_statistic(&cfg, &args.config, &share))?;
+    let (values, what, probe) = collective(comm, compute_statistic(&cfg, &args.config, &share))?;
     log::info!("subset: {} particles by {what}", share.total);
+    warn_if_one_hot(comm, &probe);
     let (subsets, group, split_summary, gmm) = split(comm, &cfg, &args.config, &values)?;
     let quantiles = quantiles(comm, &values);
     let (lo, hi, counts) = histogram(comm, &cfg, &values);
@@ -76,17 +77,64 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
     collective(comm, finished)
 }
 
-/// The statistic of each of this rank's particles and a description of it (axis label,
-/// summary).
+/// The class probability field a run thresholds, and how many of its values (on this rank)
+/// are strictly between 0 and 1, out of how many.
+#[derive(Default)]
+struct OneHotProbe {
+    field: Option<String>,
+    fractional: u64,
+    values: u64,
+}
+
+/// Collective: warns (rank 0, one line naming the field) when every value of the
+/// probability field being thresholded is 0 or 1 over all ranks: then every threshold
+/// keeps or drops every particle alike (issue 19: hard classification used to write
+/// one-hot probabilities).
+fn warn_if_one_hot(comm: &dyn Comm, probe: &OneHotProbe) {
+    let mut c = [probe.fractional, probe.values];
+    comm.all_reduce_sum_u64(&mut c);
+    if let (Some(field), 0, 1..) = (&probe.field, c[0], c[1]) {
+        if comm.rank() == 0 {
+            log::warn!(
+                "subset: every value of {field} is 0 or 1 (one-hot, as from a hard classification): any threshold keeps or drops all particles alike"
+            );
+        }
+    }
+}
+
+/// The class probability field `cfg` thresholds in `table`, if it thresholds one.
+fn probability_field(cfg: &SubsetConfig, table: &crate::dataset::ParticleTable) -> Option<String> {
+    match cfg.mode {
+        SubsetMode::ClassProbability2d if table.get(statistic::CLASS_PROBS_2D).is_some() => {
+            Some(statistic::CLASS_PROBS_2D.into())
+        }
+        SubsetMode::ClassProbability2d => Some(statistic::CLASS_POSTERIOR_2D.into()),
+        SubsetMode::ClassProbability3d => Some(statistic::CLASS_PROBS_3D.into()),
+        SubsetMode::Statistic => cfg
+            .field
+            .clone()
+            .filter(|f| statistic::is_probability_field(f)),
+    }
+}
+
+/// The statistic of each of this rank's particles, a description of it (axis label,
+/// summary), and the one-hot probe of the probability field it comes from.
 fn compute_statistic(
     cfg: &SubsetConfig,
     cfg_path: &std::path::Path,
     share: &Share,
-) -> Result<(Vec<f64>, String)> {
+) -> Result<(Vec<f64>, String, OneHotProbe)> {
     let file = &share.input;
     let mut values = Vec::with_capacity(share.rows.len());
+    let mut probe = OneHotProbe::default();
     share.for_each_block(|_, block| {
         let table = block.table();
+        probe.field = probability_field(cfg, table);
+        if let Some(f) = &probe.field {
+            let (frac, n) = statistic::fractional_count(table, f);
+            probe.fractional += frac;
+            probe.values += n;
+        }
         values.extend(match cfg.mode {
             SubsetMode::ClassProbability2d => statistic::best_class_probability_2d(table, file)?,
             SubsetMode::ClassProbability3d => statistic::summed_class_probability_3d(
@@ -116,7 +164,7 @@ fn compute_statistic(
             }
         }
     };
-    Ok((values, what))
+    Ok((values, what, probe))
 }
 
 /// What [`split`] returns: the subsets, the subset of each of this rank's particles, a
