@@ -445,6 +445,143 @@ a.drop_fields([f for f in a.fields() if f.startswith("alignments3D/")]).save(sys
     assert!(leftovers(d).is_empty(), "{:?}", leftovers(d));
 }
 
+/// Python: the uids of .cs argv[1] whose summed `alignments_class_N/class_posterior` over
+/// the classes argv[2] (comma-separated) is >= argv[3] (summed in f64 of the f4 values,
+/// capped at 1, as the class probability filter does), then the others, as JSON.
+const EXPECTED_3D_SELECTION: &str = r#"
+import json, sys
+import numpy as np
+from cryosparc.dataset import Dataset
+cs = Dataset.load(sys.argv[1])
+classes = [int(c) for c in sys.argv[2].split(",")]
+total = sum(np.asarray(cs[f"alignments_class_{c}/class_posterior"], np.float64) for c in classes)
+keep = np.minimum(total, 1.0) >= float(sys.argv[3])
+uid = np.asarray(cs["uid"])
+print(json.dumps([[int(u) for u in uid[keep]], [int(u) for u in uid[~keep]]]))
+"#;
+
+/// Python: STAR argv[2], exported from the dataset imported from .cs argv[1], carries the
+/// 3D classification in RELION's labels: `_rlnClassNumber` = class + 1,
+/// `_rlnMaxValueProbDistribution` = `alignments3D/class_posterior`,
+/// `_rlnNrOfSignificantSamples` = `alignments3D/class_ess` rounded; no log-likelihood.
+const STAR_HAS_THE_3D_CLASSIFICATION: &str = r#"
+import sys
+import numpy as np, starfile
+from cryosparc.dataset import Dataset
+cs = Dataset.load(sys.argv[1])
+p = starfile.read(sys.argv[2], always_dict=True)["particles"]
+assert np.array_equal(p["rlnClassNumber"].to_numpy(np.int64), np.asarray(cs["alignments3D/class"], np.int64) + 1)
+post = p["rlnMaxValueProbDistribution"].to_numpy(np.float64)
+assert np.array_equal(post.astype(np.float32), np.asarray(cs["alignments3D/class_posterior"])), post[:4]
+ess = np.asarray(cs["alignments3D/class_ess"], np.float64)
+nss = p["rlnNrOfSignificantSamples"].to_numpy()
+assert np.issubdtype(nss.dtype, np.integer), nss.dtype
+assert np.array_equal(nss, np.maximum(np.round(ess), 1).astype(np.int64)), (nss[:4], ess[:4])
+assert 1 < len(set(nss.tolist())), "the test needs more than one rounded ESS"
+assert "rlnLogLikeliContribution" not in p.columns
+print(f"OK: {len(p)} particles carry their 3D classification")
+"#;
+
+/// CryoSPARC 3D classification results (issue 19): a .cs in Heterogeneous Refinement's
+/// layout (`alignments_class_N/class_posterior` for N = 0..3, written by cryosparc-tools)
+/// imports into `alignments3D/class_probs`; `subset` with `mode: class_probability_3d`
+/// keeps exactly the particles whose posteriors of the chosen classes sum past the
+/// threshold; `export --cs` writes the same per-class layout back (every field, type and
+/// value); `export --star` carries class, best-class probability and rounded ESS, and
+/// importing that STAR reads them back into the same fields.
+#[test]
+fn cryosparc_class_posteriors_drive_the_3d_filter_and_export_back() {
+    let Some(py) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    py.script(
+        d,
+        "make_cs.py",
+        &[
+            "proj/h.cs",
+            "--n",
+            "60",
+            "--stacks",
+            "1",
+            "--classes3d",
+            "4",
+        ],
+    );
+    emclass(d, &["import", "--cs", "proj/h.cs", "--out", "h.h5"]).ok();
+    let (_, probs) = read_column(&d.join("h.h5"), "alignments3D/class_probs");
+    assert_eq!(probs.len(), 60);
+    assert!(probs
+        .iter()
+        .all(|p| p.len() == 4 && (p.iter().sum::<f64>() - 1.0).abs() < 1e-5));
+
+    std::fs::write(
+        d.join("sub.yaml"),
+        "input: h.h5\noutput: sub\nmode: class_probability_3d\nclasses: [0, 2]\nthresholds: [0.6]\n",
+    )
+    .unwrap();
+    emclass(d, &["subset", "sub.yaml"]).ok();
+    let out = py.snippet(d, EXPECTED_3D_SELECTION, &["proj/h.cs", "0,2", "0.6"]);
+    let [keep, drop]: [Vec<u64>; 2] = serde_json::from_str(out.trim()).expect("uids as JSON");
+    assert!(keep.len() >= 5 && drop.len() >= 5, "{keep:?} {drop:?}");
+    assert_eq!(dataset_uids(&d.join("sub/selected.h5")), keep);
+    assert_eq!(dataset_uids(&d.join("sub/excluded.h5")), drop);
+
+    emclass(d, &["export", "--in", "h.h5", "--cs", "proj/back.cs"]).ok();
+    let ok = py.check(
+        d,
+        "check_cs.py",
+        &[
+            "proj/h.cs",
+            "proj/back.cs",
+            "--exact",
+            "alignments_class_0/class_posterior",
+            "alignments_class_3/class_posterior",
+        ],
+    );
+    assert!(ok.contains("60 particles"), "{ok}");
+    py.snippet(
+        d,
+        r#"
+import sys
+from cryosparc.dataset import Dataset
+f = Dataset.load(sys.argv[1]).fields()
+assert "alignments3D/class_probs" not in f, f
+assert [x for x in f if x.endswith("/class_posterior")] == ["alignments3D/class_posterior"] + [f"alignments_class_{c}/class_posterior" for c in range(4)], f
+"#,
+        &["proj/back.cs"],
+    );
+
+    emclass(d, &["export", "--in", "h.h5", "--star", "proj/h.star"]).ok();
+    let ok = py.snippet(
+        d,
+        STAR_HAS_THE_3D_CLASSIFICATION,
+        &["proj/h.cs", "proj/h.star"],
+    );
+    assert!(ok.contains("OK: 60"), "{ok}");
+    let ok = py.snippet(
+        d,
+        STAR_MATCHES_CS,
+        &["proj/h.cs", "proj/h.star", "alignments3D"],
+    );
+    assert!(ok.contains("OK: 60"), "{ok}");
+    emclass(d, &["import", "--star", "proj/h.star", "--out", "s.h5"]).ok();
+    let col = |f: &str, field: &str| read_column(&d.join(f), field).1;
+    assert_eq!(
+        col("s.h5", "alignments3D/class"),
+        col("h.h5", "alignments3D/class")
+    );
+    assert_eq!(
+        col("s.h5", "alignments3D/class_posterior"),
+        col("h.h5", "alignments3D/class_posterior")
+    );
+    let rounded: Vec<Vec<f64>> = col("h.h5", "alignments3D/class_ess")
+        .iter()
+        .map(|e| vec![e[0].round().max(1.0)])
+        .collect();
+    assert_eq!(col("s.h5", "alignments3D/class_ess"), rounded);
+    assert!(leftovers(d).is_empty(), "{:?}", leftovers(d));
+}
+
 /// A RELION 3.0 file: one `data_` block, origins in pixels, pixel size from
 /// DetectorPixelSize (µm) and Magnification.
 #[test]

@@ -2,6 +2,7 @@
 """Writes a CryoSPARC .cs particle file with cryosparc-tools (`cryosparc.dataset.Dataset`).
 
     make_cs.py OUT.cs [--n N] [--box B] [--psize P] [--seed S] [--stacks K] [--classes C]
+               [--classes3d K3]
 
 The file is what `Dataset.save` writes by default (NPY 1.0 record array, strings as |S).
 Fields, in CryoSPARC's names and units:
@@ -17,6 +18,13 @@ Fields, in CryoSPARC's names and units:
   alignments2D/class_posterior, alignments2D/psize_A (f4)
   alignments3D/pose (f4 x3, axis-angle rad), alignments3D/shift (f4 x2 px),
   alignments3D/psize_A, alignments3D/class_posterior (f4), alignments3D/class (u4)
+With --classes3d K3 (K3 >= 1), the particles carry a 3D classification into K3 classes in the
+layout of CryoSPARC's Heterogeneous Refinement / 3D Classification outputs: per class N =
+0..K3-1 the group alignments_class_N/ with class_posterior (f4, the probability of class N;
+the K3 of a particle sum to 1, Dirichlet(0.5)-distributed), class (u4, = N), class_ess (f4),
+pose (f4 x3), shift (f4 x2), psize_A and error (f4); alignments3D/class is the most probable
+class, alignments3D/class_posterior its probability and alignments3D/class_ess (f4) the
+effective number of classes 1 / sum_N p_N^2.
 With --stacks K (K >= 1), also writes the K float32 MRC stacks that blob/path names, under
 the folder of OUT.cs (which plays CryoSPARC's project folder), voxel size P; the images are
 split over the stacks in order. Same arguments give the same file (uids included).
@@ -68,6 +76,46 @@ FIELDS = [
     ("alignments3D/class", "u4"),
 ]
 
+# What a 3D classification adds to alignments3D besides class and class_posterior.
+PER_CLASS_3D_EXTRA = [("alignments3D/class_ess", "f4")]
+
+
+def per_class_fields(k):
+    """CryoSPARC's alignments_class_N/ groups (a subset of the alignments3D fields) for k classes."""
+    out = []
+    for c in range(k):
+        g = f"alignments_class_{c}"
+        out += [
+            (f"{g}/pose", "f4", (3,)),
+            (f"{g}/shift", "f4", (2,)),
+            (f"{g}/psize_A", "f4"),
+            (f"{g}/error", "f4"),
+            (f"{g}/class_posterior", "f4"),
+            (f"{g}/class", "u4"),
+            (f"{g}/class_ess", "f4"),
+        ]
+    return out
+
+
+def set_per_class(d, rng, k, psize):
+    """Fills the per-class fields and the best-class alignments3D fields (see the docstring)."""
+    n = len(d)
+    probs = rng.dirichlet([0.5] * k, size=n).astype(np.float32)
+    ess = (1.0 / np.sum(probs.astype(np.float64) ** 2, axis=1)).astype(np.float32)
+    for c in range(k):
+        g = f"alignments_class_{c}"
+        d[f"{g}/pose"] = d["alignments3D/pose"]
+        d[f"{g}/shift"] = d["alignments3D/shift"]
+        d[f"{g}/psize_A"] = psize
+        d[f"{g}/error"] = rng.uniform(1e4, 2e4, size=n)
+        d[f"{g}/class_posterior"] = probs[:, c]
+        d[f"{g}/class"] = c
+        d[f"{g}/class_ess"] = ess
+    best = np.argmax(probs, axis=1)
+    d["alignments3D/class"] = best
+    d["alignments3D/class_posterior"] = probs[np.arange(n), best]
+    d["alignments3D/class_ess"] = ess
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -78,13 +126,15 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--stacks", type=int, default=0, help="write K MRC stacks (default 0: name 2, write none)")
     ap.add_argument("--classes", type=int, default=4, help="alignments2D/class runs over 0..C-1 (default 4)")
+    ap.add_argument("--classes3d", type=int, default=0, help="add CryoSPARC's per-class 3D fields for K3 classes (default 0: none)")
     args = ap.parse_args()
-    if args.n < 1 or args.box < 2 or args.psize <= 0 or args.stacks < 0 or args.classes < 1:
-        ap.error("need --n >= 1, --box >= 2, --psize > 0, --stacks >= 0, --classes >= 1")
+    if args.n < 1 or args.box < 2 or args.psize <= 0 or args.stacks < 0 or args.classes < 1 or args.classes3d < 0:
+        ap.error("need --n >= 1, --box >= 2, --psize > 0, --stacks >= 0, --classes >= 1, --classes3d >= 0")
 
     rng = np.random.default_rng(args.seed)
     n, box, psize = args.n, args.box, args.psize
-    d = Dataset.allocate(n, FIELDS)
+    fields = FIELDS + (PER_CLASS_3D_EXTRA + per_class_fields(args.classes3d) if args.classes3d else [])
+    d = Dataset.allocate(n, fields)
     d["uid"] = rng.integers(1, 2**63, size=n, dtype=np.uint64) * 2 + 1  # odd, up to 2^64 - 1
 
     n_stacks = args.stacks or 2  # blob/path names 2 stacks even when none is written
@@ -140,6 +190,8 @@ def main():
     d["alignments3D/psize_A"] = psize
     d["alignments3D/class_posterior"] = rng.uniform(0.2, 1.0, size=n)
     d["alignments3D/class"] = rng.integers(0, 2, size=n)
+    if args.classes3d:
+        set_per_class(d, rng, args.classes3d, psize)
 
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)

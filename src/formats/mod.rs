@@ -1,6 +1,7 @@
 //! File formats of other programs: MRC stacks/volumes, RELION STAR, CryoSPARC .cs.
 
 pub mod cs;
+pub mod cs_classes;
 pub mod mrc;
 pub mod relion;
 pub mod star;

@@ -1,7 +1,9 @@
 //! `emclass export`: particle dataset → RELION 3.1 STAR, CryoSPARC .cs and/or one MRC stack.
 //! Without `--mrcs` the STAR/.cs keep each particle's original image reference, rewritten
 //! relative to the folder the file is written to; with `--mrcs` the images are streamed
-//! into a new stack and the STAR/.cs point there. All outputs appear together or not at all.
+//! into a new stack and the STAR/.cs point there. The .cs holds `alignments3D/class_probs`
+//! in CryoSPARC's layout, one `alignments_class_N/class_posterior` per class
+//! (`formats::cs_classes`). All outputs appear together or not at all.
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +11,7 @@ use crate::cli::ExportArgs;
 use crate::dataset::{Column, ColumnData, Dataset, ParticleTable};
 use crate::error::{Error, Result};
 use crate::formats::mrc::MrcStackWriter;
-use crate::formats::{cs, relion, star};
+use crate::formats::{cs, cs_classes, relion, star};
 use crate::jobs::staged::Staged;
 use crate::paths::{abs_parent, relative_to, resolve};
 use crate::report::progress::Progress;
@@ -64,7 +66,8 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     }
     if let (Some(target), Some(part)) = (&args.cs, &cs_part) {
         let base = abs_parent(target)?;
-        let table = with_image_refs(ds.table(), &images, &base);
+        let mut table = with_image_refs(ds.table(), &images, &base);
+        cs_classes::scatter_class_probs(&mut table, &args.input)?;
         cs::write_cs(part, &table)?;
     }
     staged.commit()?;

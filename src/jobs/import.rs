@@ -2,7 +2,9 @@
 //! particle dataset. Metadata is mapped by `formats::{relion, cs}`; the images are streamed
 //! stack by stack in batches, so peak memory does not grow with the number of particles.
 //! Every particle keeps its original image reference (`blob/path`, `blob/idx`) and gets a
-//! stable `uid` derived from that reference.
+//! stable `uid` derived from that reference (CryoSPARC particles keep their own). CryoSPARC's
+//! per-class `alignments_class_N/class_posterior` fields become `alignments3D/class_probs`
+//! (`formats::cs_classes`).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -15,7 +17,7 @@ use crate::dataset::{
 };
 use crate::error::{Error, Result};
 use crate::formats::mrc::MrcStack;
-use crate::formats::{cs, relion, star};
+use crate::formats::{cs, cs_classes, relion, star};
 use crate::jobs::output::check_writable;
 use crate::paths::{abs_parent, resolve};
 use crate::report::progress::Progress;
@@ -88,7 +90,8 @@ fn read_metadata(args: &ImportArgs) -> Result<(ParticleTable, PathBuf, Source)> 
             },
         ))
     } else if let Some(path) = &args.cs {
-        let table = cs::read_cs(path)?;
+        let mut table = cs::read_cs(path)?;
+        cs_classes::gather_class_probs(&mut table, path)?;
         let root = match &args.project_dir {
             Some(d) => std::fs::canonicalize(d).map_err(|e| Error::io(d, e))?,
             None => abs_parent(path)?,

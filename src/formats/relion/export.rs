@@ -1,6 +1,7 @@
 //! [`ParticleTable`] → STAR (RELION 3.1): the optics groups and their `data_optics` rows,
 //! then the particle columns in order (images, location, angles, origins, CTF, optics
-//! values that differ within a group, class, optics group, extra columns).
+//! values that differ within a group, class and its statistics, optics group, extra
+//! columns).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -472,7 +473,8 @@ fn write_ctf(table: &ParticleTable, out: &mut Out) -> Result<()> {
     Ok(())
 }
 
-/// `group`'s class (+ 1: RELION's classes are 1-based) and each particle's optics group.
+/// `group`'s class (+ 1: RELION's classes are 1-based), its classification statistics
+/// ([`write_class_statistics`]) and each particle's optics group.
 fn write_class_and_group(
     table: &ParticleTable,
     group: &str,
@@ -485,10 +487,29 @@ fn write_class_and_group(
             StarColumn::Num(c.iter().map(|&k| k + 1.0).collect()),
         )?;
     }
+    write_class_statistics(table, group, out)?;
     out.col(
         "rlnOpticsGroup",
         StarColumn::Num(groups.gid.iter().map(|&g| g as f64).collect()),
     )?;
+    Ok(())
+}
+
+/// `_rlnMaxValueProbDistribution` = `group`'s `class_posterior` (the best class's
+/// probability) and `_rlnNrOfSignificantSamples` = its `class_ess` rounded to the nearest
+/// integer (at least 1), the two per-particle statistics of a classification that RELION
+/// displays and selects on.
+fn write_class_statistics(table: &ParticleTable, group: &str, out: &mut Out) -> Result<()> {
+    if let Some(p) = table_num(table, &format!("{group}/class_posterior"), 1)? {
+        out.col("rlnMaxValueProbDistribution", StarColumn::Num(p))?;
+    }
+    if let Some(e) = table_num(table, &format!("{group}/class_ess"), 1)? {
+        let count = e
+            .iter()
+            .map(|&x| if x.is_finite() { x.round().max(1.0) } else { x })
+            .collect();
+        out.col("rlnNrOfSignificantSamples", StarColumn::Num(count))?;
+    }
     Ok(())
 }
 

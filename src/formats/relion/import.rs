@@ -192,9 +192,9 @@ fn read_location(r: &mut Reader<'_>, t: &mut ParticleTable) -> Result<()> {
     Ok(())
 }
 
-/// Alignments: pose, shifts and class into `alignments3D` when rot and tilt are present,
-/// else `alignments2D`; the group also gets the pixel size `psize` when any of them was
-/// imported.
+/// Alignments: pose, shifts, class, best-class probability and number of significant
+/// samples into `alignments3D` when rot and tilt are present, else `alignments2D`; the
+/// group also gets the pixel size `psize` when any of them was imported.
 fn read_alignments(r: &mut Reader<'_>, t: &mut ParticleTable, psize: Option<&[f64]>) -> Result<()> {
     let is3d = r.has("rlnAngleRot") && r.has("rlnAngleTilt");
     let group = if is3d { "alignments3D" } else { "alignments2D" };
@@ -209,6 +209,15 @@ fn read_alignments(r: &mut Reader<'_>, t: &mut ParticleTable, psize: Option<&[f6
     if let Some(class) = read_classes(r)? {
         t.set_u32(&format!("{group}/class"), class);
         aligned = true;
+    }
+    for (label, field) in [
+        ("rlnMaxValueProbDistribution", "class_posterior"),
+        ("rlnNrOfSignificantSamples", "class_ess"),
+    ] {
+        if let Some(v) = r.num(label)? {
+            t.set_f32(&format!("{group}/{field}"), f32s(&v));
+            aligned = true;
+        }
     }
     if aligned {
         if let Some(p) = psize {

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::test_data::{names_of, parse, P, V31};
-use super::{star_to_table, table_to_star};
+use super::{star_to_table, star_to_table_with, table_to_star, CtfPolicy};
 use crate::dataset::{Column, ColumnData, ParticleTable};
 use crate::formats::star::{read_star, write_star, StarBlock};
 use crate::numerics::rotation::euler_deg_to_matrix;
@@ -186,6 +186,15 @@ fn random_table_round_trips_exactly() {
         (0..n).map(|i| (i % 11) as u32).collect(),
     );
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+    t.set_f32(
+        "alignments3D/class_posterior",
+        (0..n).map(|_| rng.gen_range(0.0f32..1.0)).collect(),
+    );
+    // Whole numbers: the STAR file holds the ESS rounded (see the next test).
+    t.set_f32(
+        "alignments3D/class_ess",
+        (0..n).map(|_| rng.gen_range(1..11) as f32).collect(),
+    );
     let pose: Vec<f32> = (0..3 * n).map(|_| rng.gen_range(-1.8f32..1.8)).collect();
     t.set("alignments3D/pose", Column::new(ColumnData::F32(pose), 3));
     t.set(
@@ -220,4 +229,48 @@ fn random_table_round_trips_exactly() {
     t.remove("alignments3D/pose");
     back.remove("alignments3D/pose");
     assert_eq!(back, t);
+}
+
+/// RELION's classification statistics: `_rlnMaxValueProbDistribution` is the best-class
+/// probability, `_rlnNrOfSignificantSamples` the ESS rounded to the nearest integer ≥ 1,
+/// `_rlnClassNumber` the class + 1; reading the file back fills the same fields.
+#[test]
+fn classification_statistics_round_trip_through_star() {
+    let mut t = ParticleTable::new(vec![1, 2, 3, 4]);
+    t.set_str("blob/path", vec!["a.mrcs".into(); 4]);
+    t.set_u32("blob/idx", vec![0, 1, 2, 3]);
+    t.set_f32("blob/psize_A", vec![1.5; 4]);
+    t.set_f32("alignments2D/pose", vec![0.0, 0.5, 1.0, -2.0]);
+    t.set_u32("alignments2D/class", vec![0, 3, 3, 9]);
+    t.set_f32(
+        "alignments2D/class_posterior",
+        vec![1.0, 0.61, 0.3333, 0.0999],
+    );
+    t.set_f32("alignments2D/class_ess", vec![1.0, 1.49, 1.5, 3.7]);
+    let s = table_to_star(&t, &names_of(&t)).unwrap();
+    let p = s.block("particles").unwrap();
+    let num = |l: &str| p.column(l).unwrap().as_num().unwrap().to_vec();
+    assert_eq!(num("rlnClassNumber"), [1.0, 4.0, 4.0, 10.0]);
+    assert_eq!(
+        num("rlnMaxValueProbDistribution"),
+        [1.0, 0.61, 0.3333, 0.0999]
+    );
+    assert_eq!(num("rlnNrOfSignificantSamples"), [1.0, 1.0, 2.0, 4.0]);
+    assert!(!p.has("rlnLogLikeliContribution"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.star");
+    write_star(&path, &s).unwrap();
+    let back = star_to_table_with(&read_star(&path).unwrap(), &path, CtfPolicy::IfPresent).unwrap();
+    assert_eq!(
+        back.f32("alignments2D/class_posterior").unwrap(),
+        t.f32("alignments2D/class_posterior").unwrap()
+    );
+    assert_eq!(
+        back.f32("alignments2D/class_ess").unwrap(),
+        &[1.0, 1.0, 2.0, 4.0]
+    );
+    assert_eq!(back.u32("alignments2D/class").unwrap(), &[0, 3, 3, 9]);
+    assert!(!back.has("relion/MaxValueProbDistribution"));
+    assert!(!back.has("relion/NrOfSignificantSamples"));
 }
