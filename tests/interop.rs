@@ -546,7 +546,7 @@ import sys
 from cryosparc.dataset import Dataset
 f = Dataset.load(sys.argv[1]).fields()
 assert "alignments3D/class_probs" not in f, f
-assert [x for x in f if x.endswith("/class_posterior")] == ["alignments3D/class_posterior"] + [f"alignments_class_{c}/class_posterior" for c in range(4)], f
+assert [x for x in f if x.endswith("/class_posterior") and not x.startswith("alignments2D")] == ["alignments3D/class_posterior"] + [f"alignments_class_{c}/class_posterior" for c in range(4)], f
 "#,
         &["proj/back.cs"],
     );
@@ -919,4 +919,45 @@ fn float16_storage_keeps_values_within_1e_3_relative() {
     .ok();
     emclass(d, &["export", "--in", "hz.h5", "--mrcs", "hz.mrcs"]).ok();
     py.check(d, "check_mrcs.py", &["h.mrcs", "hz.mrcs"]);
+}
+
+/// Issue 19 item 6b: classify3d's `volumes/all_volumes.mrcs` layout (MRC2014 volume stack,
+/// `mrc::write_volume_stack`) is what mrcfile reads as K volumes: strict mode accepts it,
+/// it is a volume stack of shape (K, n, n, n), volume k equals the k-th single volume file,
+/// and the voxel size is the volumes'.
+#[test]
+fn volume_stack_reads_in_mrcfile_as_the_class_volumes() {
+    let Some(py) = python() else { return };
+    use emclass::formats::mrc::{write_volume, write_volume_stack};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let n = 6;
+    let vols: Vec<ndarray::Array3<f32>> = (0..3)
+        .map(|k| {
+            ndarray::Array3::from_shape_fn((n, n, n), |(z, y, x)| {
+                (k * 1000 + z * 100 + y * 10 + x) as f32 * 0.25 - 7.0
+            })
+        })
+        .collect();
+    for (k, v) in vols.iter().enumerate() {
+        write_volume(d.join(format!("class_{k:02}.mrc")), v.view(), 2.5).unwrap();
+    }
+    let views: Vec<_> = vols.iter().map(|v| v.view()).collect();
+    write_volume_stack(d.join("all.mrcs"), &views, 2.5, "3 classes").unwrap();
+    let out = py.snippet(
+        d,
+        r#"
+import mrcfile, numpy as np
+with mrcfile.open("all.mrcs", permissive=False) as m:
+    assert m.is_volume_stack(), m.header.ispg
+    assert m.data.shape == (3, 6, 6, 6), m.data.shape
+    assert abs(float(m.voxel_size.x) - 2.5) < 1e-6 and abs(float(m.voxel_size.z) - 2.5) < 1e-6
+    for k in range(3):
+        with mrcfile.open("class_%02d.mrc" % k, permissive=False) as v:
+            assert np.array_equal(m.data[k], v.data), k
+print("OK volume stack")
+"#,
+        &[],
+    );
+    assert!(out.contains("OK volume stack"), "{out}");
 }
