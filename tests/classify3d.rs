@@ -257,7 +257,13 @@ fn hard_first_then_weighted_recovers_two_states() {
     let d = dir.path();
     simulate(d, "sim", 1500, &[]);
     // 1500 particles, batches of 2 × 300: 2 per epoch, 2 epochs = 4 O-EM iterations.
-    config(d, "c.yaml", "sim/particles.h5", "out", "hard_first_iterations: 3\n");
+    config(
+        d,
+        "c.yaml",
+        "sim/particles.h5",
+        "out",
+        "hard_first_iterations: 3\n",
+    );
     emclass(d, &["-q", "classify3d", "c.yaml"]).ok();
     let out = d.join("out");
     let s = summary(&out);
@@ -288,13 +294,20 @@ fn hard_first_then_weighted_recovers_two_states() {
         .map(|r| r["hard_classification"].as_bool().unwrap())
         .collect();
     assert_eq!(hard, vec![true, true, true, true, true, true, false], "{s}");
-    assert!(s["stop_reason"].as_str().unwrap().contains("converged"), "{s}");
+    assert!(
+        s["stop_reason"].as_str().unwrap().contains("converged"),
+        "{s}"
+    );
 
     // Conflicts and a schedule with no weighted iteration are one-line config errors.
     for (extra, needles) in [
         (
             "hard_first_iterations: 2\nforce_hard_classification: true\n",
-            &["c.yaml", "hard_first_iterations", "force_hard_classification"][..],
+            &[
+                "c.yaml",
+                "hard_first_iterations",
+                "force_hard_classification",
+            ][..],
         ),
         (
             "hard_first_iterations: 2\nhard_after_anneal: true\n",

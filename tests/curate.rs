@@ -756,6 +756,17 @@ fn rebalance2d_groups_views_and_drops_to_the_rules() {
     }
     let sel = Dataset::open(&out.join("selected.h5")).unwrap();
     assert!(sel.table().has("alignments2D/superclass"));
+    // The templates passed on: every class (each superclass keeps particles), in class
+    // order, each image the input class average, bit for bit.
+    assert_eq!(
+        sorted(&s["classes_selected"]),
+        (0..18).collect::<Vec<u64>>()
+    );
+    let (passed, n) = read_mrc(&out.join("classes_selected.mrcs"));
+    let (input, n_in) = read_mrc(&d.join("c2d/classes.mrcs"));
+    assert_eq!((passed.len(), n), (18, n_in));
+    assert_eq!(passed, input);
+    assert!(out.join("plots/classes_selected.png").exists());
     // Factor 1: every superclass as small as the smallest.
     assert_eq!(
         sorted(&go("f1", "rebalance_factor: 1.0\n")["superclass_sizes_after"]),

@@ -600,6 +600,9 @@ mod tests {
         assert!(h.validate_for(p, 128, 2.0, 100).is_ok());
         h.hard_first_iterations = 22;
         let e = h.validate_for(p, 128, 2.0, 100).unwrap_err().to_string();
-        assert!(e.contains("hard_first_iterations") && e.contains("all 22"), "{e}");
+        assert!(
+            e.contains("hard_first_iterations") && e.contains("all 22"),
+            "{e}"
+        );
     }
 }

@@ -510,7 +510,11 @@ mod tests {
     #[test]
     fn hard_pass_reports_the_soft_posterior_and_its_ess() {
         // Issue 19: the written posterior of a hard pass is the soft one of the same β, s.
-        let ll = array![[-3.0, -1.0, -1.0], [0.0, -1.0, -40.0], [-1e6, -2e6, -1e6 + 0.5]];
+        let ll = array![
+            [-3.0, -1.0, -1.0],
+            [0.0, -1.0, -40.0],
+            [-1e6, -2e6, -1e6 + 0.5]
+        ];
         for s in [0.0, 0.3] {
             let hard = EStepParams::new(1.0, s, true).unwrap();
             let soft = EStepParams::new(1.0, s, false).unwrap();
@@ -532,8 +536,12 @@ mod tests {
             assert_eq!(w.posterior(), w.probs());
         }
         // Row 1, s = 0: p = softmax(0, −1, −40).
-        let h = responsibilities(ll.view(), &[0.0; 3], &EStepParams::new(1.0, 0.0, true).unwrap())
-            .unwrap();
+        let h = responsibilities(
+            ll.view(),
+            &[0.0; 3],
+            &EStepParams::new(1.0, 0.0, true).unwrap(),
+        )
+        .unwrap();
         let z = 1.0 + (-1.0f64).exp() + (-40.0f64).exp();
         assert!(close(h.best_prob()[1], 1.0 / z, 1e-14));
     }

@@ -438,7 +438,10 @@ pub fn write_volume_stack(
 ) -> Result<()> {
     let path = path.as_ref();
     let Some(first) = volumes.first() else {
-        return Err(Error::file(path, "cannot write a volume stack of no volumes"));
+        return Err(Error::file(
+            path,
+            "cannot write a volume stack of no volumes",
+        ));
     };
     let (nz, ny, nx) = first.dim();
     if nz == 0 || volumes.iter().any(|v| v.dim() != (nz, ny, nx)) {
@@ -448,7 +451,11 @@ pub fn write_volume_stack(
         ));
     }
     let mut w = MrcStackWriter::create_with(path, nx, ny, psize_a, Layout::VolumeStack(nz))?;
-    w.label = label.bytes().filter(|b| b.is_ascii() && *b >= b' ').take(80).collect();
+    w.label = label
+        .bytes()
+        .filter(|b| b.is_ascii() && *b >= b' ')
+        .take(80)
+        .collect();
     for v in volumes {
         w.append(v.view())?;
     }
@@ -939,8 +946,13 @@ mod tests {
         let path = dir.path().join("all.mrcs");
         let a = ramp(3, 4, 5);
         let b = a.mapv(|v| -2.0 * v);
-        write_volume_stack(&path, &[a.view(), b.view()], 1.5, "2 volumes: class_00, class_01")
-            .unwrap();
+        write_volume_stack(
+            &path,
+            &[a.view(), b.view()],
+            1.5,
+            "2 volumes: class_00, class_01",
+        )
+        .unwrap();
         let st = MrcStack::open(&path).unwrap();
         let h = st.header();
         assert_eq!((h.nx, h.ny, h.nz, h.ispg), (5, 4, 6, 401));
@@ -957,7 +969,10 @@ mod tests {
         let e = write_volume_stack(&path, &[a.view(), c.view()], 1.5, "")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("all.mrcs") && e.contains("one non-empty shape"), "{e}");
+        assert!(
+            e.contains("all.mrcs") && e.contains("one non-empty shape"),
+            "{e}"
+        );
         assert!(write_volume_stack(&path, &[], 1.5, "").is_err());
         assert!(!tmp_path(&path).exists());
     }

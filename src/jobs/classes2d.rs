@@ -10,9 +10,10 @@ use ndarray::Array3;
 use crate::comm::Comm;
 use crate::curate::config::classes_file_for;
 use crate::error::{Error, Result};
-use crate::formats::mrc::MrcStack;
+use crate::formats::mrc::{write_stack, MrcStack};
+use crate::jobs::classify2d::class_montage;
 use crate::jobs::collective;
-use crate::jobs::selection::Share;
+use crate::jobs::selection::{plots_dir, Share};
 
 /// The 2D class of every particle.
 pub const CLASS_FIELD: &str = "alignments2D/class";
@@ -190,4 +191,38 @@ pub fn frc_resolutions(averages_path: &Path, k: usize) -> Result<Vec<f64>> {
         ));
     }
     Ok(res)
+}
+
+/// Writes the averages of the classes `kept` (in that order) to `dir/classes_selected.mrcs`
+/// (the class averages' pixel size) and their montage to `dir/plots/classes_selected.png`,
+/// each tile labelled `label(class)`: the templates a selection job passes on. Writes
+/// nothing when there are no averages or no kept class.
+pub fn write_selected_averages(
+    dir: &Path,
+    classes: &Classes2d,
+    kept: &[usize],
+    label: impl Fn(usize) -> String,
+) -> Result<()> {
+    let Some(a) = &classes.averages else {
+        return Ok(());
+    };
+    if kept.is_empty() {
+        log::info!("no class kept: no classes_selected.mrcs written");
+        return Ok(());
+    }
+    let imgs: Array3<f32> = a.images.select(ndarray::Axis(0), kept);
+    write_stack(
+        dir.join("classes_selected.mrcs"),
+        imgs.view(),
+        a.psize_a as f32,
+    )?;
+    let labels: Vec<String> = kept.iter().map(|&c| label(c)).collect();
+    class_montage(
+        &plots_dir(dir)?.join("classes_selected.png"),
+        &imgs,
+        &labels,
+        None,
+        a.psize_a,
+        imgs.dim().1,
+    )
 }

@@ -3,9 +3,12 @@
 //! by agglomerative clustering of that matrix (or one per class), then seeded random
 //! dropping from the superclasses larger than the cap the rebalance factor (or
 //! `max_superclass_size`) sets. Writes `selected.h5` / `excluded.h5` (with
-//! `alignments2D/superclass`), `affinity.csv`, `superclasses.csv`, plots (affinity matrix
-//! unsorted and sorted by superclass, superclass sizes before/after, class averages grouped
-//! by superclass), `summary.json` and `config.used.yaml`.
+//! `alignments2D/superclass`), the class averages passed on as templates
+//! (`classes_selected.mrcs`, the classes of every superclass that keeps a particle, in
+//! increasing class order, with the montage `plots/classes_selected.png`), `affinity.csv`,
+//! `superclasses.csv`, plots (affinity matrix unsorted and sorted by superclass, superclass
+//! sizes before/after, class averages grouped by superclass), `summary.json` and
+//! `config.used.yaml`.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -68,6 +71,10 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
     };
     let finished = (|| {
         let order = write_tables_and_plots(out.path(), &affinity, &labels, &reb, &classes)?;
+        let passed_on = classes_of_kept_superclasses(&labels, &reb.after);
+        classes2d::write_selected_averages(out.path(), &classes, &passed_on, |c| {
+            format!("#{c}  S{}  {} ptcls", labels[c], classes.sizes[c])
+        })?;
         let summary = json!({
             "job": "rebalance2d",
             "input": cfg.input,
@@ -84,6 +91,7 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
             "rebalance_factor": cfg.rebalance_factor,
             "max_superclass_size": cfg.max_superclass_size,
             "sorted_class_order": order,
+            "classes_selected": passed_on,
             "superclasses_vs_ground_truth_views": truth,
             "subsets": counts,
         });
@@ -103,6 +111,14 @@ struct Rebalanced {
     cap: Option<usize>,
     /// Whether each local row is kept.
     keep: Vec<bool>,
+}
+
+/// The classes passed on as templates, in increasing order: those whose superclass keeps at
+/// least one particle after rebalancing (`after[superclass]`).
+fn classes_of_kept_superclasses(labels: &[usize], after: &[usize]) -> Vec<usize> {
+    (0..labels.len())
+        .filter(|&c| after[labels[c]] > 0)
+        .collect()
 }
 
 /// Refuses a `num_superclasses` that does not fit the `k` classes (or, with
@@ -398,4 +414,27 @@ fn purity_vs_views(
     Ok(Some(
         json!({"purity": purity, "completeness": completeness, "counts_superclass_by_view": counts}),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::classes_of_kept_superclasses;
+
+    #[test]
+    fn templates_are_the_classes_of_superclasses_that_keep_particles() {
+        // Classes 0..6 in superclasses 2,0,1,0,2,1; superclass 1 keeps nothing.
+        let labels = [2, 0, 1, 0, 2, 1];
+        assert_eq!(
+            classes_of_kept_superclasses(&labels, &[5, 0, 3]),
+            [0, 1, 3, 4]
+        );
+        assert_eq!(
+            classes_of_kept_superclasses(&labels, &[0, 0, 0]),
+            Vec::<usize>::new()
+        );
+        assert_eq!(
+            classes_of_kept_superclasses(&labels, &[1, 1, 1]),
+            [0, 1, 2, 3, 4, 5]
+        );
+    }
 }

@@ -4,7 +4,6 @@
 //! Writes `selected.h5` / `excluded.h5`, the kept class averages as `classes_selected.mrcs`
 //! (in increasing class order) with a montage, `summary.json` and `config.used.yaml`.
 
-use ndarray::{Array3, Axis};
 use serde_json::json;
 
 use crate::cli::JobArgs;
@@ -13,14 +12,10 @@ use crate::config;
 use crate::curate::config::Select2dConfig;
 use crate::curate::statistic::check_class_list;
 use crate::error::{Error, Result};
-use crate::formats::mrc::write_stack;
 use crate::jobs::classes2d::{self, Classes2d};
-use crate::jobs::classify2d::class_montage;
 use crate::jobs::collective;
 use crate::jobs::output::check_writable;
-use crate::jobs::selection::{
-    create_output, keep_groups, plots_dir, selected_excluded, write_groups, Share,
-};
+use crate::jobs::selection::{create_output, keep_groups, selected_excluded, write_groups, Share};
 
 /// Why a class is not kept.
 fn drop_reason(cfg: &Select2dConfig, c: usize, size: usize, frc: Option<f64>) -> Option<String> {
@@ -128,40 +123,16 @@ pub fn run(args: &JobArgs, comm: &dyn Comm) -> Result<()> {
     collective(comm, finished)
 }
 
-/// `classes_selected.mrcs` and `plots/classes_selected.png` (labels: original index, size,
-/// FRC resolution). Nothing when there are no averages or no kept class.
+/// `classes_selected.mrcs` and its montage, labelled with the original index, size and FRC
+/// resolution.
 fn write_kept_averages(
     dir: &std::path::Path,
     classes: &Classes2d,
     kept: &[usize],
     frc: Option<&[f64]>,
 ) -> Result<()> {
-    let Some(a) = &classes.averages else {
-        return Ok(());
-    };
-    if kept.is_empty() {
-        log::info!("no class kept: no classes_selected.mrcs written");
-        return Ok(());
-    }
-    let imgs: Array3<f32> = a.images.select(Axis(0), kept);
-    write_stack(
-        dir.join("classes_selected.mrcs"),
-        imgs.view(),
-        a.psize_a as f32,
-    )?;
-    let labels: Vec<String> = kept
-        .iter()
-        .map(|&c| match frc.map(|f| f[c]) {
-            Some(r) if r.is_finite() => format!("#{c}  {} ptcls  {r:.1} Å", classes.sizes[c]),
-            _ => format!("#{c}  {} ptcls", classes.sizes[c]),
-        })
-        .collect();
-    class_montage(
-        &plots_dir(dir)?.join("classes_selected.png"),
-        &imgs,
-        &labels,
-        None,
-        a.psize_a,
-        imgs.dim().1,
-    )
+    classes2d::write_selected_averages(dir, classes, kept, |c| match frc.map(|f| f[c]) {
+        Some(r) if r.is_finite() => format!("#{c}  {} ptcls  {r:.1} Å", classes.sizes[c]),
+        _ => format!("#{c}  {} ptcls", classes.sizes[c]),
+    })
 }

@@ -590,18 +590,31 @@ pub fn assert_soft_posterior_with_hard_class(
     let post = t.f32(&f("class_posterior")).unwrap();
     let ess = t.f32(&f("class_ess")).unwrap();
     assert_eq!(probs.len(), class.len() * k);
-    let soft = probs.iter().filter(|&&p| p > 1e-4 && p < 1.0 - 1e-4).count();
+    let soft = probs
+        .iter()
+        .filter(|&&p| p > 1e-4 && p < 1.0 - 1e-4)
+        .count();
     assert!(soft > 0, "every {group}/class_probs value is 0 or 1");
-    assert!(post.iter().any(|&p| p < 0.999), "{group}/class_posterior all 1");
+    assert!(
+        post.iter().any(|&p| p < 0.999),
+        "{group}/class_posterior all 1"
+    );
     assert!(ess.iter().any(|&e| e > 1.001), "{group}/class_ess all 1");
     for (i, row) in probs.chunks(k).enumerate() {
         let sum: f32 = row.iter().sum();
         assert!((sum - 1.0).abs() < 1e-4, "row {i} sums to {sum}");
         let c = class[i] as usize;
         let max = row.iter().copied().fold(f32::MIN, f32::max);
-        assert!(row[c] >= max - 1e-6, "row {i}: class {c} is not the argmax of {row:?}");
+        assert!(
+            row[c] >= max - 1e-6,
+            "row {i}: class {c} is not the argmax of {row:?}"
+        );
         assert_eq!(post[i], row[c], "row {i}: class_posterior");
         let e = 1.0 / row.iter().map(|p| (*p as f64).powi(2)).sum::<f64>();
-        assert!((ess[i] as f64 - e).abs() < 1e-3 * e, "row {i}: class_ess {} vs {e}", ess[i]);
+        assert!(
+            (ess[i] as f64 - e).abs() < 1e-3 * e,
+            "row {i}: class_ess {} vs {e}",
+            ess[i]
+        );
     }
 }
