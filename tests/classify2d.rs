@@ -51,7 +51,7 @@ fn config(dir: &Path, input: &str, output: &str, extra: &str) {
     std::fs::write(dir.join("c2d.yaml"), text).unwrap();
 }
 
-fn labels(path: &Path, field: &str) -> Vec<i64> {
+fn labels_f64(path: &Path, field: &str) -> Vec<f64> {
     let ds = Dataset::open(path).unwrap();
     ds.table()
         .get(field)
@@ -59,9 +59,10 @@ fn labels(path: &Path, field: &str) -> Vec<i64> {
         .data
         .to_f64()
         .unwrap()
-        .iter()
-        .map(|&v| v as i64)
-        .collect()
+}
+
+fn labels(path: &Path, field: &str) -> Vec<i64> {
+    labels_f64(path, field).iter().map(|&v| v as i64).collect()
 }
 
 #[test]
@@ -132,6 +133,7 @@ fn recovers_views_writes_every_output_and_removes_duplicates() {
         "alignments2D/pose",
         "alignments2D/shift",
         "alignments2D/class_probs",
+        "alignments2D/log_likelihood",
         "ctf/df1_A",
         "gt/view",
     ] {
@@ -171,6 +173,27 @@ fn recovers_views_writes_every_output_and_removes_duplicates() {
         .unzip();
     let ari = adjusted_rand_index(&a, &b);
     assert!(ari >= 0.85, "ARI {ari}");
+    // The log-likelihood (mean over classes and poses of exp(−residual/σ²)) is ≤ 0, and
+    // junk (noise, blobs) fits the class averages worse than the views do.
+    let ll = labels_f64(&d.join("out/particles.h5"), "alignments2D/log_likelihood");
+    let view = labels(&d.join("out/particles.h5"), "gt/view");
+    assert!(ll.iter().all(|l| l.is_finite() && *l < 0.0));
+    let median = |junk: bool| {
+        let mut v: Vec<f64> = ll
+            .iter()
+            .zip(&view)
+            .filter(|(_, &g)| (g < 0) == junk)
+            .map(|(l, _)| *l)
+            .collect();
+        assert!(v.len() > 20, "{} particles", v.len());
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (good, junk) = (median(false), median(true));
+    assert!(
+        junk < good,
+        "median log-likelihood: junk {junk}, views {good}"
+    );
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("out/summary.json")).unwrap())
             .unwrap();
@@ -483,6 +506,7 @@ fn assert_same_results(a: &Path, b: &Path) {
         "alignments2D/pose",
         "alignments2D/shift",
         "alignments2D/class_ess",
+        "alignments2D/log_likelihood",
     ] {
         assert_eq!(
             ta.table().get(f),

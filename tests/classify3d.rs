@@ -110,6 +110,39 @@ fn recovers_two_states_and_writes_every_output() {
     assert!(ess.iter().all(|e| (0.999..=2.001).contains(e)));
     let alpha = column(&out.join("particles.h5"), "alignments3D/alpha");
     assert!(alpha.iter().all(|a| a.is_finite() && *a > 0.0));
+    // ln Σ_k π_k exp(−residual/σ²) ≤ 0 and differs between particles; the STAR export
+    // carries it as RELION's _rlnLogLikeliContribution (f32 written in shortest decimal).
+    let ll = column(&out.join("particles.h5"), "alignments3D/log_likelihood");
+    assert!(
+        ll.iter().all(|l| l.is_finite() && *l < 0.0),
+        "{:?}",
+        &ll[..4]
+    );
+    assert!(ll.iter().any(|l| (l - ll[0]).abs() > 1.0), "{:?}", &ll[..4]);
+    emclass(
+        d,
+        &[
+            "export",
+            "--in",
+            "out/particles.h5",
+            "--star",
+            "out.star",
+            "--mrcs",
+            "out.mrcs",
+        ],
+    )
+    .ok();
+    let star = emclass::formats::star::read_star(d.join("out.star")).unwrap();
+    let rows = star.block("particles").unwrap();
+    let got = rows
+        .column("rlnLogLikeliContribution")
+        .unwrap()
+        .as_num()
+        .unwrap();
+    assert_eq!(got.len(), ll.len());
+    for (a, b) in got.iter().zip(&ll) {
+        assert_eq!(*a as f32, *b as f32);
+    }
     // Volumes at the working box: filter 12 Å of a 144 Å box (shell 12) → about 6 Å/px.
     let (v, ps) = read_volume(out.join("volumes/class_00.mrc")).unwrap();
     let n = s["working_box_px"].as_u64().unwrap() as usize;
@@ -580,6 +613,7 @@ fn assert_same_3d(a: &Path, b: &Path) {
         "alignments3D/class_probs",
         "alignments3D/class_posterior",
         "alignments3D/class_ess",
+        "alignments3D/log_likelihood",
     ] {
         assert_eq!(
             column(&a.join("particles.h5"), f),

@@ -463,7 +463,8 @@ print(json.dumps([[int(u) for u in uid[keep]], [int(u) for u in uid[~keep]]]))
 /// Python: STAR argv[2], exported from the dataset imported from .cs argv[1], carries the
 /// 3D classification in RELION's labels: `_rlnClassNumber` = class + 1,
 /// `_rlnMaxValueProbDistribution` = `alignments3D/class_posterior`,
-/// `_rlnNrOfSignificantSamples` = `alignments3D/class_ess` rounded; no log-likelihood.
+/// `_rlnNrOfSignificantSamples` = `alignments3D/class_ess` rounded; no log-likelihood (the
+/// .cs has none; emclass's own classifications write `log_likelihood`).
 const STAR_HAS_THE_3D_CLASSIFICATION: &str = r#"
 import sys
 import numpy as np, starfile

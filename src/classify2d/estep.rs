@@ -170,6 +170,18 @@ impl<'a> Scorer<'a> {
         )
     }
 
+    /// `Σ_{f∈B} |X(f)|² / σ²(f)` of a particle's spectrum `x` (working half plane): the
+    /// per-particle constant that [`Scorer::score`]'s log-likelihoods leave out, so that
+    /// `LL − band_power` is the full residual log-likelihood `−Σ_f |X ρ − C T|² / σ²`.
+    pub fn band_power(&self, x: &[Complex32]) -> f64 {
+        self.band
+            .idx
+            .iter()
+            .zip(&self.inv_sigma2)
+            .map(|(&c, &w)| x[c as usize].norm_sqr() as f64 * w as f64)
+            .sum()
+    }
+
     /// Classes K of the template matrices.
     pub(crate) fn n_classes(&self) -> usize {
         self.n_classes

@@ -351,12 +351,10 @@ pub fn e_step(
         let sc = gpu.score(m, &b)?;
         let resp = responsibilities(sc.class_ll(), &log_prior, params)?;
         accumulate_deferred(m, &b, &sc, &resp, &mut st)?;
-        rows.extend(
-            chunk
-                .iter()
-                .enumerate()
-                .map(|(bi, &i)| (i, result_row(m, &sc.best_pose, &resp, bi))),
-        );
+        rows.extend(chunk.iter().enumerate().map(|(bi, &i)| {
+            let x = particles.spectrum(i);
+            (i, result_row(m, &sc.best_pose, &resp, bi, x))
+        }));
     }
     stats.add(&st)?;
     Ok(rows)

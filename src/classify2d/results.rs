@@ -3,9 +3,9 @@
 //! they are appended to `<staging>/.results.rankNNNN.bin` and read back block by block
 //! when the rank writes its rows of the output, so no rank ever holds every row.
 //!
-//! Record layout (little endian, `(6 + K)·4` bytes): class u32, class_posterior f32,
-//! class_ess f32, psi_rad f32, shift x px f32, shift y px f32, then K class probabilities
-//! f32.
+//! Record layout (little endian, `(7 + K)·4` bytes): class u32, class_posterior f32,
+//! class_ess f32, psi_rad f32, shift x px f32, shift y px f32, log_likelihood f32, then K
+//! class probabilities f32.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -29,17 +29,28 @@ pub struct ResultRow {
     pub psi: f32,
     /// Shift that centres the particle, input pixels, (x, y).
     pub shift: [f32; 2],
+    /// ln p(X_i | model): the log of the mean over classes and poses of
+    /// exp(−Σ_f |X_i ρ_t − C_i T_kr|² / σ²(f)), without the Gaussian normalisation (a
+    /// constant of the run); RELION's `_rlnLogLikeliContribution`.
+    pub log_likelihood: f32,
 }
 
 impl ResultRow {
     /// Bytes of one record with `k` classes.
     pub fn record_bytes(k: usize) -> usize {
-        (6 + k) * 4
+        (7 + k) * 4
     }
 
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.class.to_le_bytes());
-        for v in [self.prob, self.ess, self.psi, self.shift[0], self.shift[1]] {
+        for v in [
+            self.prob,
+            self.ess,
+            self.psi,
+            self.shift[0],
+            self.shift[1],
+            self.log_likelihood,
+        ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         for v in &self.probs {
@@ -55,7 +66,8 @@ impl ResultRow {
             ess: f(2),
             psi: f(3),
             shift: [f(4), f(5)],
-            probs: (0..k).map(|j| f(6 + j)).collect(),
+            log_likelihood: f(6),
+            probs: (0..k).map(|j| f(7 + j)).collect(),
         }
     }
 }
@@ -79,6 +91,10 @@ pub fn set_columns(table: &mut ParticleTable, rows: &[ResultRow], k: usize, psiz
             ColumnData::F32(rows.iter().flat_map(|r| r.shift).collect()),
             2,
         ),
+    );
+    table.set_f32(
+        "alignments2D/log_likelihood",
+        rows.iter().map(|r| r.log_likelihood).collect(),
     );
     table.set_f32("alignments2D/psize_A", vec![psize_a as f32; n]);
     table.set(
@@ -198,6 +214,7 @@ mod tests {
             ess: 1.5,
             psi: -3.1,
             shift: [0.5, -2.25],
+            log_likelihood: -1234.5 - i as f32,
         }
     }
 
@@ -221,7 +238,7 @@ mod tests {
             w.push(&row(i)).unwrap();
         }
         assert_eq!(w.finish().unwrap(), 5);
-        assert_eq!(std::fs::metadata(&p).unwrap().len(), 5 * 36);
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 5 * 40);
         let mut r = SpillReader::open(&p, 3).unwrap();
         assert_eq!(r.read(2).unwrap(), vec![row(0), row(1)]);
         assert_eq!(r.read(3).unwrap(), vec![row(2), row(3), row(4)]);
@@ -240,5 +257,9 @@ mod tests {
         );
         assert_eq!(t.get("alignments2D/class_probs").unwrap().width, 3);
         assert_eq!(t.f32("alignments2D/psize_A").unwrap(), &[1.5, 1.5]);
+        assert_eq!(
+            t.f32("alignments2D/log_likelihood").unwrap(),
+            &[-1235.5, -1236.5]
+        );
     }
 }

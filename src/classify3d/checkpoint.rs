@@ -32,6 +32,7 @@ pub struct RowState {
     pub class: u32,
     pub posterior: f32,
     pub ess: f32,
+    pub log_likelihood: f32,
     pub prev_fem: u32,
 }
 
@@ -72,6 +73,7 @@ impl Classify3d<'_> {
                 class: r.class,
                 posterior: r.posterior,
                 ess: r.ess,
+                log_likelihood: r.log_likelihood,
             };
             self.results.store(l, &row);
         }
@@ -107,6 +109,7 @@ impl Classify3d<'_> {
                 class: r.class[l],
                 posterior: r.class_posterior[l],
                 ess: r.class_ess[l],
+                log_likelihood: r.log_likelihood[l],
                 prev_fem: self.prev_fem.as_ref().map_or(0, |p| p[l]),
             })
             .collect()

@@ -14,6 +14,7 @@ pub struct Results {
     pub class: Vec<u32>,
     pub class_posterior: Vec<f32>,
     pub class_ess: Vec<f32>,
+    pub log_likelihood: Vec<f32>,
 }
 
 impl Results {
@@ -24,6 +25,7 @@ impl Results {
             class: vec![0; n],
             class_posterior: vec![0.0; n],
             class_ess: vec![0.0; n],
+            log_likelihood: vec![0.0; n],
         }
     }
 
@@ -33,6 +35,7 @@ impl Results {
         self.class[l] = row.class;
         self.class_posterior[l] = row.posterior;
         self.class_ess[l] = row.ess;
+        self.log_likelihood[l] = row.log_likelihood;
         self.probs[l * k..(l + 1) * k].copy_from_slice(&row.probs);
     }
 }
@@ -43,6 +46,10 @@ pub struct Row {
     pub class: u32,
     pub posterior: f32,
     pub ess: f32,
+    /// ln Σ_k π_k exp(LL_ik): the particle's log-likelihood under the mixture, LL_ik the
+    /// residual log-likelihood of `super::estep` (without the Gaussian normalisation, a
+    /// constant of the iteration); RELION's `_rlnLogLikeliContribution`.
+    pub log_likelihood: f32,
 }
 
 impl Row {
@@ -58,6 +65,7 @@ impl Row {
                     class: resp.best_class()[j] as u32,
                     posterior: resp.best_prob()[j] as f32,
                     ess: resp.ess()[j] as f32,
+                    log_likelihood: resp.log_evidence()[j] as f32,
                 };
                 (idx[j], row)
             })

@@ -2,7 +2,7 @@
 //! the particles, runs the 3D classification engine and writes the output folder (every
 //! rank appends its own rows of the particle files in turn; rank 0 writes the rest):
 //! `particles.h5` (input fields + `alignments3D/class`, `class_posterior`, `class_probs`,
-//! `class_ess`, `alpha`; images referenced), `particles_class_XX.h5`, `volumes/class_XX.mrc`
+//! `class_ess`, `log_likelihood`, `alpha`; images referenced), `particles_class_XX.h5`, `volumes/class_XX.mrc`
 //! (and all of them in `volumes/all_volumes.mrcs`)
 //! with half maps, `consensus.mrc`, `solvent_mask.mrc`, `focus_mask.mrc`, `plots/`,
 //! `summary.json` and `config.used.yaml`.
@@ -460,6 +460,10 @@ fn result_table(
         r.class_posterior[rows.clone()].to_vec(),
     );
     table.set_f32("alignments3D/class_ess", r.class_ess[rows.clone()].to_vec());
+    table.set_f32(
+        "alignments3D/log_likelihood",
+        r.log_likelihood[rows.clone()].to_vec(),
+    );
     table.set(
         "alignments3D/class_probs",
         Column::new(

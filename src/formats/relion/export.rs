@@ -498,7 +498,7 @@ fn write_class_and_group(
 /// `_rlnMaxValueProbDistribution` = `group`'s `class_posterior` (the best class's
 /// probability) and `_rlnNrOfSignificantSamples` = its `class_ess` rounded to the nearest
 /// integer (at least 1), the two per-particle statistics of a classification that RELION
-/// displays and selects on.
+/// displays and selects on, and `_rlnLogLikeliContribution` = its `log_likelihood`.
 fn write_class_statistics(table: &ParticleTable, group: &str, out: &mut Out) -> Result<()> {
     if let Some(p) = table_num(table, &format!("{group}/class_posterior"), 1)? {
         out.col("rlnMaxValueProbDistribution", StarColumn::Num(p))?;
@@ -509,6 +509,9 @@ fn write_class_statistics(table: &ParticleTable, group: &str, out: &mut Out) -> 
             .map(|&x| if x.is_finite() { x.round().max(1.0) } else { x })
             .collect();
         out.col("rlnNrOfSignificantSamples", StarColumn::Num(count))?;
+    }
+    if let Some(l) = table_num(table, &format!("{group}/log_likelihood"), 1)? {
+        out.col("rlnLogLikeliContribution", StarColumn::Num(l))?;
     }
     Ok(())
 }

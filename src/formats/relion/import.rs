@@ -192,8 +192,8 @@ fn read_location(r: &mut Reader<'_>, t: &mut ParticleTable) -> Result<()> {
     Ok(())
 }
 
-/// Alignments: pose, shifts, class, best-class probability and number of significant
-/// samples into `alignments3D` when rot and tilt are present, else `alignments2D`; the
+/// Alignments: pose, shifts, class, best-class probability, number of significant
+/// samples and log-likelihood contribution into `alignments3D` when rot and tilt are present, else `alignments2D`; the
 /// group also gets the pixel size `psize` when any of them was imported.
 fn read_alignments(r: &mut Reader<'_>, t: &mut ParticleTable, psize: Option<&[f64]>) -> Result<()> {
     let is3d = r.has("rlnAngleRot") && r.has("rlnAngleTilt");
@@ -213,6 +213,7 @@ fn read_alignments(r: &mut Reader<'_>, t: &mut ParticleTable, psize: Option<&[f6
     for (label, field) in [
         ("rlnMaxValueProbDistribution", "class_posterior"),
         ("rlnNrOfSignificantSamples", "class_ess"),
+        ("rlnLogLikeliContribution", "log_likelihood"),
     ] {
         if let Some(v) = r.num(label)? {
             t.set_f32(&format!("{group}/{field}"), f32s(&v));

@@ -22,6 +22,7 @@
 //! | `_rlnClassNumber` | `<group>/class` | 1-based → 0-based |
 //! | `_rlnMaxValueProbDistribution` | `<group>/class_posterior` | |
 //! | `_rlnNrOfSignificantSamples` | `<group>/class_ess` | export: rounded to an integer ≥ 1 |
+//! | `_rlnLogLikeliContribution` | `<group>/log_likelihood` | |
 //!
 //! `<group>` is `alignments3D` when rot and tilt are present, else `alignments2D`; it also
 //! gets `<group>/psize_A` (the pixel size its shifts are in).
@@ -33,9 +34,12 @@
 //! effective number of classes 1/Σ_k p_k², written rounded because RELION's
 //! NrOfSignificantSamples is a count (of the samples that hold most of the posterior), so a
 //! STAR round trip keeps `class_ess` only to the nearest integer. RELION's values, read from
-//! a RELION file, land in the same fields. emclass's classifications write no per-particle
-//! log-likelihood, so no `_rlnLogLikeliContribution` is written for their results; a
-//! RELION file's column passes through as the extra `relion/LogLikeliContribution`. The six CTF labels DefocusU,
+//! a RELION file, land in the same fields. emclass's `log_likelihood` is the particle's
+//! log-likelihood under the mixture (the log of the class- and pose-averaged Gaussian
+//! likelihood of its residual, without the normalisation constant shared by every particle
+//! of the run); RELION's LogLikeliContribution is the same kind of number with RELION's own
+//! constants and sampling, so values compare within one run of one program, not across
+//! programs. The six CTF labels DefocusU,
 //! DefocusV, DefocusAngle, Voltage, SphericalAberration and AmplitudeContrast are required
 //! (from the particles or their optics group) unless [`CtfPolicy::IfPresent`] is asked for.
 //! Every other label is kept as an extra column, `relion/<label without rln>` (`_rlnX`) or
@@ -52,7 +56,7 @@
 //! image names given by the caller, micrograph and coordinates (px, or frac × micrograph
 //! shape), angles (3D: Euler angles of the pose; 2D: psi only), origins in Å (shift × pixel
 //! size; in px as `_rlnOriginX/Y` when no pixel size is known), CTF, class + 1, best-class
-//! probability and rounded ESS, optics group and the extra columns. When a table has both 2D and 3D alignments, the 3D ones are
+//! probability, rounded ESS and log-likelihood, optics group and the extra columns. When a table has both 2D and 3D alignments, the 3D ones are
 //! written (RELION has one set of angles and one class number per particle).
 //!
 //! Numbers: f32 fields are written in their shortest decimal form and unit conversions are

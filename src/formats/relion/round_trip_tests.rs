@@ -233,7 +233,8 @@ fn random_table_round_trips_exactly() {
 
 /// RELION's classification statistics: `_rlnMaxValueProbDistribution` is the best-class
 /// probability, `_rlnNrOfSignificantSamples` the ESS rounded to the nearest integer ≥ 1,
-/// `_rlnClassNumber` the class + 1; reading the file back fills the same fields.
+/// `_rlnClassNumber` the class + 1, `_rlnLogLikeliContribution` the log-likelihood;
+/// reading the file back fills the same fields.
 #[test]
 fn classification_statistics_round_trip_through_star() {
     let mut t = ParticleTable::new(vec![1, 2, 3, 4]);
@@ -247,6 +248,10 @@ fn classification_statistics_round_trip_through_star() {
         vec![1.0, 0.61, 0.3333, 0.0999],
     );
     t.set_f32("alignments2D/class_ess", vec![1.0, 1.49, 1.5, 3.7]);
+    t.set_f32(
+        "alignments2D/log_likelihood",
+        vec![-1.25e5, -98765.43, -0.5, -3.1e6],
+    );
     let s = table_to_star(&t, &names_of(&t)).unwrap();
     let p = s.block("particles").unwrap();
     let num = |l: &str| p.column(l).unwrap().as_num().unwrap().to_vec();
@@ -256,7 +261,10 @@ fn classification_statistics_round_trip_through_star() {
         [1.0, 0.61, 0.3333, 0.0999]
     );
     assert_eq!(num("rlnNrOfSignificantSamples"), [1.0, 1.0, 2.0, 4.0]);
-    assert!(!p.has("rlnLogLikeliContribution"));
+    assert_eq!(
+        num("rlnLogLikeliContribution"),
+        [-1.25e5, -98765.43, -0.5, -3.1e6]
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.star");
@@ -271,6 +279,11 @@ fn classification_statistics_round_trip_through_star() {
         &[1.0, 1.0, 2.0, 4.0]
     );
     assert_eq!(back.u32("alignments2D/class").unwrap(), &[0, 3, 3, 9]);
+    assert_eq!(
+        back.f32("alignments2D/log_likelihood").unwrap(),
+        t.f32("alignments2D/log_likelihood").unwrap()
+    );
+    assert!(!back.has("relion/LogLikeliContribution"));
     assert!(!back.has("relion/MaxValueProbDistribution"));
     assert!(!back.has("relion/NrOfSignificantSamples"));
 }
