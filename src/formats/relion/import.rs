@@ -193,8 +193,9 @@ fn read_location(r: &mut Reader<'_>, t: &mut ParticleTable) -> Result<()> {
 }
 
 /// Alignments: pose, shifts, class, best-class probability, number of significant
-/// samples and log-likelihood contribution into `alignments3D` when rot and tilt are present, else `alignments2D`; the
-/// group also gets the pixel size `psize` when any of them was imported.
+/// samples and log-likelihood contribution into `alignments3D` when rot and tilt are
+/// present, else `alignments2D`; the group also gets the pixel size `psize` when any of
+/// them was imported.
 fn read_alignments(r: &mut Reader<'_>, t: &mut ParticleTable, psize: Option<&[f64]>) -> Result<()> {
     let is3d = r.has("rlnAngleRot") && r.has("rlnAngleTilt");
     let group = if is3d { "alignments3D" } else { "alignments2D" };
