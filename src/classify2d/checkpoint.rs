@@ -54,6 +54,13 @@ impl Shared {
     /// The classes, σ²_init and σ²_current.
     pub fn into_model(self) -> Result<(ClassUpdate, Vec<f64>, Vec<f64>)> {
         let n = self.box_px;
+        let len = n * crate::numerics::fft::half_len(n);
+        if let Some(g) = self.noise_gain.iter().find(|g| g.len() != len) {
+            return Err(Error::Checkpoint(format!(
+                "noise gain of {} values, expected {len} (box {n})",
+                g.len()
+            )));
+        }
         let images = self
             .images
             .into_iter()

@@ -153,7 +153,9 @@ impl<'a> Problem for Classify2d<'a> {
     fn prepare(&mut self, it: &Iteration, _: &Context) -> Result<Prepared<'a>> {
         let band = Band::new(self.grid, self.k_lo, self.k_hi);
         let poses = PoseGrid::new(self.k_hi, self.plan.max_shift_px);
-        let noise_power = self.classes.noise_power(&self.sigma2_current);
+        let noise_power =
+            self.classes
+                .noise_power(self.grid, &self.sigma2_current, &self.post.mask);
         let templates = Templates::build(&self.classes.images, &poses, &band, Some(&noise_power));
         self.icuf.sigma2(
             it.t,

@@ -49,33 +49,40 @@ pub fn rotated_spectrum(img: &Array2<f32>, psi_rad: f64) -> Vec<Complex32> {
 
 impl Templates {
     /// Rotates every class image (`n × n`, real space) by every angle of `poses` and keeps
-    /// the band coefficients of its spectrum. `noise_power[k][ℓ]` (if given) is the expected
-    /// power of the estimation noise in class k's average at shell ℓ: it is subtracted from
-    /// `|T|²` so the norm term is an unbiased estimate of the noise-free template's power
-    /// (otherwise a class built from few particles is penalised for its noise and every
-    /// particle drifts to the largest class).
+    /// the band coefficients of its spectrum. `noise_power[k]` (if given) is the expected
+    /// power of the estimation noise in class k's average per coefficient of the full plane,
+    /// zero frequency at `(n/2, n/2)` ([`super::model::ClassUpdate::noise_power`]): rotated
+    /// with the class, it is subtracted from `|T|²` so the norm term is an unbiased estimate
+    /// of the noise-free template's power (otherwise a class built from few particles is
+    /// penalised for its noise and every particle drifts to the largest class).
     pub fn build(
         classes: &[Array2<f32>],
         poses: &PoseGrid,
         band: &Band,
-        noise_power: Option<&[Vec<f64>]>,
+        noise_power: Option<&[Array2<f32>]>,
     ) -> Templates {
         let (k, r, d) = (classes.len(), poses.n_rot(), band.len());
-        let cols: Vec<Vec<Complex32>> = (0..k * r)
+        type Column = (Vec<Complex32>, Vec<f32>);
+        let cols: Vec<Column> = (0..k * r)
             .into_par_iter()
             .map(|c| {
-                let spec = rotated_spectrum(&classes[c / r], poses.psi_rad[c % r]);
-                band.idx.iter().map(|&i| spec[i as usize]).collect()
+                let psi = poses.psi_rad[c % r];
+                let spec = rotated_spectrum(&classes[c / r], psi);
+                let t = band.idx.iter().map(|&i| spec[i as usize]).collect();
+                let bias = match noise_power {
+                    Some(np) => band_noise(&np[c / r], psi, band),
+                    None => vec![0.0; band.len()],
+                };
+                (t, bias)
             })
             .collect();
         let mut mat = Array2::<f32>::zeros((2 * d, k * r));
         let mut pow = Array2::<f32>::zeros((d, k * r));
-        for (c, col) in cols.iter().enumerate() {
-            for (f, v) in col.iter().enumerate() {
+        for (c, (col, bias)) in cols.iter().enumerate() {
+            for (f, (v, b)) in col.iter().zip(bias).enumerate() {
                 mat[[f, c]] = v.re;
                 mat[[d + f, c]] = v.im;
-                let bias = noise_power.map_or(0.0, |np| np[c / r][band.shell[f] as usize]);
-                pow[[f, c]] = v.norm_sqr() - bias as f32;
+                pow[[f, c]] = v.norm_sqr() - b;
             }
         }
         Templates {
@@ -85,6 +92,24 @@ impl Templates {
             pow,
         }
     }
+}
+
+/// The noise power map `np` (full plane, zero frequency at `(n/2, n/2)`) of a class rotated
+/// by `psi_rad` as its image is, at the band's coefficients.
+fn band_noise(np: &Array2<f32>, psi_rad: f64, band: &Band) -> Vec<f32> {
+    let n = np.dim().0;
+    let h = crate::numerics::fft::half_len(n);
+    let rot = rotate_image(np.view(), psi_rad);
+    band.idx
+        .iter()
+        .map(|&c| {
+            let (i, j) = (c as usize / h, c as usize % h);
+            let ky = crate::numerics::fft::fftfreq(i, n);
+            // kx or ky = n/2 (Nyquist) wraps to −n/2, the same coefficient.
+            let row = (ky + (n / 2) as i64).rem_euclid(n as i64) as usize;
+            rot[[row, (j + n / 2) % n]]
+        })
+        .collect()
 }
 
 /// [`Scorer::device_inputs`]: 1/σ², conjugated band ramps, band frequencies, M, W.

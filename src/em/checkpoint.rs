@@ -25,8 +25,9 @@ use crate::error::{Error, Result};
 
 use super::engine::{Problem, Record, Resume, Snapshot};
 
-/// Format version of both files (3: classify3d's row states carry the log-likelihood).
-pub const VERSION: u32 = 3;
+/// Format version of both files (3: classify3d's row states carry the log-likelihood; 4:
+/// classify2d's noise gains are per coefficient, not per shell).
+pub const VERSION: u32 = 4;
 /// The shared checkpoint's file name inside the output (staging) folder.
 pub const FILE: &str = "checkpoint.bin";
 
